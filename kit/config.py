@@ -1,0 +1,113 @@
+"""Every setting of the kit in one dataclass. Its defaults are the study's recipe.
+
+Each field's metadata carries its command-line help, so `run.py --help` and the
+resolved `run_config.json` can never drift apart from the code that reads them.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STAGES = ("metadata", "separate", "split", "train", "soup", "evaluate", "predict")
+
+
+def opt(default, help, group="general", choices=None, flag=None):
+    return field(default=default, metadata=dict(help=help, group=group, choices=choices, flag=flag))
+
+
+@dataclass
+class Config:
+    # general
+    stage: str = opt("all", "stage to run, or all of them in order", choices=STAGES + ("all",))
+    work_dir: str = opt("", "where every artifact is written (default: /kaggle/working on Kaggle, "
+                            "/content/xray-kit on Colab, ./work elsewhere)")
+    force: bool = opt(False, "redo a stage even when its outputs are up to date")
+    seed: int = opt(42, "seed of the split, the data order and the weights")
+    workers: int = opt(0, "CPU worker processes (0: all cores)")
+    demo: bool = opt(False, "generate a small dataset in the Grand X-Ray Slam layout and run the "
+                           "whole study on it with a CPU-sized model")
+    debug: bool = opt(False, "show the full traceback of an error")
+
+    # data
+    data_dir: str = opt("", "dataset root (default: searched for under /kaggle/input or ./data)", "data")
+    dataset: str = opt("auto", "dataset format", "data", ("auto", "gxs", "nih", "chexpert", "csv"))
+    classes: str = opt("", "comma-separated target classes, or 'all' (default: the dataset's five "
+                           "study classes)", "data")
+    label_mode: str = opt("single", "single: exactly one finding, a target; multi: any target "
+                                    "positive", "data", ("single", "multi"))
+    views: str = opt("AP,PA", "view positions to keep, or 'all'", "data")
+    keep_negatives: float = opt(0.0, "multi mode: fraction of images with no target to keep", "data")
+    uncertain: str = opt("zero", "CheXpert's uncertain (-1) labels: zero, one, or drop the image",
+                         "data", ("zero", "one", "drop"))
+    csv: str = opt("", "csv dataset: the metadata CSV", "data")
+    image_col: str = opt("image", "csv dataset: column with the image path", "data")
+    patient_col: str = opt("", "csv dataset: column with the patient id (empty: none)", "data")
+    label_cols: str = opt("", "csv dataset: comma-separated 0/1 label columns", "data")
+    labels_col: str = opt("", "csv dataset: one column holding all labels, split by --labels-sep", "data")
+    labels_sep: str = opt("|", "csv dataset: separator of --labels-col", "data")
+    view_col: str = opt("", "csv dataset: column with the view position (empty: none)", "data")
+    image_root: str = opt("", "csv dataset: folder the image paths are relative to "
+                              "(default: the CSV's folder)", "data")
+    resize: int = opt(512, "shorter side of stored images in pixels (0: copy originals)", "data")
+    val_frac: float = opt(0.15, "fraction of images in the validation split", "data")
+    test_frac: float = opt(0.15, "fraction of images in the test split", "data")
+    split: str = opt("stratified", "stratified: patient-grouped, label-stratified; official: NIH's "
+                                   "test_list.txt is the test set", "data", ("stratified", "official"))
+
+    # train
+    model: str = opt("eva02_base_patch14_448.mim_in22k_ft_in1k", "timm model name", "train")
+    img_size: int = opt(448, "training and inference image size", "train")
+    pretrained: str = opt("auto", "auto: find weights offline first; none: random init; or a "
+                                  "weights file", "train")
+    drop_path: float = opt(0.1, "stochastic depth rate", "train")
+    epochs: int = opt(6, "training epochs", "train")
+    batch_size: str = opt("auto", "per-device batch, or auto: the largest that fits", "train")
+    accum: str = opt("auto", "gradient accumulation steps, or auto: keep --effective-batch", "train")
+    effective_batch: int = opt(64, "images per optimizer update across devices and accumulation", "train")
+    lr: float = opt(3e-4, "head learning rate; deeper layers get lr * layer_decay^depth", "train")
+    layer_decay: float = opt(0.77, "layer-wise learning-rate decay", "train")
+    weight_decay: float = opt(0.05, "AdamW weight decay", "train")
+    warmup_epochs: float = opt(1.0, "linear warmup before the cosine schedule", "train")
+    min_lr: float = opt(1e-6, "cosine schedule floor", "train")
+    loss: str = opt("focal_bce", "training loss", "train", ("focal_bce", "focal", "bce"))
+    focal_weight: float = opt(0.7, "weight w of focal in w*focal + (1-w)*BCE", "train")
+    focal_alpha: float = opt(0.25, "focal loss alpha", "train")
+    focal_gamma: float = opt(2.0, "focal loss gamma", "train")
+    pos_weight: str = opt("none", "BCE positive weights", "train", ("none", "balanced"))
+    amp: str = opt("auto", "mixed precision: auto picks bf16, else fp16 with scaling, off on CPU",
+                   "train", ("auto", "bf16", "fp16", "off"))
+    clip_grad: float = opt(1.0, "gradient norm clip (0: off)", "train")
+    aug: str = opt("strong", "training augmentation", "train", ("strong", "light", "none"))
+    ema_decay: float = opt(0.999, "EMA decay of the weights", "train")
+    ema_warmup: bool = opt(True, "ramp the EMA decay up from 0 over the first updates", "train")
+    keep_epochs: str = opt("auto", "epoch checkpoints to keep: auto (the soup's and the best), "
+                                   "all, or a number of latest", "train")
+    compile: bool = opt(False, "torch.compile the model", "train")
+    grad_checkpointing: bool = opt(False, "trade compute for memory", "train")
+    ddp: str = opt("auto", "several GPUs: auto relaunches under torchrun; off uses one", "train",
+                   ("auto", "off"))
+
+    # soup, evaluate, predict
+    soup: str = opt("uniform", "uniform: average --soup-epochs; greedy: add epochs by val AUC while "
+                               "it does not drop", "evaluate", ("uniform", "greedy"))
+    soup_epochs: str = opt("last2", "epochs to average: 5,6 or lastN", "evaluate")
+    weights: str = opt("", "weights to evaluate and predict with (default: the soup)", "evaluate")
+    bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals", "evaluate")
+    tta: bool = opt(False, "test-time augmentation: average with the horizontal flip", "evaluate")
+    predict_csv: str = opt("", "sample submission listing the images to predict", "evaluate")
+    predict_dir: str = opt("", "folder of images to predict", "evaluate")
+    on_missing: str = opt("fail", "an image that cannot be predicted: fail, or fill with the "
+                                  "training prevalence", "evaluate", ("fail", "fill"))
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def fields_by_group():
+    groups = {}
+    for f in dataclasses.fields(Config):
+        groups.setdefault(f.metadata["group"], []).append(f)
+    return groups

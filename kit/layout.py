@@ -1,0 +1,52 @@
+"""The work directory's contract: where each artifact lives and how its tables are shaped.
+
+Tables from filtered.csv onwards hold a few bookkeeping columns followed by one 0/1 column
+per target class, in class order; everything that is not bookkeeping is a class.
+"""
+from pathlib import Path
+
+import pandas as pd
+
+from kit.errors import KitError
+
+META_COLUMNS = ("image_id", "patient_id", "view", "path", "label", "official_split",
+                "source", "file", "status", "width", "height")
+SPLITS = ("train", "val", "test")
+
+
+def filtered_csv(work) -> Path:
+    return Path(work) / "filtered.csv"
+
+
+def dataset_dir(work) -> Path:
+    return Path(work) / "dataset"
+
+
+def manifest_csv(work) -> Path:
+    return dataset_dir(work) / "manifest.csv"
+
+
+def split_csv(work, name) -> Path:
+    return Path(work) / "splits" / f"{name}.csv"
+
+
+def class_columns(df) -> list:
+    return [c for c in df.columns if c not in META_COLUMNS]
+
+
+def image_path(work, file) -> Path:
+    """Absolute path of a stored image from its `file` entry (relative to dataset/)."""
+    return dataset_dir(work) / file
+
+
+def read_table(path, stage_to_run) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise KitError(f"{path} not found: run --stage {stage_to_run} first (or --stage all)")
+    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
+
+
+def read_split(work, name):
+    """(table, classes) of one split."""
+    df = read_table(split_csv(work, name), "split")
+    return df, class_columns(df)
