@@ -10,7 +10,7 @@ import pandas as pd
 from kit.errors import KitError
 
 META_COLUMNS = ("image_id", "patient_id", "view", "path", "label", "official_split",
-                "source", "file", "status", "width", "height")
+                "source", "file", "status")
 SPLITS = ("train", "val", "test")
 
 

@@ -1,0 +1,137 @@
+"""A generated dataset in the Grand X-Ray Slam layout, so the whole study runs anywhere.
+
+train1.csv carries every column of the real file; train1/*.jpg are synthetic films: two
+dark lung fields in a brighter body, with a drawn sign per finding (a dark apex for
+pneumothorax, a wide heart for cardiomegaly, patches for opacity, a fluid level for
+effusion, tubes for support devices), so a model can really learn them. The five study
+classes come in the study's proportions; some rows carry other findings or lateral views
+so the metadata filter has work to do. A sample submission and test1/ mimic the
+competition's test set for the predict stage.
+"""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from kit.config import Config
+from kit.images import encode_jpeg
+from kit.io import atomic_path, write_csv
+from kit.sources import gxs
+
+# the study's images per class: 4543 : 3527 : 2131 : 1194 : 1059
+PROPORTIONS = {"Lung Opacity": 4543, "Support Devices": 3527, "Pleural Effusion": 2131,
+               "Cardiomegaly": 1194, "Pneumothorax": 1059}
+FRONTAL_IMAGES = 640
+TEST_IMAGES = 48
+HEIGHT, WIDTH = 288, 320
+
+# CPU-sized settings; flags the user passes explicitly win over these.
+TRAIN_OVERRIDES = dict(
+    dataset="gxs", resize=128, model="eva02_tiny_patch14_224", img_size=112, pretrained="none",
+    epochs=6, batch_size="32", effective_batch=32, lr=1e-3, warmup_epochs=0.5, drop_path=0.0,
+    bootstrap=200,
+)
+
+
+def _body(rng) -> np.ndarray:
+    img = np.full((HEIGHT, WIDTH), 150, np.float32)
+    for cx in (0.3, 0.7):
+        cv2.ellipse(img, (int(cx * WIDTH), int(0.45 * HEIGHT)), (int(0.16 * WIDTH), int(0.32 * HEIGHT)),
+                    0, 0, 360, 60, -1)
+    cv2.ellipse(img, (int(0.53 * WIDTH), int(0.62 * HEIGHT)), (int(0.09 * WIDTH), int(0.1 * HEIGHT)),
+                0, 0, 360, 170, -1)
+    noise = cv2.GaussianBlur(rng.normal(0, 25, (HEIGHT, WIDTH)).astype(np.float32), (0, 0), 3)
+    return img + noise
+
+
+def _draw(img, finding, rng):
+    side = rng.choice([0.3, 0.7])
+    cx = int(side * WIDTH)
+    if finding == "Pneumothorax":
+        cv2.ellipse(img, (cx, int(0.2 * HEIGHT)), (int(0.14 * WIDTH), int(0.1 * HEIGHT)), 0, 180, 360, 5, -1)
+    elif finding == "Cardiomegaly":
+        cv2.ellipse(img, (int(0.52 * WIDTH), int(0.62 * HEIGHT)), (int(0.2 * WIDTH), int(0.17 * HEIGHT)),
+                    0, 0, 360, 200, -1)
+    elif finding == "Lung Opacity":
+        for _ in range(rng.integers(3, 6)):
+            c = (cx + int(rng.integers(-30, 30)), int(rng.uniform(0.3, 0.7) * HEIGHT))
+            cv2.circle(img, c, int(rng.integers(10, 18)), 185, -1)
+    elif finding == "Pleural Effusion":
+        top = int(rng.uniform(0.62, 0.7) * HEIGHT)
+        cv2.rectangle(img, (cx - int(0.16 * WIDTH), top), (cx + int(0.16 * WIDTH), int(0.8 * HEIGHT)), 210, -1)
+    elif finding == "Support Devices":
+        x = int(rng.uniform(0.45, 0.55) * WIDTH)
+        cv2.line(img, (x, 0), (x + int(rng.integers(-15, 15)), int(0.75 * HEIGHT)), 255, 3)
+        cv2.rectangle(img, (int(0.12 * WIDTH), 20), (int(0.2 * WIDTH), 40), 255, -1)
+    else:  # another finding: a faint mark unrelated to the targets
+        cv2.circle(img, (int(rng.uniform(0.2, 0.8) * WIDTH), int(0.9 * HEIGHT)), 8, 230, -1)
+
+
+def film(findings, rng, lateral=False) -> np.ndarray:
+    img = _body(rng)
+    if lateral:
+        img = cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+        img = cv2.resize(img, (WIDTH, HEIGHT))
+    for f in findings:
+        _draw(img, f, rng)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _rows(rng):
+    """(findings, view) per image: target images by the study's proportions plus distractors."""
+    total = sum(PROPORTIONS.values())
+    rows = [([c], "frontal") for c, n in PROPORTIONS.items() for _ in range(round(FRONTAL_IMAGES * n / total))]
+    others = [f for f in gxs.FINDINGS if f not in PROPORTIONS and f != "No Finding"]
+    extra = FRONTAL_IMAGES // 10
+    rows += [(["No Finding"], "frontal") for _ in range(extra)]
+    rows += [([rng.choice(others)], "frontal") for _ in range(extra)]
+    rows += [(list(rng.choice(list(PROPORTIONS), 2, replace=False)), "frontal") for _ in range(extra // 2)]
+    rows += [([rng.choice(list(PROPORTIONS))], "lateral") for _ in range(extra)]
+    return [rows[i] for i in rng.permutation(len(rows))]
+
+
+def _write_jpeg(img, path: Path):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encode_jpeg(img))
+
+
+def generate(root: Path, seed: int = 0) -> Path:
+    """Write the demo dataset under `root` (kept when already complete); returns train1.csv."""
+    csv_path = root / "train1.csv"
+    if csv_path.exists():  # written last, so the folder is complete
+        return csv_path
+    rng = np.random.default_rng(seed)
+    records, patient, left = [], 0, 0
+    for i, (findings, view) in enumerate(_rows(rng)):
+        if left == 0:
+            patient, left = patient + 1, int(rng.integers(1, 5))
+        left -= 1
+        name = f"demo_{i:05d}.jpg"
+        _write_jpeg(film(findings, rng, lateral=view == "lateral"), root / "train1" / name)
+        position = "Lateral" if view == "lateral" else rng.choice(["AP", "PA"])
+        record = {"Image_name": name, "Patient_ID": f"P{patient:05d}", "Study": f"S{i:05d}",
+                  "Sex": rng.choice(["M", "F"]), "Age": int(rng.integers(20, 90)),
+                  "ViewCategory": "Lateral" if view == "lateral" else "Frontal", "ViewPosition": position}
+        record.update({f: int(f in findings) for f in gxs.FINDINGS})
+        records.append(record)
+    test = []
+    for i in range(TEST_IMAGES):
+        name = f"test_{i:05d}.jpg"
+        _write_jpeg(film([rng.choice(list(PROPORTIONS))], rng), root / "test1" / name)
+        test.append({"Image_name": name, **{c: 0.5 for c in PROPORTIONS}})
+    write_csv(pd.DataFrame(test), root / "sample_submission_1.csv")
+    write_csv(pd.DataFrame(records), csv_path)
+    return csv_path
+
+
+def prepare(cfg: Config):
+    """Point the config at the generated data and give it CPU-sized defaults."""
+    defaults = Config()
+    for key, value in TRAIN_OVERRIDES.items():
+        if getattr(cfg, key) == getattr(defaults, key):
+            setattr(cfg, key, value)
+    if not cfg.data_dir:
+        cfg.data_dir = str(cfg.work / "demo_data")
+    csv_path = generate(Path(cfg.data_dir))
+    print(f"[demo] dataset in the Grand X-Ray Slam layout: {csv_path.parent}")

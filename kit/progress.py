@@ -1,0 +1,24 @@
+"""Progress that suits where it is shown: a tqdm bar on a terminal, a few plain lines in a log.
+
+Kaggle cuts a kernel's log at 1 MiB, so a redrawn bar there is both noise and a risk.
+"""
+import sys
+import time
+
+from tqdm import tqdm
+
+LOG_EVERY = 0.1
+
+
+def progress(iterable, total: int, desc: str, unit: str = "img"):
+    """Iterate `iterable`, reporting progress the way the output stream can show it."""
+    if sys.stdout.isatty():
+        yield from tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        return
+    start, next_mark = time.perf_counter(), LOG_EVERY
+    for i, item in enumerate(iterable, 1):
+        yield item
+        if total and i / total >= next_mark and i < total:
+            rate = i / max(time.perf_counter() - start, 1e-9)
+            print(f"{desc}: {i}/{total} ({i / total:.0%}, {rate:.1f} {unit}/s)", flush=True)
+            next_mark = (int(i / total / LOG_EVERY) + 1) * LOG_EVERY

@@ -1,0 +1,71 @@
+"""Dataset formats. Each adapter turns one dataset's files into the canonical table:
+
+    image_id, path, patient_id, view, <one 0/1 int column per finding, original names>
+
+plus, where a dataset has one, `official_split` (train/test). Every quirk of a format is
+resolved inside its adapter; nothing downstream knows which dataset it came from.
+"""
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.sources import chexpert, csvtable, gxs, nih
+from kit.sources.common import finding_columns, normalize_name, resolve_classes
+
+__all__ = ["ADAPTERS", "discover", "finding_columns", "locate", "read", "normalize_name", "resolve_classes"]
+
+ADAPTERS = {m.NAME: m for m in (gxs, nih, chexpert, csvtable)}
+SEARCH_DEPTH = 4
+
+
+def _header(path: Path) -> list:
+    with open(path, newline="", errors="replace") as f:
+        return [c.strip().strip('"') for c in f.readline().split(",")]
+
+
+def _candidates(root: Path, name: str):
+    for depth in range(SEARCH_DEPTH + 1):
+        yield from sorted(root.glob("*/" * depth + name))
+
+
+def discover(roots, dataset: str):
+    """First (adapter, metadata CSV) found under `roots`, searching shallow folders first."""
+    adapters = [ADAPTERS[dataset]] if dataset != "auto" else list(ADAPTERS.values())
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        for adapter in adapters:
+            for marker in adapter.MARKERS:
+                for path in _candidates(root, marker):
+                    if adapter.SIGNATURE in _header(path):
+                        return adapter, path
+    return None, None
+
+
+def locate(cfg, roots):
+    """(adapter, metadata CSV) the config points at; a clear error when there is none."""
+    if cfg.dataset == "csv" or cfg.csv:
+        if not cfg.csv:
+            raise KitError("--dataset csv needs --csv PATH (and --image-col, --label-cols or --labels-col)")
+        if not Path(cfg.csv).is_file():
+            raise KitError(f"--csv {cfg.csv} does not exist; pass the path of your metadata CSV")
+        return csvtable, Path(cfg.csv)
+    if cfg.data_dir and not Path(cfg.data_dir).is_dir():
+        raise KitError(f"--data-dir {cfg.data_dir} does not exist; pass the folder holding the dataset")
+    search = [Path(cfg.data_dir)] if cfg.data_dir else list(roots)
+    adapter, path = discover(search, cfg.dataset)
+    if adapter is None:
+        looked = ", ".join(str(p) for p in search)
+        names = ", ".join(m for a in ADAPTERS.values() for m in a.MARKERS)
+        raise KitError(f"no dataset found (looked for {names} under {looked}); "
+                       f"pass the dataset folder with --data-dir, or run --demo to try the kit")
+    return adapter, path
+
+
+def read(adapter, path, cfg):
+    """The canonical table of one dataset, with ids as strings and findings as 0/1 ints."""
+    table = adapter.load(path, cfg)
+    table["image_id"] = table["image_id"].astype(str)
+    table["patient_id"] = table["patient_id"].fillna("").astype(str)
+    findings = finding_columns(table)
+    table[findings] = table[findings].fillna(0).astype(int)
+    return table

@@ -1,0 +1,46 @@
+"""Any CSV: the user names the image, patient, view and label columns.
+
+Labels come either as 0/1 columns (--label-cols A,B,C) or as one column of separated names
+(--labels-col Findings --labels-sep '|'). Image paths are relative to --image-root
+(default: the CSV's folder) unless absolute.
+"""
+from pathlib import Path
+
+import pandas as pd
+
+from kit.errors import KitError
+from kit.sources.common import read_csv_checked
+
+NAME = "csv"
+MARKERS = ()
+SIGNATURE = None
+DEFAULT_CLASSES = ()
+
+
+def _labels(df: pd.DataFrame, cfg) -> pd.DataFrame:
+    if cfg.label_cols:
+        cols = [c.strip() for c in cfg.label_cols.split(",") if c.strip()]
+        labels = df[cols].apply(pd.to_numeric, errors="coerce")
+        bad = [c for c in cols if not labels[c].dropna().isin([0, 1]).all()]
+        if bad:
+            raise KitError(f"label column(s) {', '.join(map(repr, bad))} hold values other than 0/1; "
+                           f"use --labels-col for a column of names")
+        return labels.fillna(0).astype(int)
+    if cfg.labels_col:
+        names = df[cfg.labels_col].fillna("").astype(str)
+        return names.str.get_dummies(sep=cfg.labels_sep).rename(columns=str.strip)
+    raise KitError("--dataset csv needs --label-cols A,B,... (0/1 columns) or --labels-col NAME")
+
+
+def load(csv_path: Path, cfg):
+    required = [cfg.image_col] + [c for c in (cfg.patient_col, cfg.view_col, cfg.labels_col) if c]
+    required += [c.strip() for c in cfg.label_cols.split(",") if c.strip()]
+    df = read_csv_checked(csv_path, required, dtype=str, keep_default_na=False)
+    root = Path(cfg.image_root) if cfg.image_root else csv_path.parent
+    labels = _labels(df, cfg)
+    table = labels.reset_index(drop=True)
+    table.insert(0, "image_id", df[cfg.image_col])
+    table.insert(1, "path", [str(root / p) for p in df[cfg.image_col]])
+    table.insert(2, "patient_id", df[cfg.patient_col] if cfg.patient_col else "")
+    table.insert(3, "view", df[cfg.view_col].str.strip().str.upper() if cfg.view_col else "")
+    return table

@@ -1,0 +1,97 @@
+"""Metadata stage: keep the frontal images of the target classes -> filtered.csv.
+
+single label mode (the study's rule): an image is kept when exactly one finding of the
+whole dataset is positive (No Finding counts as one) and that finding is a target class.
+multi label mode: kept when any target is positive; other findings are ignored.
+"""
+import numpy as np
+import pandas as pd
+
+from kit import env, layout, sources, stamps
+from kit.errors import KitError
+from kit.io import write_csv
+
+SETTINGS = ("dataset", "data_dir", "csv", "image_col", "patient_col", "label_cols", "labels_col",
+            "labels_sep", "view_col", "image_root", "classes", "label_mode", "views",
+            "keep_negatives", "uncertain", "seed")
+
+
+def filter_views(table: pd.DataFrame, views: str) -> pd.DataFrame:
+    if views.strip().lower() == "all":
+        return table
+    if (table["view"] == "").all():
+        print("[metadata] the dataset records no view position: --views ignored")
+        return table
+    wanted = {v.strip().upper() for v in views.split(",") if v.strip()}
+    kept = table[table["view"].isin(wanted)]
+    if kept.empty:
+        raise KitError(f"no image has view {sorted(wanted)}; views present: "
+                       f"{sorted(table['view'].unique())}; choose with --views (or --views all)")
+    return kept
+
+
+def select(table: pd.DataFrame, classes, findings, mode: str, keep_negatives: float, seed: int):
+    """Rows kept under the label mode, with a `label` column naming their target(s)."""
+    targets = table[classes].to_numpy()
+    n_targets = targets.sum(axis=1)
+    if mode == "single":
+        keep = (table[findings].to_numpy().sum(axis=1) == 1) & (n_targets == 1)
+    else:
+        keep = n_targets >= 1
+        negatives = np.flatnonzero(n_targets == 0)
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(negatives, size=int(round(keep_negatives * len(negatives))), replace=False)
+        keep[chosen] = True
+    names = np.array(classes, dtype=object)
+    label = ["|".join(names[row.astype(bool)]) for row in targets[keep]]
+    out = table.loc[keep, [c for c in layout.META_COLUMNS if c in table.columns] + list(classes)].copy()
+    out.insert(out.columns.get_loc("path") + 1, "label", label)
+    return out.reset_index(drop=True)
+
+
+def distribution(df: pd.DataFrame, classes) -> pd.DataFrame:
+    rows = [{"class": c,
+             "images": int(df[c].sum()),
+             "patients": int(df.loc[df[c] == 1, "patient_id"].replace("", np.nan).nunique())}
+            for c in classes]
+    dist = pd.DataFrame(rows)
+    dist["share"] = (dist["images"] / len(df)).round(4)
+    return dist
+
+
+def print_distribution(dist: pd.DataFrame, total: int):
+    print(dist.to_string(index=False, formatters={"share": "{:.1%}".format}))
+    smallest = dist["images"].min()
+    ratio = dist["images"].max() / smallest if smallest else float("inf")
+    print(f"[metadata] {total} images, imbalance ratio largest/smallest {ratio:.1f}")
+
+
+def run(cfg):
+    adapter, csv_path = sources.locate(cfg, env.data_roots(env.platform()))
+    settings = {k: getattr(cfg, k) for k in SETTINGS}
+    out, dist_csv = layout.filtered_csv(cfg.work), cfg.work / "class_distribution.csv"
+    if stamps.up_to_date(cfg, "metadata", settings, [csv_path], [out, dist_csv]):
+        return
+    print(f"[metadata] dataset {adapter.NAME}: {csv_path}")
+    table = sources.read(adapter, csv_path, cfg)
+    findings = sources.finding_columns(table)
+    defaults = adapter.DEFAULT_CLASSES or [f for f in findings if sources.normalize_name(f) != "no finding"]
+    classes = sources.resolve_classes(cfg.classes, findings, defaults)
+    clash = set(classes) & set(layout.META_COLUMNS)
+    if clash:
+        raise KitError(f"class name(s) {sorted(clash)} clash with the kit's own columns; rename them in the CSV")
+    framed = filter_views(table, cfg.views)
+    filtered = select(framed, classes, findings, cfg.label_mode, cfg.keep_negatives, cfg.seed)
+    if filtered.empty:
+        raise KitError(f"no image left after filtering {len(framed)} images ({cfg.label_mode} label mode, "
+                       f"classes {', '.join(classes)}); try --label-mode multi or other --classes")
+    print(f"[metadata] {len(table)} rows -> {len(framed)} with views {cfg.views} -> "
+          f"{len(filtered)} kept ({cfg.label_mode} label mode)")
+    dist = distribution(filtered, classes)
+    print_distribution(dist, len(filtered))
+    write_csv(filtered, out)
+    write_csv(dist, dist_csv)
+    from kit import plots
+
+    plots.class_distribution(dist, cfg.work / "class_distribution.png")
+    stamps.record(cfg, "metadata", settings, [csv_path])

@@ -1,0 +1,118 @@
+"""Separate stage: copy (and shrink) just the filtered images into <work>/dataset/.
+
+The input is read-only and often remote-mounted; training then reads a small local
+dataset. Every image is written under a temporary name and renamed, so a killed run leaves
+only complete files and a rerun skips them. A missing or unreadable source never stops the
+stage: the manifest records it and the split leaves it out.
+"""
+import json
+import os
+import shutil
+import time
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path, PurePosixPath
+
+import cv2
+
+from kit import images, layout, stamps
+from kit.errors import KitError
+from kit.io import atomic_path, write_csv, write_json
+from kit.progress import progress
+
+STATUSES = ("written", "skipped", "missing", "unreadable")
+JPEG_END = b"\xff\xd9"
+
+
+def stored_name(image_id: str, resize: int) -> str:
+    """A relative file name under images/ that mirrors the id and cannot escape the folder."""
+    parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("/", "..", ".")]
+    name = PurePosixPath(*parts)
+    return str(name.with_suffix(".jpg") if resize else name)
+
+
+def _complete(dst: Path, src: Path, resize: int) -> bool:
+    """A file renamed into place is whole; check cheaply against a damaged disk all the same."""
+    try:
+        size = dst.stat().st_size
+        if not resize:
+            return size == src.stat().st_size
+        with open(dst, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            return f.read(2) == JPEG_END
+    except OSError:
+        return False
+
+
+def store_one(job, resize: int):
+    """Store one image; returns (status, bytes read, bytes written)."""
+    src, dst = Path(job[0]), Path(job[1])
+    if dst.exists() and _complete(dst, src, resize):
+        return "skipped", 0, dst.stat().st_size
+    if not src.is_file():
+        return "missing", 0, 0
+    img = images.load_gray(src, resize)
+    if img is None:
+        return "unreadable", src.stat().st_size, 0
+    with atomic_path(dst) as tmp:
+        if resize:
+            tmp.write_bytes(images.encode_jpeg(img))
+        else:
+            shutil.copyfile(src, tmp)
+    return "written", src.stat().st_size, dst.stat().st_size
+
+
+def _init_worker():
+    cv2.setNumThreads(1)
+
+
+def store_all(jobs, resize: int, workers: int):
+    """Results of store_one for every job, in job order, using `workers` processes."""
+    work = partial(store_one, resize=resize)
+    if workers <= 1:
+        return list(progress(map(work, jobs), len(jobs), "[separate]"))
+    chunk = max(1, min(64, len(jobs) // (workers * 8)))
+    with Pool(workers, initializer=_init_worker) as pool:
+        return list(progress(pool.imap(work, jobs, chunksize=chunk), len(jobs), "[separate]"))
+
+
+def _reset_if_resized(folder: Path, resize: int):
+    """Images stored at another size must not be mistaken for done ones."""
+    marker = folder / "settings.json"
+    if marker.exists() and json.loads(marker.read_text()).get("resize") != resize:
+        print(f"[separate] --resize changed: removing the images stored before in {folder / 'images'}")
+        shutil.rmtree(folder / "images", ignore_errors=True)
+    write_json({"resize": resize}, marker)
+
+
+def run(cfg):
+    if cfg.resize < 0:
+        raise KitError(f"--resize {cfg.resize} is negative; give a shorter side in pixels, or 0 to copy")
+    filtered_csv, manifest_csv = layout.filtered_csv(cfg.work), layout.manifest_csv(cfg.work)
+    settings = {"resize": cfg.resize}
+    if stamps.up_to_date(cfg, "separate", settings, [filtered_csv], [manifest_csv]):
+        return
+    df = layout.read_table(filtered_csv, "metadata")
+    folder = layout.dataset_dir(cfg.work)
+    _reset_if_resized(folder, cfg.resize)
+    df["file"] = ["images/" + stored_name(i, cfg.resize) for i in df["image_id"]]
+    if df["file"].duplicated().any():
+        dup = df.loc[df["file"].duplicated(), "image_id"].iloc[0]
+        raise KitError(f"two images would be stored as {dup!r}; make the image ids unique in the CSV")
+    jobs = [(p, str(folder / f)) for p, f in zip(df["path"], df["file"])]
+    start = time.perf_counter()
+    results = store_all(jobs, cfg.resize, cfg.workers)
+    seconds = time.perf_counter() - start
+    status, bytes_in, bytes_out = zip(*results) if results else ((), (), ())
+    df["status"] = ["ok" if s in ("written", "skipped") else s for s in status]
+    write_csv(df, manifest_csv)
+    counts = {s: status.count(s) for s in STATUSES}
+    done = counts["written"] + counts["skipped"]
+    print(f"[separate] {counts['written']} written, {counts['skipped']} skipped (already there), "
+          f"{counts['missing']} missing, {counts['unreadable']} unreadable | "
+          f"{sum(bytes_in) / 2**20:.1f} MiB in, {sum(bytes_out) / 2**20:.1f} MiB stored | "
+          f"{len(jobs) / max(seconds, 1e-9):.1f} images/s with {cfg.workers} workers")
+    if not done:
+        raise KitError(f"none of the {len(jobs)} images could be read (first: {jobs[0][0]}); "
+                       f"check --data-dir (or --image-root for a csv dataset)")
+    stamps.record(cfg, "separate", settings, [filtered_csv])

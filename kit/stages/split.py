@@ -1,0 +1,152 @@
+"""Split stage: train/val/test grouped by patient and stratified by label.
+
+scikit-learn's StratifiedGroupKFold does the work: the images are cut into K near-equal
+folds with no patient in two folds and each fold's label mix close to the whole, and whole
+folds are handed to test and val. K is the smallest fold count whose fold size matches the
+asked-for fractions (20 folds for 0.15/0.15), so the fractions come out as asked.
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from kit import layout, stamps
+from kit.errors import KitError
+from kit.io import write_csv
+
+MAX_FOLDS = 50
+FEW_IMAGES = 10
+
+
+def fold_count(fracs, n_groups: int) -> int:
+    """Smallest K whose 1/K steps best fit every fraction, with at least one fold each."""
+    def misfit(k):
+        return max(abs(f * k - round(f * k)) / k for f in fracs)
+
+    ks = [k for k in range(2, min(MAX_FOLDS, n_groups) + 1)
+          if all(round(f * k) >= 1 for f in fracs) and sum(round(f * k) for f in fracs) < k]
+    if not ks:
+        raise KitError(f"only {n_groups} patients: too few to split into train, val and test; "
+                       f"add data or lower --val-frac/--test-frac")
+    best = min(misfit(k) for k in ks)
+    return next(k for k in ks if misfit(k) <= best + 1e-9)
+
+
+def assign(keys, groups, fracs: dict, seed: int) -> np.ndarray:
+    """Split name per row: whole patient groups, label mix of each split close to the whole."""
+    names = [n for n, f in fracs.items() if f > 0]
+    k = fold_count([fracs[n] for n in names], len(set(groups)))
+    folds = np.empty(len(keys), dtype=int)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # a class rarer than K folds is reported per split by the summary, not here
+        warnings.simplefilter("ignore", UserWarning)
+        for fold, (_, idx) in enumerate(splitter.split(np.zeros(len(keys)), keys, groups)):
+            folds[idx] = fold
+    out = np.full(len(keys), "train", dtype=object)
+    start = 0
+    for name in names:
+        n = round(fracs[name] * k)
+        out[(folds >= start) & (folds < start + n)] = name
+        start += n
+    return out
+
+
+def strat_keys(df: pd.DataFrame, classes) -> np.ndarray:
+    """One label per image: its class, or in multi-label mode its rarest positive class."""
+    targets = df[classes].to_numpy()
+    rarity = targets.sum(axis=0).argsort()
+    ordered = targets[:, rarity]
+    first = ordered.argmax(axis=1)
+    return np.where(ordered.any(axis=1), np.array(classes)[rarity][first], "(none)")
+
+
+def patient_groups(df: pd.DataFrame) -> np.ndarray:
+    missing = df["patient_id"] == ""
+    if missing.all():
+        print("[split] warning: the dataset has no patient ids, so images are split one by one; "
+              "images of one patient may land in two splits")
+    elif missing.any():
+        print(f"[split] warning: {int(missing.sum())} images have no patient id; each is its own group")
+    return np.where(missing, "image:" + df["image_id"], "patient:" + df["patient_id"])
+
+
+def check_enough(df: pd.DataFrame, classes, groups, n_splits: int):
+    for c in classes:
+        n = len(set(groups[df[c].to_numpy() == 1]))
+        if n < n_splits:
+            raise KitError(f"class {c!r} has {n} patient(s): too few to put one in each of "
+                           f"{n_splits} splits; drop it from --classes or add data")
+
+
+def check_disjoint(parts: dict):
+    seen = {}
+    for name, part in parts.items():
+        for g in set(part["_group"]):
+            if g in seen:
+                raise KitError(f"internal error: {g} is in both {seen[g]} and {name}; the split is not written")
+            seen[g] = name
+
+
+def summary(parts: dict, classes) -> pd.DataFrame:
+    rows = []
+    for name, part in parts.items():
+        for c in classes + ["all"]:
+            sel = part if c == "all" else part[part[c] == 1]
+            rows.append({"split": name, "class": c, "images": len(sel),
+                         "patients": sel["_group"].nunique(),
+                         "share": round(len(sel) / max(len(part), 1), 4)})
+    return pd.DataFrame(rows)
+
+
+def run(cfg):
+    manifest = layout.manifest_csv(cfg.work)
+    outputs = [layout.split_csv(cfg.work, s) for s in layout.SPLITS + ("summary",)]
+    settings = {k: getattr(cfg, k) for k in ("val_frac", "test_frac", "seed", "split")}
+    if stamps.up_to_date(cfg, "split", settings, [manifest], outputs):
+        return
+    for name in ("val_frac", "test_frac"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise KitError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be in [0, 1)")
+    if cfg.val_frac + cfg.test_frac >= 1:
+        raise KitError("--val-frac plus --test-frac leave nothing to train on; lower them")
+    df = layout.read_table(manifest, "separate")
+    df = df[df["status"] == "ok"].reset_index(drop=True)
+    classes = layout.class_columns(df)
+    groups = patient_groups(df)
+    keys = strat_keys(df, classes)
+    if cfg.split == "official":
+        if "official_split" not in df.columns or (df["official_split"] == "").all():
+            raise KitError("--split official needs a dataset with an official test list "
+                           "(NIH's test_list.txt); use --split stratified")
+        split = np.where(df["official_split"] == "test", "test", "train").astype(object)
+        rest = split == "train"
+        share = cfg.val_frac / max(rest.mean(), 1e-9)
+        check_enough(df[rest], classes, groups[rest], 2)
+        split[rest] = assign(keys[rest], groups[rest], {"val": share}, cfg.seed)
+    else:
+        fracs = {"test": cfg.test_frac, "val": cfg.val_frac}
+        check_enough(df, classes, groups, 1 + sum(f > 0 for f in fracs.values()))
+        split = assign(keys, groups, fracs, cfg.seed)
+    df["_group"] = groups
+    parts = {name: df[split == name] for name in layout.SPLITS}
+    check_disjoint(parts)
+    table = summary(parts, classes)
+    for name, part in parts.items():
+        write_csv(part.drop(columns="_group"), layout.split_csv(cfg.work, name))
+    write_csv(table, layout.split_csv(cfg.work, "summary"))
+    report(table, classes)
+    stamps.record(cfg, "split", settings, [manifest])
+
+
+def report(table: pd.DataFrame, classes):
+    images = table.pivot(index="class", columns="split", values="images").reindex(
+        index=classes + ["all"], columns=list(layout.SPLITS))
+    patients = table[table["class"] == "all"].set_index("split")["patients"]
+    print(images.to_string())
+    print("[split] patients: " + ", ".join(f"{s} {patients[s]}" for s in layout.SPLITS))
+    few = table[(table["class"] != "all") & (table["images"] < FEW_IMAGES)]
+    for row in few.to_dict("records"):
+        print(f"[split] warning: {row['split']} has only {row['images']} image(s) of {row['class']}; "
+              f"its metrics for that class will be noisy")
