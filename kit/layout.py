@@ -50,3 +50,37 @@ def read_split(work, name):
     """(table, classes) of one split."""
     df = read_table(split_csv(work, name), "split")
     return df, class_columns(df)
+
+
+def checkpoint_dir(work) -> Path:
+    return Path(work) / "checkpoints"
+
+
+def epoch_checkpoint(work, epoch: int) -> Path:
+    return checkpoint_dir(work) / f"epoch_{epoch:02d}.pth"
+
+
+def epoch_checkpoints(work) -> dict:
+    """{epoch: path} of the epoch checkpoints on disk, in epoch order."""
+    found = {}
+    for path in checkpoint_dir(work).glob("epoch_*.pth"):
+        number = path.stem.removeprefix("epoch_")
+        if number.isdigit():
+            found[int(number)] = path
+    return dict(sorted(found.items()))
+
+
+def history_csv(work) -> Path:
+    return Path(work) / "history.csv"
+
+
+def soup_weights(work) -> Path:
+    return Path(work) / "eva_x_final_soup.pth"
+
+
+def reports_dir(work) -> Path:
+    return Path(work) / "reports"
+
+
+def submission_csv(work) -> Path:
+    return Path(work) / "submission.csv"

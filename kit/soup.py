@@ -1,0 +1,86 @@
+"""Model soups: weight averages of checkpoints from one training run.
+
+Uniform soup: the mean of the chosen epochs' weights. Greedy soup (Wortsman et al., 2022,
+"Model soups"): try ingredients best-first and keep each only if the soup's validation score
+does not drop.
+"""
+import re
+
+import torch
+
+from kit.errors import KitError
+
+CHECKED_FIELDS = ("arch", "classes", "img_size")
+
+
+def parse_epochs(spec: str, total_epochs: int) -> list:
+    """Epochs named by --soup-epochs: "5,6", or "lastN" for the last N of a `total_epochs` run."""
+    spec = spec.strip().lower()
+    last = re.fullmatch(r"last(\d+)", spec)
+    if last:
+        n = int(last.group(1))
+        if not 1 <= n <= total_epochs:
+            raise KitError(f"--soup-epochs {spec}: a {total_epochs}-epoch run has no last {n}; "
+                           f"pass last1 to last{total_epochs}")
+        return list(range(total_epochs - n + 1, total_epochs + 1))
+    try:
+        epochs = sorted({int(e) for e in spec.split(",") if e.strip()})
+    except ValueError:
+        epochs = []
+    if not epochs or min(epochs) < 1:
+        raise KitError(f"--soup-epochs {spec!r} is not a list of epochs: pass e.g. 5,6 or last2")
+    return epochs
+
+
+def check_compatible(checkpoints: dict):
+    """Refuse to average checkpoints of different models, class lists or image sizes.
+
+    `checkpoints` maps a display name (the file name) to a checkpoint dict.
+    """
+    names = list(checkpoints)
+    first = checkpoints[names[0]]
+    for name in names[1:]:
+        other = checkpoints[name]
+        differ = [f"{k} ({first.get(k)} vs {other.get(k)})" for k in CHECKED_FIELDS
+                  if first.get(k) != other.get(k)]
+        ref, sd = first["state_dict"], other["state_dict"]
+        if not differ and (ref.keys() != sd.keys() or any(ref[k].shape != sd[k].shape for k in ref)):
+            differ = ["weight names or shapes"]
+        if differ:
+            raise KitError(f"cannot average {names[0]} and {name}: they differ in {', '.join(differ)}; "
+                           f"average checkpoints of one training run only (choose them with --soup-epochs)")
+
+
+def uniform_average(state_dicts: list) -> dict:
+    """Mean of each floating-point tensor: float64 sum, divided, clamped and stored as float32,
+    the arithmetic of timm's avg_checkpoints.py. Integer buffers come from the last state dict."""
+    f32 = torch.finfo(torch.float32)
+    out = {}
+    for key, last in state_dicts[-1].items():
+        if last.is_floating_point():
+            total = sum(sd[key].to(torch.float64) for sd in state_dicts)
+            out[key] = (total / len(state_dicts)).clamp(f32.min, f32.max).to(torch.float32)
+        else:
+            out[key] = last.clone()
+    return out
+
+
+def greedy(ingredients: dict, score, ingredient_scores: dict):
+    """Greedy soup over `ingredients` (name -> state dict), best `ingredient_scores` first.
+
+    `score(state_dict) -> float` is the validation score; higher is better. Returns the soup's
+    state dict, its score, and one (name, score with it, kept) step per ingredient tried.
+    """
+    order = sorted(ingredients, key=lambda n: ingredient_scores[n], reverse=True)
+    kept = [order[0]]
+    soup, best = ingredients[order[0]], ingredient_scores[order[0]]
+    steps = [(order[0], best, True)]
+    for name in order[1:]:
+        trial = uniform_average([ingredients[n] for n in kept + [name]])
+        value = score(trial)
+        accept = value >= best
+        steps.append((name, value, accept))
+        if accept:
+            kept.append(name)
+            soup, best = trial, value
+    return soup, best, steps

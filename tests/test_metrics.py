@@ -1,0 +1,90 @@
+"""Metrics against scikit-learn on fixed arrays, and the bootstrap's invariants."""
+import numpy as np
+import pytest
+from sklearn.metrics import (average_precision_score, balanced_accuracy_score, confusion_matrix,
+                             f1_score, roc_auc_score)
+
+from kit import metrics
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    """400 images, 4 classes with tied scores; the last class has no positive."""
+    rng = np.random.default_rng(7)
+    y = (rng.random((400, 4)) < [0.3, 0.15, 0.05, 0.0]).astype(int)
+    p = np.round(np.clip(0.35 * y + rng.random((400, 4)) * 0.8, 0, 1), 2)
+    return y, p
+
+
+def test_per_class_auc_ap_and_micro_match_sklearn(arrays):
+    y, p = arrays
+    auc = metrics.auc_per_class(y, p)
+    ap = metrics.average_precision_per_class(y, p)
+    for k in range(3):
+        assert auc[k] == pytest.approx(roc_auc_score(y[:, k], p[:, k]))
+        assert ap[k] == pytest.approx(average_precision_score(y[:, k], p[:, k]))
+    assert np.isnan(auc[3]) and np.isnan(ap[3])
+    assert metrics.macro_auc(y, p) == pytest.approx(np.mean(auc[:3]))
+    assert metrics.micro_auc(y, p) == pytest.approx(roc_auc_score(y, p, average="micro"))
+
+
+def test_rank_auc_equals_sklearn_with_ties(arrays):
+    y, p = arrays
+    for k in range(3):
+        assert metrics._rank_auc(y[:, k].astype(float), p[:, k]) == pytest.approx(
+            roc_auc_score(y[:, k], p[:, k]), abs=1e-12)
+
+
+def test_youden_threshold_maximizes_j_over_every_cut(arrays):
+    y, p = arrays
+    thr = metrics.youden_thresholds(y, p)
+    sens, spec = metrics.sensitivity_specificity(y, p, thr)
+    for k in range(3):
+        cuts = np.unique(p[:, k])
+        called = p[:, k][None, :] >= cuts[:, None]
+        pos = y[:, k].astype(bool)
+        j = (called & pos).sum(1) / pos.sum() + (~called & ~pos).sum(1) / (~pos).sum() - 1
+        assert sens[k] + spec[k] - 1 == pytest.approx(j.max())
+        assert thr[k] in cuts
+    assert np.isnan(thr[3]) and np.isnan(sens[3]) and np.isnan(spec[3])
+
+
+def test_bootstrap_interval_holds_estimate_and_is_seeded(arrays):
+    y, p = arrays
+    per_class, macro = metrics.bootstrap_auc(y, p, resamples=300, seed=3)
+    auc = metrics.auc_per_class(y, p)
+    for k in range(3):
+        lo, hi = per_class[k]
+        assert lo < auc[k] < hi and hi - lo < 0.5
+    assert macro[0] < metrics.macro_auc(y, p) < macro[1]
+    assert np.isnan(per_class[3]).all()
+    again = metrics.bootstrap_auc(y, p, resamples=300, seed=3)
+    np.testing.assert_array_equal(per_class, again[0])
+    np.testing.assert_array_equal(macro, again[1])
+    other = metrics.bootstrap_auc(y, p, resamples=300, seed=4)
+    assert not np.array_equal(per_class[:3], other[0][:3])
+
+
+def test_bootstrap_interval_narrows_with_more_images():
+    rng = np.random.default_rng(0)
+
+    def width(n):
+        y = (rng.random((n, 1)) < 0.3).astype(int)
+        p = 0.3 * y + rng.random((n, 1))
+        lo, hi = metrics.bootstrap_auc(y, p, resamples=200, seed=0)[0][0]
+        return hi - lo
+
+    assert width(2000) < width(100)
+
+
+def test_single_label_report_matches_sklearn():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, 200)
+    y = np.eye(3, dtype=int)[truth]
+    p = rng.random((200, 3)) + 0.4 * y
+    pred = p.argmax(1)
+    report = metrics.single_label_report(y, p)
+    assert report["accuracy"] == pytest.approx((pred == truth).mean())
+    assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, pred))
+    assert report["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+    assert report["confusion_matrix"] == confusion_matrix(truth, pred).tolist()
