@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 from functools import partial
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path, PurePosixPath
 
 import cv2
@@ -72,7 +72,8 @@ def store_all(jobs, resize: int, workers: int):
     if workers <= 1:
         return list(progress(map(work, jobs), len(jobs), "[separate]"))
     chunk = max(1, min(64, len(jobs) // (workers * 8)))
-    with Pool(workers, initializer=_init_worker) as pool:
+    # forkserver: a child forked from a process whose OpenCV thread pool is busy can deadlock
+    with multiprocessing.get_context("forkserver").Pool(workers, initializer=_init_worker) as pool:
         return list(progress(pool.imap(work, jobs, chunksize=chunk), len(jobs), "[separate]"))
 
 

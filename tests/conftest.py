@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kit.config import Config  # noqa: E402  (needs ROOT on the path)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    """A Config writing under tmp_path, one worker, with the recipe's defaults otherwise."""
+    def make(**overrides):
+        overrides.setdefault("work_dir", str(tmp_path / "work"))
+        overrides.setdefault("workers", 1)
+        return Config(**overrides)
+    return make
+
+
+def run_kit(*args, cwd=None, env=None, timeout=600):
+    """run.py in a subprocess, the way a user starts it."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("KAGGLE_KERNEL_RUN_TYPE", None)
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *map(str, args)], cwd=cwd or ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def kit_cli():
+    return run_kit

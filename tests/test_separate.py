@@ -1,0 +1,116 @@
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from fake_data import jpeg
+from kit import images, layout
+from kit.stages import separate
+
+
+def filtered(cfg, tmp_path, n=6, h=300, w=200):
+    """A filtered.csv of n JPEGs (h x w) plus one missing and one corrupt image."""
+    rows = []
+    for k in range(n):
+        jpeg(tmp_path / "src" / f"img{k}.jpg", h, w, seed=k)
+        rows.append((f"img{k}.jpg", str(tmp_path / "src" / f"img{k}.jpg")))
+    rows.append(("gone.jpg", str(tmp_path / "src" / "gone.jpg")))
+    (tmp_path / "src" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    rows.append(("bad.jpg", str(tmp_path / "src" / "bad.jpg")))
+    df = pd.DataFrame({"image_id": [r[0] for r in rows], "patient_id": "p", "view": "PA",
+                       "path": [r[1] for r in rows], "label": "A", "A": 1, "B": 0})
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    df.to_csv(layout.filtered_csv(cfg.work), index=False)
+
+
+def test_missing_and_corrupt_are_recorded_and_the_rest_stored(tmp_path, cfg, capsys):
+    c = cfg(resize=64)
+    filtered(c, tmp_path)
+    separate.run(c)
+    m = layout.read_table(layout.manifest_csv(c.work), "separate")
+    assert m.set_index("image_id")["status"].to_dict() == {
+        **{f"img{k}.jpg": "ok" for k in range(6)}, "gone.jpg": "missing", "bad.jpg": "unreadable"}
+    for f in m.loc[m["status"] == "ok", "file"]:
+        img = cv2.imread(str(layout.image_path(c.work, f)), cv2.IMREAD_UNCHANGED)
+        assert img.ndim == 2 and min(img.shape) == 64 and img.shape == (96, 64)  # aspect 3:2 kept
+    assert "6 written, 0 skipped (already there), 1 missing, 1 unreadable" in capsys.readouterr().out
+
+
+def test_restart_skips_done_images_and_redoes_a_damaged_one(tmp_path, cfg, capsys):
+    c = cfg(resize=64)
+    filtered(c, tmp_path)
+    separate.run(c)
+    m = layout.read_table(layout.manifest_csv(c.work), "separate")
+    damaged = layout.image_path(c.work, m["file"][0])
+    damaged.write_bytes(damaged.read_bytes()[:100])  # as if the disk lost the tail
+    capsys.readouterr()
+    separate.run(cfg(resize=64, force=True))
+    assert "1 written, 5 skipped (already there)" in capsys.readouterr().out
+    assert cv2.imread(str(damaged)) is not None
+    separate.run(c)
+    assert "[separate] up to date, skipped" in capsys.readouterr().out
+
+
+def test_a_changed_resize_restores_every_image(tmp_path, cfg):
+    filtered(cfg(resize=64), tmp_path)
+    separate.run(cfg(resize=64))
+    separate.run(cfg(resize=80))
+    m = layout.read_table(layout.manifest_csv(cfg().work), "separate")
+    assert {min(cv2.imread(str(layout.image_path(cfg().work, f)), 0).shape) for f in m.loc[m.status == "ok", "file"]} == {80}
+
+
+def test_resize_zero_copies_bytes_and_never_upscales(tmp_path, cfg):
+    c = cfg(resize=0)
+    filtered(c, tmp_path, n=2)
+    separate.run(c)
+    m = layout.read_table(layout.manifest_csv(c.work), "separate")
+    assert layout.image_path(c.work, m["file"][0]).read_bytes() == (tmp_path / "src" / "img0.jpg").read_bytes()
+    small = images.load_gray(tmp_path / "src" / "img0.jpg", 1000)
+    assert small.shape == (300, 200)
+
+
+@pytest.mark.parametrize("size,short,flag", [((2000, 2500), 512, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+                                             ((2048, 2500), 512, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                                             ((4100, 4100), 512, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+                                             ((1000, 1000), 512, cv2.IMREAD_GRAYSCALE)])
+def test_reduced_decode_is_used_only_when_it_stays_above_the_target(tmp_path, size, short, flag):
+    path = tmp_path / "x.jpg"
+    cv2.imwrite(str(path), np.zeros((size[1], size[0]), np.uint8))
+    assert images.decode_flag(path, short) == flag
+
+
+def test_reduced_decode_matches_a_full_decode_resize(tmp_path):
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (2400, 2000), dtype=np.uint8), (0, 0), 6)
+    cv2.imwrite(str(tmp_path / "x.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    fast = images.load_gray(tmp_path / "x.jpg", 512).astype(float)
+    full = cv2.imread(str(tmp_path / "x.jpg"), cv2.IMREAD_GRAYSCALE)
+    reference = cv2.resize(full, (512, 614), interpolation=cv2.INTER_AREA).astype(float)
+    assert fast.shape == reference.shape
+    psnr = 10 * np.log10(255**2 / np.mean((fast - reference) ** 2))
+    assert psnr > 35
+
+
+def test_sixteen_bit_and_rgba_png_decode_to_8_bit_gray(tmp_path):
+    ramp = np.tile(np.linspace(1000, 5000, 64).astype(np.uint16), (64, 1))
+    cv2.imwrite(str(tmp_path / "d.png"), ramp)
+    gray = images.load_gray(tmp_path / "d.png")
+    assert gray.dtype == np.uint8 and gray.min() == 0 and gray.max() == 255
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.full((8, 8, 4), 100, np.uint8))
+    assert images.load_gray(tmp_path / "rgba.png").shape == (8, 8)
+
+
+def test_several_workers_give_the_same_files(tmp_path, cfg):
+    one, two = cfg(resize=64, work_dir=str(tmp_path / "w1")), cfg(resize=64, work_dir=str(tmp_path / "w2"), workers=2)
+    filtered(one, tmp_path)
+    filtered(two, tmp_path)
+    separate.run(one)
+    separate.run(two)
+    m = layout.read_table(layout.manifest_csv(one.work), "separate")
+    for f in m.loc[m.status == "ok", "file"]:
+        assert layout.image_path(one.work, f).read_bytes() == layout.image_path(two.work, f).read_bytes()
+
+
+def test_stored_names_cannot_escape_the_images_folder():
+    assert separate.stored_name("../../etc/x.png", 512) == "etc/x.jpg"
+    assert separate.stored_name("/abs/CheXpert/p1/view1.jpg", 0) == "abs/CheXpert/p1/view1.jpg"
