@@ -1,0 +1,90 @@
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from fake_data import gxs_dataset
+from kit import cli
+from kit.config import Config
+
+CLASSES = ["Pneumothorax", "Cardiomegaly", "Lung Opacity", "Pleural Effusion", "Support Devices"]
+
+
+def dataset(root, n=40):
+    rows = [(f"{k}.jpg", f"P{k}", "PA", [CLASSES[k % 5]]) for k in range(n)]
+    return gxs_dataset(root, rows)
+
+
+def fails(capsys, argv, pattern):
+    """run.py fails with exit 2 and exactly one line on stderr matching `pattern`."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert re.search(pattern, err[0]), err[0]
+
+
+def test_help_names_every_setting_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for field in Config.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in out
+    assert "(default: 0.15)" in out and "(default: 512)" in out
+
+
+def test_bad_inputs_are_one_line_errors_with_a_fix(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    work = ["--work-dir", str(tmp_path / "w")]
+    fails(capsys, ["--stage", "metadata", *work], r"no dataset found .*data.*--data-dir")
+    dataset(tmp_path / "d")
+    data = ["--data-dir", str(tmp_path / "d"), *work, "--stage", "metadata"]
+    fails(capsys, [*data, "--classes", "Cardiomegaly,Pneumonitis"], r"'Pneumonitis' not in this dataset; available: ")
+    fails(capsys, [*data, "--classes", "Cardiomegaly"], r"at least 2 target classes")
+    fails(capsys, [*data, "--views", "LL"], r"no image has view \['LL'\]")
+    (tmp_path / "file").write_text("")
+    fails(capsys, [*data[:2], "--work-dir", str(tmp_path / "file" / "w")], r"is not writable.*--work-dir")
+    fails(capsys, ["--stage", "split", *work], r"manifest.csv not found: run --stage separate first")
+    csv_path = tmp_path / "d" / "train1.csv"
+    pd.read_csv(csv_path).drop(columns="ViewPosition").to_csv(csv_path, index=False)
+    fails(capsys, data, r"train1.csv lacks column\(s\) 'ViewPosition'; columns found: Image_name")
+    assert not (tmp_path / "w" / "filtered.csv").exists()
+
+
+def test_a_class_too_rare_for_three_splits(tmp_path, capsys):
+    rows = [(f"{k}.jpg", f"P{k}", "PA", [CLASSES[k % 4]]) for k in range(40)]
+    rows += [("r1.jpg", "R1", "PA", ["Support Devices"]), ("r2.jpg", "R1", "PA", ["Support Devices"])]
+    gxs_dataset(tmp_path / "d", rows)
+    argv = ["--data-dir", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), "--stage"]
+    for stage in ("metadata", "separate"):
+        assert cli.main(argv + [stage]) == 0
+    fails(capsys, argv + ["split"], r"class 'Support Devices' has 1 patient\(s\): too few to put one in each of 3")
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--stage", "metadata", "--debug", "--work-dir", str(tmp_path / "w")]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_resolved_config_and_skip_on_rerun(tmp_path, capsys):
+    dataset(tmp_path / "d")
+    argv = ["--data-dir", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), "--workers", "1"]
+    for stage in ("metadata", "separate", "split"):
+        assert cli.main(argv + ["--stage", stage]) == 0
+    saved = json.loads((tmp_path / "w" / "run_config.json").read_text())
+    assert saved["workers"] == 1 and saved["lr"] == 3e-4 and saved["stage"] == "split"
+    capsys.readouterr()
+    for stage in ("metadata", "separate", "split"):
+        assert cli.main(argv + ["--stage", stage]) == 0
+        assert f"[{stage}] up to date, skipped" in capsys.readouterr().out
+    assert cli.main(argv + ["--stage", "split", "--seed", "3"]) == 0
+    assert "up to date" not in capsys.readouterr().out
+    assert cli.main(argv + ["--stage", "metadata", "--force"]) == 0
+    assert "up to date" not in capsys.readouterr().out
+
+
+def test_a_real_process_exits_2_without_traceback(tmp_path, kit_cli):
+    result = kit_cli("--stage", "metadata", "--work-dir", tmp_path / "w", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no dataset found") and "Traceback" not in result.stderr
