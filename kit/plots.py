@@ -1,0 +1,119 @@
+"""The evaluation's pictures, drawn off-screen (no display needed) and written atomically."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from kit.io import save_figure  # noqa: E402
+
+
+def _save(fig, path):
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _drawable(y_true, k) -> bool:
+    return 0 < y_true[:, k].sum() < len(y_true)
+
+
+def roc_curves(y_true, y_prob, classes, aucs, path):
+    """One ROC curve per class, its AUC in the legend, the chance diagonal behind."""
+    y_true = np.asarray(y_true)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="chance")
+    for k, name in enumerate(classes):
+        if _drawable(y_true, k):
+            fpr, tpr, _ = roc_curve(y_true[:, k], y_prob[:, k])
+            ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {aucs[k]:.3f})")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           xlim=(0, 1), ylim=(0, 1.01), title="ROC curves, test set")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def pr_curves(y_true, y_prob, classes, aps, path):
+    """Precision-recall per class; a dotted line at each class's prevalence is chance level."""
+    y_true = np.asarray(y_true)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for k, name in enumerate(classes):
+        if _drawable(y_true, k):
+            precision, recall, _ = precision_recall_curve(y_true[:, k], y_prob[:, k])
+            line, = ax.plot(recall, precision, lw=1.8, label=f"{name} (AP {aps[k]:.3f})")
+            ax.axhline(y_true[:, k].mean(), ls=":", lw=1, c=line.get_color())
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (positive predictive value)",
+           xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall curves, test set")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def confusion_matrix(counts, classes, path):
+    """Row-normalized confusion matrix; each cell shows its count and its share of the row."""
+    counts = np.asarray(counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.nan_to_num(counts / counts.sum(1, keepdims=True))
+    size = 1.2 + 0.9 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix, test set (row %)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format=PercentFormatter(1.0))
+    _save(fig, path)
+
+
+def training_curves(history, path):
+    """Losses and validation AUC per epoch from history.csv."""
+    epochs = history["epoch"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for col in ("train_loss", "val_loss"):
+        if col in history:
+            left.plot(epochs, history[col], marker="o", label=col.replace("_", " "))
+    left.set(xlabel="epoch", ylabel="loss", title="Loss")
+    left.legend()
+    for col in [c for c in history.columns if c.startswith("val_auc_")]:
+        right.plot(epochs, history[col], lw=1, alpha=0.7, label=col[len("val_auc_"):])
+    if "val_macro_auc" in history:
+        right.plot(epochs, history["val_macro_auc"], marker="o", lw=2.5, c="black", label="macro")
+    right.set(xlabel="epoch", ylabel="ROC AUC", title="Validation AUC")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _save(fig, path)
+
+
+def class_distribution(dist, path):
+    """Images per class as horizontal bars, with patient counts written beside them."""
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(dist) + 1.2))
+    bars = ax.barh(dist["class"], dist["images"], color="tab:blue")
+    ax.bar_label(bars, labels=[f"{i} images, {p} patients" for i, p in zip(dist["images"], dist["patients"])],
+                 padding=3, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("images")
+    ax.set_xlim(0, dist["images"].max() * 1.45)
+    ax.set_title("Class distribution after filtering")
+    _save(fig, path)
+
+
+def class_distribution(dist, path):
+    """Horizontal bars of images per class (the metadata stage's table), count and share beside."""
+    dist = dist.sort_values("images")
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(dist)))
+    bars = ax.barh(dist["class"], dist["images"], color="tab:blue")
+    ax.bar_label(bars, [f"{n}  ({s:.1%})" for n, s in zip(dist["images"], dist["share"])], padding=3, fontsize=8)
+    ax.set(xlabel="images", title="Images per class")
+    ax.set_xlim(0, dist["images"].max() * 1.25 or 1)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
