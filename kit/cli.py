@@ -69,7 +69,7 @@ def run(cfg: Config):
     write_json(dataclasses.asdict(cfg), cfg.work / "run_config.json")
     print(f"xray kit: {env.platform()} | work dir {cfg.work} | stages: {cfg.stage}")
     for name in stage_list(cfg.stage):
-        module = importlib.import_module(f"kit.stages.{name}")
+        module = importlib.import_module(f"kit.stages.{name.replace('-', '_')}")
         if cfg.stage == "all" and hasattr(module, "wanted") and not module.wanted(cfg):
             continue
         start = time.perf_counter()

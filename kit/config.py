@@ -7,7 +7,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# the study, in order: `--stage all` runs these
 STAGES = ("metadata", "separate", "split", "train", "soup", "evaluate", "predict")
+# run only when named; their modules are kit/stages/<name with - as _>.py
+TOOLS = ()
 
 
 def opt(default, help, group="general", choices=None, flag=None):
@@ -17,7 +20,8 @@ def opt(default, help, group="general", choices=None, flag=None):
 @dataclass
 class Config:
     # general
-    stage: str = opt("all", "stage to run, or all of them in order", choices=STAGES + ("all",))
+    stage: str = opt("all", "stage to run, or all of the study's stages in order",
+                     choices=STAGES + TOOLS + ("all",))
     work_dir: str = opt("", "where every artifact is written (default: /kaggle/working on Kaggle, "
                             "/content/xray-kit on Colab, ./work elsewhere)")
     force: bool = opt(False, "redo a stage even when its outputs are up to date")
