@@ -133,3 +133,11 @@ def test_nothing_found_says_where_it_looked(tmp_path, cfg):
     with pytest.raises(KitError, match="--dataset csv needs --csv"):
         sources.locate(cfg(dataset="csv"), [])
 
+
+
+def test_repeated_image_ids_keep_their_first_row(tmp_path, cfg, capsys):
+    gxs_dataset(tmp_path, [("a.jpg", "P1", "PA", ["Cardiomegaly"]), ("a.jpg", "P1", "PA", ["Pneumothorax"]),
+                           ("b.jpg", "P2", "PA", ["Pneumothorax"])])
+    t = read(tmp_path, cfg(data_dir=str(tmp_path)))
+    assert t["image_id"].tolist() == ["a.jpg", "b.jpg"] and t["Cardiomegaly"].tolist() == [1, 0]
+    assert "1 rows repeat an image id (first: a.jpg)" in capsys.readouterr().out

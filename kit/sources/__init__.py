@@ -68,4 +68,9 @@ def read(adapter, path, cfg):
     table["patient_id"] = table["patient_id"].fillna("").astype(str)
     findings = finding_columns(table)
     table[findings] = table[findings].fillna(0).astype(int)
+    duplicated = table["image_id"].duplicated()
+    if duplicated.any():
+        print(f"[metadata] warning: {int(duplicated.sum())} rows repeat an image id "
+              f"(first: {table.loc[duplicated, 'image_id'].iloc[0]}); the first row of each is kept")
+        table = table[~duplicated].reset_index(drop=True)
     return table
