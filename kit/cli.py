@@ -5,6 +5,7 @@ import importlib
 import sys
 import time
 import traceback
+import typing
 
 from kit import env
 from kit.config import STAGES, Config, fields_by_group
@@ -16,6 +17,7 @@ GROUP_TITLES = {
     "data": "data: dataset, filter, stored images and split",
     "train": "train: model and recipe",
     "evaluate": "soup, evaluate and predict",
+    "study": "synthetic-data study",
 }
 
 
@@ -33,6 +35,9 @@ def build_parser():
             kw = dict(dest=f.name, default=f.default, help=f.metadata["help"])
             if f.type in (bool, "bool"):
                 kw["action"] = argparse.BooleanOptionalAction
+            elif typing.get_origin(f.type) is tuple:  # tuple[str, str]: a flag taking two values
+                kw.update(type=typing.get_args(f.type)[0], nargs=len(typing.get_args(f.type)),
+                          metavar=f.name.upper())
             else:
                 kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
                 kw["choices"] = f.metadata["choices"]

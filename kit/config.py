@@ -10,7 +10,7 @@ from pathlib import Path
 # the study, in order: `--stage all` runs these
 STAGES = ("metadata", "separate", "split", "train", "soup", "evaluate", "predict")
 # run only when named; their modules are kit/stages/<name with - as _>.py
-TOOLS = ()
+TOOLS = ("synth-quality", "compare")
 
 
 def opt(default, help, group="general", choices=None, flag=None):
@@ -101,6 +101,22 @@ class Config:
     predict_dir: str = opt("", "folder of images to predict", "evaluate")
     on_missing: str = opt("fail", "an image that cannot be predicted: fail, or fill with the "
                                   "training prevalence", "evaluate", ("fail", "fill"))
+
+    # synthetic-data study
+    synthetic_dir: str = opt("", "generated images to add to train.csv (never val or test): a folder of "
+                                 "class subfolders (DIR/Cardiomegaly/*.png) or a CSV of path,label or "
+                                 "path plus 0/1 class columns", "study")
+    synthetic_max_ratio: float = opt(1.0, "at most this many synthetic images per real train image of "
+                                          "their class", "study")
+    synthetic_classes: str = opt("", "comma-separated classes that take synthetic images (default: all)",
+                                 "study")
+    near_copy: float = opt(0.1, "synth-quality: flag a synthetic image whose nearest real image is closer "
+                                "than this fraction of the median real-to-nearest-real distance", "study")
+    runs: tuple[str, str] = opt((), "compare: the work dirs of two runs, WORK_A WORK_B (the baseline "
+                                    "first), evaluated on the same test split", "study")
+    specificity: float = opt(0.9, "compare: sensitivity is reported at this specificity", "study")
+    synthetic: bool = opt(False, "with --demo: also generate synthetic images of the two rarest classes, "
+                                 "train a second run with them, judge them and compare the runs", "study")
 
     @property
     def work(self) -> Path:

@@ -78,20 +78,31 @@ def _rank_auc(y, p):
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
+def bootstrap_auc_draws(y_true, y_probs, resamples=1000, seed=0, chunk=100) -> np.ndarray:
+    """Each class's AUC on resampled test sets, for each probability table of `y_probs`:
+    [len(y_probs), resamples, C]. Every table is scored on the same draws of images, so the
+    differences between tables are paired. NaN where a draw holds no positive of a class.
+    """
+    y_true = np.asarray(y_true, dtype=float)
+    y_probs = [np.asarray(p, dtype=float) for p in y_probs]
+    n, n_classes = y_true.shape
+    rng = np.random.default_rng(seed)
+    aucs = np.empty((len(y_probs), resamples, n_classes))
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        for k in range(n_classes):
+            for t, y_prob in enumerate(y_probs):
+                aucs[t, start:start + len(idx), k] = _rank_auc(y_true[idx, k], y_prob[idx, k])
+    return aucs
+
+
 def bootstrap_auc(y_true, y_prob, resamples=1000, seed=0, level=0.95, chunk=100):
     """Percentile bootstrap confidence intervals of each class's AUC and of the macro AUC.
 
     Images are resampled with replacement, the same draw for every class, so the macro
     interval is that of one resampled test set. Returns (per_class [C, 2], macro [2]).
     """
-    y_true, y_prob = np.asarray(y_true, dtype=float), np.asarray(y_prob, dtype=float)
-    n, n_classes = y_true.shape
-    rng = np.random.default_rng(seed)
-    aucs = np.empty((resamples, n_classes))
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-        for k in range(n_classes):
-            aucs[start:start + len(idx), k] = _rank_auc(y_true[idx, k], y_prob[idx, k])
+    aucs = bootstrap_auc_draws(y_true, [y_prob], resamples, seed, chunk)[0]
     tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     # A draw may hold no positive of a rare class: that class is NaN in that draw only.
     with warnings.catch_warnings():

@@ -7,13 +7,13 @@ multi label mode: kept when any target is positive; other findings are ignored.
 import numpy as np
 import pandas as pd
 
-from kit import env, layout, sources, stamps
+from kit import env, layout, sources, stamps, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
 
 SETTINGS = ("dataset", "data_dir", "csv", "image_col", "patient_col", "label_cols", "labels_col",
             "labels_sep", "view_col", "image_root", "classes", "label_mode", "views",
-            "keep_negatives", "uncertain", "seed")
+            "keep_negatives", "uncertain", "seed", "synthetic_dir", "synthetic_classes")
 
 
 def filter_views(table: pd.DataFrame, views: str) -> pd.DataFrame:
@@ -70,7 +70,8 @@ def run(cfg):
     adapter, csv_path = sources.locate(cfg, env.data_roots(env.platform()))
     settings = {k: getattr(cfg, k) for k in SETTINGS}
     out, dist_csv = layout.filtered_csv(cfg.work), cfg.work / "class_distribution.csv"
-    if stamps.up_to_date(cfg, "metadata", settings, [csv_path], [out, dist_csv]):
+    inputs = [csv_path, *synthetic.source_files(cfg)]
+    if stamps.up_to_date(cfg, "metadata", settings, inputs, [out, dist_csv]):
         return
     print(f"[metadata] dataset {adapter.NAME}: {csv_path}")
     table = sources.read(adapter, csv_path, cfg)
@@ -88,10 +89,12 @@ def run(cfg):
     print(f"[metadata] {len(table)} rows -> {len(framed)} with views {cfg.views} -> "
           f"{len(filtered)} kept ({cfg.label_mode} label mode)")
     dist = distribution(filtered, classes)
+    if cfg.synthetic_dir:  # found, before the split caps them per class
+        dist["synthetic"] = synthetic.found_per_class(cfg, classes)
     print_distribution(dist, len(filtered))
     write_csv(filtered, out)
     write_csv(dist, dist_csv)
     from kit import plots
 
     plots.class_distribution(dist, cfg.work / "class_distribution.png")
-    stamps.record(cfg, "metadata", settings, [csv_path])
+    stamps.record(cfg, "metadata", settings, inputs)

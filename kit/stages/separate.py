@@ -66,15 +66,15 @@ def _init_worker():
     cv2.setNumThreads(1)
 
 
-def store_all(jobs, resize: int, workers: int):
+def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
     """Results of store_one for every job, in job order, using `workers` processes."""
     work = partial(store_one, resize=resize)
     if workers <= 1:
-        return list(progress(map(work, jobs), len(jobs), "[separate]"))
+        return list(progress(map(work, jobs), len(jobs), desc))
     chunk = max(1, min(64, len(jobs) // (workers * 8)))
     # forkserver: a child forked from a process whose OpenCV thread pool is busy can deadlock
     with multiprocessing.get_context("forkserver").Pool(workers, initializer=_init_worker) as pool:
-        return list(progress(pool.imap(work, jobs, chunksize=chunk), len(jobs), "[separate]"))
+        return list(progress(pool.imap(work, jobs, chunksize=chunk), len(jobs), desc))
 
 
 def _reset_if_resized(folder: Path, resize: int):

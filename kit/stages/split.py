@@ -10,7 +10,7 @@ per-fold Python search takes minutes on a 100k-image dataset.
 import numpy as np
 import pandas as pd
 
-from kit import layout, stamps
+from kit import layout, stamps, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
 
@@ -83,8 +83,9 @@ def summary(parts: dict, classes) -> pd.DataFrame:
     for name, part in parts.items():
         for c in classes + ["all"]:
             sel = part if c == "all" else part[part[c] == 1]
-            rows.append({"split": name, "class": c, "images": len(sel),
-                         "patients": sel["_group"].nunique(),
+            real = sel[sel["source"] == "real"]
+            rows.append({"split": name, "class": c, "images": len(sel), "real": len(real),
+                         "synthetic": len(sel) - len(real), "patients": real["_group"].nunique(),
                          "share": round(len(sel) / max(len(part), 1), 4)})
     return pd.DataFrame(rows)
 
@@ -93,7 +94,9 @@ def run(cfg):
     manifest = layout.manifest_csv(cfg.work)
     outputs = [layout.split_csv(cfg.work, s) for s in layout.SPLITS + ("summary",)]
     settings = {k: getattr(cfg, k) for k in ("val_frac", "test_frac", "seed", "split")}
-    if stamps.up_to_date(cfg, "split", settings, [manifest], outputs):
+    settings.update(synthetic.settings(cfg))
+    inputs = [manifest, *synthetic.source_files(cfg)]
+    if stamps.up_to_date(cfg, "split", settings, inputs, outputs):
         return
     for name in ("val_frac", "test_frac"):
         if not 0 <= getattr(cfg, name) < 1:
@@ -119,23 +122,28 @@ def run(cfg):
         check_enough(df, classes, groups, 1 + sum(f > 0 for f in fracs.values()))
         split = assign(keys, groups, fracs, cfg.seed)
     df["_group"] = groups
+    df.insert(df.columns.get_loc(classes[0]), "source", "real")
     parts = {name: df[split == name] for name in layout.SPLITS}
     check_disjoint(parts)
+    if cfg.synthetic_dir:
+        parts["train"] = synthetic.mix(cfg, parts["train"], classes, pd.concat([df["image_id"], df["patient_id"]]))
     table = summary(parts, classes)
     for name, part in parts.items():
         write_csv(part.drop(columns="_group"), layout.split_csv(cfg.work, name))
     write_csv(table, layout.split_csv(cfg.work, "summary"))
     report(table, classes)
-    stamps.record(cfg, "split", settings, [manifest])
+    stamps.record(cfg, "split", settings, inputs)
 
 
 def report(table: pd.DataFrame, classes):
-    images = table.pivot(index="class", columns="split", values="images").reindex(
+    images = table.pivot(index="class", columns="split", values="real").reindex(
         index=classes + ["all"], columns=list(layout.SPLITS))
+    if table["synthetic"].any():
+        images["train synthetic"] = table[table["split"] == "train"].set_index("class")["synthetic"]
     patients = table[table["class"] == "all"].set_index("split")["patients"]
     print(images.to_string())
     print("[split] patients: " + ", ".join(f"{s} {patients[s]}" for s in layout.SPLITS))
-    few = table[(table["class"] != "all") & (table["images"] < FEW_IMAGES)]
+    few = table[(table["class"] != "all") & (table["real"] < FEW_IMAGES)]
     for row in few.to_dict("records"):
-        print(f"[split] warning: {row['split']} has only {row['images']} image(s) of {row['class']}; "
+        print(f"[split] warning: {row['split']} has only {row['real']} real image(s) of {row['class']}; "
               f"its metrics for that class will be noisy")

@@ -1,0 +1,165 @@
+"""Compare stage: a baseline run (A, e.g. real images only) against another (B, e.g. with
+synthetic images) on the same test images -> reports/compare.csv and compare.png.
+
+Both runs' evaluate stage saved reports/test_predictions.csv. The difference of AUC per class
+and of the macro AUC gets a paired bootstrap: each draw resamples test images once and scores
+both runs on it, so the interval reflects how the runs differ on the same images, not how
+noisy each is alone. A verdict says "better" or "worse" only when the 95% interval excludes 0.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from kit import layout, metrics, stamps, study_plots
+from kit.errors import KitError
+from kit.io import write_csv
+
+LEVEL = 0.95
+PREDICTIONS = "test_predictions.csv"
+PROB = "prob_"
+SHOWN = 3
+
+
+def predictions_csv(work) -> Path:
+    return layout.reports_dir(work) / PREDICTIONS
+
+
+def read_predictions(work):
+    """(table, classes) of a run's test predictions."""
+    path = predictions_csv(work)
+    if not path.is_file():
+        raise KitError(f"{path} not found: run --stage evaluate with --work-dir {work} first")
+    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
+    classes = [c[len(PROB):] for c in df.columns if c.startswith(PROB)]
+    if not classes or "image_id" not in df.columns or any(c not in df.columns for c in classes):
+        raise KitError(f"{path} is not a test predictions table (image_id, one column per class and "
+                       f"one {PROB}<class> column per class); rerun --stage evaluate --force there")
+    return df, classes
+
+
+def _examples(ids) -> str:
+    ids = sorted(ids)
+    return ", ".join(ids[:SHOWN]) + (" ..." if len(ids) > SHOWN else "")
+
+
+def paired(a, classes_a, b, classes_b):
+    """(targets, probabilities of A, probabilities of B) on the same images in the same order;
+    a clear error when the two runs were not tested on the same test set."""
+    if classes_a != classes_b:
+        raise KitError(f"the runs predict different classes ({', '.join(classes_a)} vs "
+                       f"{', '.join(classes_b)}); compare runs trained on the same classes")
+    only_a, only_b = set(a["image_id"]) - set(b["image_id"]), set(b["image_id"]) - set(a["image_id"])
+    if only_a or only_b or len(a) != len(b):
+        raise KitError(f"the test sets differ ({len(only_a)} images only in A: {_examples(only_a)}; "
+                       f"{len(only_b)} only in B: {_examples(only_b)}): make both runs from the same "
+                       f"data with the same --seed, --val-frac, --test-frac and --split")
+    classes, b = classes_a, b.set_index("image_id").loc[a["image_id"]].reset_index()
+    y = a[classes].to_numpy()
+    relabelled = (y != b[classes].to_numpy()).any(axis=1)
+    if relabelled.any():
+        raise KitError(f"{int(relabelled.sum())} test images have other labels in B (e.g. "
+                       f"{_examples(a.loc[relabelled, 'image_id'])}); make both runs with the same "
+                       f"--label-mode and --classes")
+    probs = [PROB + c for c in classes]
+    return y, a[probs].to_numpy(float), b[probs].to_numpy(float)
+
+
+def paired_bootstrap(y, p_a, p_b, resamples=1000, seed=0, level=LEVEL):
+    """AUC difference B - A per class and of the macro AUC (last entry): (interval [C+1, 2],
+    two-sided p-value [C+1]). The p-value is the bootstrap share of draws on the far side of 0,
+    doubled, with the (count + 1) / (draws + 1) correction that keeps it above 0."""
+    draws = metrics.bootstrap_auc_draws(y, [p_a, p_b], resamples, seed)
+    macro = [_nanmean_rows(d) for d in draws]
+    diffs = np.column_stack([draws[1] - draws[0], macro[1] - macro[0]])
+    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    interval = np.full((diffs.shape[1], 2), np.nan)
+    p_value = np.full(diffs.shape[1], np.nan)
+    for j, d in enumerate(diffs.T):
+        d = d[np.isfinite(d)]
+        if len(d):
+            interval[j] = np.percentile(d, tails)
+            far_side = min((d <= 0).sum(), (d >= 0).sum())
+            p_value[j] = min(1.0, 2 * (far_side + 1) / (len(d) + 1))
+    return interval, p_value
+
+
+def _nanmean_rows(d):
+    """Row means ignoring NaN; NaN for an all-NaN row, without numpy's warning."""
+    counts = np.isfinite(d).sum(axis=1)
+    return np.where(counts > 0, np.nansum(d, axis=1) / np.maximum(counts, 1), np.nan)
+
+
+def sensitivity_at_specificity(y, p, specificity) -> np.ndarray:
+    """Per class, the highest sensitivity of any threshold whose specificity is at least
+    `specificity` (a point of the ROC curve); NaN for a class with one label value."""
+    out = np.full(y.shape[1], np.nan)
+    for k in range(y.shape[1]):
+        if 0 < y[:, k].sum() < len(y):
+            fpr, tpr, _ = roc_curve(y[:, k], p[:, k])
+            out[k] = tpr[fpr <= 1 - specificity + 1e-12].max()
+    return out
+
+
+def verdict(low, high) -> str:
+    if not np.isfinite(low):
+        return "not measurable"
+    return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
+
+
+def comparison(y, p_a, p_b, classes, resamples, seed, specificity) -> pd.DataFrame:
+    """One row per class and one for the macro AUC."""
+    auc_a = np.append(metrics.auc_per_class(y, p_a), metrics.macro_auc(y, p_a))
+    auc_b = np.append(metrics.auc_per_class(y, p_b), metrics.macro_auc(y, p_b))
+    interval, p_value = paired_bootstrap(y, p_a, p_b, resamples, seed)
+    sens_a = np.append(sensitivity_at_specificity(y, p_a, specificity), np.nan)
+    sens_b = np.append(sensitivity_at_specificity(y, p_b, specificity), np.nan)
+    return pd.DataFrame({
+        "class": [*classes, "macro"], "positives": [*y.sum(axis=0).astype(int), len(y)],
+        "auc_a": auc_a, "auc_b": auc_b, "auc_diff": auc_b - auc_a,
+        "ci_low": interval[:, 0], "ci_high": interval[:, 1], "p_value": p_value,
+        "specificity": specificity, "sens_a": sens_a, "sens_b": sens_b, "sens_diff": sens_b - sens_a,
+        "verdict": [verdict(lo, hi) for lo, hi in interval],
+    })
+
+
+def run(cfg):
+    if len(cfg.runs) != 2:
+        raise KitError("--stage compare needs --runs WORK_A WORK_B: the work dirs of the baseline run "
+                       "and of the run to compare with it")
+    run_a, run_b = map(Path, cfg.runs)
+    if run_a.resolve() == run_b.resolve():
+        raise KitError(f"--runs names {run_a} twice; give the baseline run's and the other run's work dirs")
+    if not 0 < cfg.specificity < 1:
+        raise KitError(f"--specificity {cfg.specificity} must be between 0 and 1, such as 0.9")
+    reports = layout.reports_dir(cfg.work)
+    outputs = [reports / "compare.csv", reports / "compare.png"]
+    settings = dict(runs=[str(run_a), str(run_b)], bootstrap=cfg.bootstrap, seed=cfg.seed,
+                    specificity=cfg.specificity)
+    inputs = [predictions_csv(run_a), predictions_csv(run_b)]
+    if stamps.up_to_date(cfg, "compare", settings, inputs, outputs):
+        return
+    (a, classes_a), (b, classes_b) = read_predictions(run_a), read_predictions(run_b)
+    y, p_a, p_b = paired(a, classes_a, b, classes_b)
+    table = comparison(y, p_a, p_b, classes_a, cfg.bootstrap, cfg.seed, cfg.specificity)
+    table.insert(0, "run_b", str(run_b))
+    table.insert(0, "run_a", str(run_a))
+    write_csv(table, outputs[0])
+    study_plots.compare_runs(table, (run_a.name, run_b.name), cfg.specificity, outputs[1])
+    stamps.record(cfg, "compare", settings, inputs)
+    _print(table, len(y), cfg, run_a, run_b, reports)
+
+
+def _print(table, n, cfg, run_a, run_b, reports):
+    print(f"[compare] A = {run_a}, B = {run_b}: {n} shared test images, paired bootstrap of "
+          f"{cfg.bootstrap} draws (seed {cfg.seed})")
+    for row in table.to_dict("records"):
+        change = {"better": "B better than A", "worse": "B worse than A"}.get(row["verdict"], row["verdict"])
+        line = (f"  {row['class']}: {change}: AUC {row['auc_a']:.3f} -> {row['auc_b']:.3f} "
+                f"({row['auc_diff']:+.3f}, {LEVEL:.0%} CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], "
+                f"p={row['p_value']:.3f})")
+        if np.isfinite(row["sens_a"]):
+            line += f"; sensitivity at {cfg.specificity:.0%} specificity {row['sens_a']:.2f} -> {row['sens_b']:.2f}"
+        print(line)
+    print(f"  table and picture in {reports}")

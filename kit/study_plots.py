@@ -1,0 +1,64 @@
+"""The synthetic-data study's pictures, drawn off-screen and written atomically."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from kit.io import save_figure  # noqa: E402
+
+
+def _save(fig, path):
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def synthetic_grid(pairs: dict, path):
+    """pairs: {class: [(synthetic image, nearest real image, ratio, near copy)]}. Per class, a
+    row of synthetic images, each above its nearest real image; near-copies framed in red."""
+    cols = max(len(p) for p in pairs.values())
+    fig, axes = plt.subplots(2 * len(pairs), cols, figsize=(1.6 * cols, 3.4 * len(pairs)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, (name, row) in enumerate(pairs.items()):
+        for c, (fake, real, ratio, copy) in enumerate(row):
+            top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
+            top.imshow(fake, cmap="gray", vmin=0, vmax=255)
+            bottom.imshow(real, cmap="gray", vmin=0, vmax=255)
+            top.set_title(f"ratio {ratio:.2f}", fontsize=7, color="red" if copy else "black")
+            for ax in (top, bottom):
+                ax.axis("on")
+                ax.set(xticks=[], yticks=[])
+                for spine in ax.spines.values():
+                    spine.set(color="red" if copy else "0.7", linewidth=2 if copy else 0.5)
+        axes[2 * r, 0].set_ylabel(f"{name}\nsynthetic", fontsize=8)
+        axes[2 * r + 1, 0].set_ylabel("nearest real", fontsize=8)
+    fig.suptitle("Synthetic images (top) above their nearest real image (bottom), closest first;\n"
+                 "ratio: distance / median real-to-nearest-real distance (red: near-copy)", fontsize=9)
+    _save(fig, path)
+
+
+def compare_runs(table, names, specificity, path):
+    """Left: test AUC per class of both runs. Right: B - A with its paired bootstrap 95% interval."""
+    labels = table["class"].tolist()
+    y = np.arange(len(labels))[::-1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.55 * len(labels) + 1.8), sharey=True)
+    left.scatter(table["auc_a"], y, marker="o", label=f"A: {names[0]}")
+    left.scatter(table["auc_b"], y, marker="D", label=f"B: {names[1]}")
+    left.set(yticks=y, yticklabels=labels, xlabel="test ROC AUC", title="AUC per class")
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+    colors = {"better": "tab:green", "worse": "tab:red"}
+    for yi, row in zip(y, table.to_dict("records")):
+        color = colors.get(row["verdict"], "0.4")
+        right.errorbar(row["auc_diff"], yi, xerr=[[row["auc_diff"] - row["ci_low"]], [row["ci_high"] - row["auc_diff"]]],
+                       fmt="o", color=color, capsize=3)
+        sens = f"; sens@{specificity:.0%} spec {row['sens_a']:.2f} -> {row['sens_b']:.2f}" if np.isfinite(row["sens_a"]) else ""
+        right.annotate(f"{row['verdict']}, p={row['p_value']:.3f}{sens}", (row["ci_high"], yi), xytext=(4, 0),
+                       textcoords="offset points", va="center", fontsize=7)
+    right.axvline(0, color="0.5", lw=1, ls="--")
+    right.set(xlabel="AUC difference B - A (paired bootstrap 95% interval)", title="Difference")
+    for ax in (left, right):
+        ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,143 @@
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kit import layout, synthetic
+from kit.errors import KitError
+from kit.images import load_gray
+from kit.stages import split
+
+CLASSES = ["A", "B", "C"]
+
+
+def manifest(n_patients=60, seed=0):
+    """Real images (never read by the split): class A common, C rare."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        for i in range(rng.integers(1, 4)):
+            y = np.eye(3, dtype=int)[rng.choice(3, p=[0.6, 0.25, 0.15])]
+            rows.append({"image_id": f"p{p}_{i}.jpg", "patient_id": f"p{p}", "view": "PA", "path": "",
+                         "label": "", "file": f"images/p{p}_{i}.jpg", "status": "ok", **dict(zip(CLASSES, y))})
+    return pd.DataFrame(rows)
+
+
+def synthetic_folder(root, counts, bad=()):
+    """root/<class>/NNN.png per class; `bad` names files holding no image."""
+    for c, n in counts.items():
+        for k in range(n):
+            path = root / c / f"{k:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.random.default_rng(k).integers(0, 256, (40, 48), dtype=np.uint8))
+    for name in bad:
+        (root / name).write_text("not an image")
+    return root
+
+
+def run_split(make_cfg, df, **kw):
+    c = make_cfg(resize=32, **kw)
+    layout.manifest_csv(c.work).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(layout.manifest_csv(c.work), index=False)
+    split.run(c)
+    return c, {s: layout.read_split(c.work, s)[0] for s in layout.SPLITS}
+
+
+def test_synthetic_rows_go_to_train_only_capped_with_unique_ids(cfg, tmp_path, capsys):
+    df = manifest()
+    folder = synthetic_folder(tmp_path / "syn", {"A": 40, "B": 5, "C": 4}, bad=["A/bad.png", "B/bad.png"])
+    _, base = run_split(cfg, df, work_dir=str(tmp_path / "real"))
+    c, parts = run_split(cfg, df, work_dir=str(tmp_path / "mixed"), synthetic_dir=str(folder),
+                         synthetic_max_ratio=0.5)
+    out = capsys.readouterr().out
+    assert "synthetic file(s) could not be read and were skipped" in out and "B/bad.png (unreadable)" in out
+
+    # val and test untouched, the real part of train untouched
+    for s in ("val", "test"):
+        assert parts[s]["image_id"].tolist() == base[s]["image_id"].tolist()
+        assert (parts[s]["source"] == "real").all()
+    train = parts["train"]
+    real, syn = train[train.source == "real"], train[train.source == "synthetic"]
+    assert real["image_id"].tolist() == base["train"]["image_id"].tolist()
+
+    # the cap: at most ratio x the class's real train images; filled where enough are readable
+    # (a bad file chosen in A gives its place to another)
+    cap = np.floor(0.5 * real[CLASSES].sum()).astype(int)
+    available = {"A": 40, "B": 5, "C": 4}  # readable ones
+    for k in CLASSES:
+        assert syn[k].sum() == min(cap[k], available[k])
+    assert not syn["path"].str.endswith("bad.png").any()
+
+    # ids: unique everywhere, never a real image or patient id, each its own patient
+    every = pd.concat(parts.values())
+    assert not every["image_id"].duplicated().any()
+    real_ids = set(df["image_id"]) | set(df["patient_id"])
+    assert not (set(syn["image_id"]) | set(syn["patient_id"])) & real_ids
+    assert not syn["patient_id"].duplicated().any()
+
+    # stored like real images: readable from the file entry, shrunk to --resize
+    for f in syn["file"]:
+        img = load_gray(layout.image_path(c.work, f))
+        assert img is not None and min(img.shape) == 32
+
+    summary = pd.read_csv(layout.split_csv(c.work, "summary")).set_index(["split", "class"])
+    for k in CLASSES:
+        assert summary.loc[("train", k), "synthetic"] == syn[k].sum()
+        assert summary.loc[("train", k), "real"] == real[k].sum()
+        assert summary.loc[("val", k), "synthetic"] == 0
+
+
+def test_synthetic_classes_limits_which_classes_take_them(cfg, tmp_path):
+    folder = synthetic_folder(tmp_path / "syn", {"A": 5, "C": 5})
+    _, parts = run_split(cfg, manifest(), synthetic_dir=str(folder), synthetic_classes="c")
+    syn = parts["train"][parts["train"].source == "synthetic"]
+    assert len(syn) == 5 and (syn["C"] == 1).all()
+
+
+def test_a_csv_in_either_form_lists_the_same_images(cfg, tmp_path):
+    folder = synthetic_folder(tmp_path / "syn", {"A": 2, "C": 3})
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    labels = [n.split("/")[0] for n in names]
+    pd.DataFrame({"path": names, "label": labels}).to_csv(folder / "by_label.csv", index=False)
+    pd.DataFrame({"path": names, "seed": range(5), "A": [int(lab == "A") for lab in labels],
+                  "C": [int(lab == "C") for lab in labels]}).to_csv(folder / "by_column.csv", index=False)
+    c = cfg()
+    expected = synthetic.listing(cfg(synthetic_dir=str(folder)), CLASSES)
+    for csv_name in ("by_label.csv", "by_column.csv"):
+        c.synthetic_dir = str(folder / csv_name)
+        got = synthetic.listing(c, CLASSES)
+        assert got["name"].tolist() == expected["name"].tolist()
+        assert got[CLASSES].to_numpy().tolist() == expected[CLASSES].to_numpy().tolist()
+        assert [str(p) for p in got["path"]] == [str(p) for p in expected["path"]]
+
+
+def test_a_synthetic_image_of_another_class_is_a_clear_error(cfg, tmp_path):
+    folder = synthetic_folder(tmp_path / "syn", {"A": 2, "Pneumonia": 1})
+    with pytest.raises(KitError, match=r"class 'Pneumonia', not a target class \(A, B, C\)"):
+        run_split(cfg, manifest(), synthetic_dir=str(folder))
+    pd.DataFrame({"path": ["A/000.png"], "label": ["Pneumonia"]}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(KitError, match="'Pneumonia', not a target class"):
+        synthetic.listing(cfg(synthetic_dir=str(tmp_path / "s.csv")), CLASSES)
+    with pytest.raises(KitError, match="'Pneumonia', not a target class"):
+        synthetic.taking_classes("A,Pneumonia", CLASSES)
+
+
+def test_ids_avoid_any_real_id_prefix():
+    assert synthetic.id_prefix(pd.Series(["p1", "x"])) == "synthetic/"
+    assert synthetic.id_prefix(pd.Series(["synthetic/1", "_synthetic/2"])) == "__synthetic/"
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 1000), single=st.booleans())
+def test_within_cap_never_exceeds_a_class_room(seed, single):
+    rng = np.random.default_rng(seed)
+    targets = np.eye(4, dtype=int)[rng.integers(0, 4, 50)]
+    if not single:
+        targets |= rng.random((50, 4)) < 0.2
+    room = rng.integers(0, 15, 4)
+    taken = synthetic.within_cap(targets, room, rng.permutation(50))
+    assert (targets[taken].sum(axis=0) <= room).all()
+    if single:  # one class each: every class fills up to its room or its supply
+        assert (targets[taken].sum(axis=0) == np.minimum(room, targets.sum(axis=0))).all()
