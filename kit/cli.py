@@ -2,12 +2,13 @@
 import argparse
 import dataclasses
 import importlib
+import shlex
 import sys
 import time
 import traceback
 import typing
 
-from kit import env
+from kit import env, session
 from kit.config import STAGES, Config, fields_by_group
 from kit.errors import KitError
 from kit.io import write_json
@@ -18,6 +19,7 @@ GROUP_TITLES = {
     "train": "train: model and recipe",
     "evaluate": "soup, evaluate and predict",
     "study": "synthetic-data study",
+    "platform": "Kaggle, Colab and sessions",
 }
 
 
@@ -47,6 +49,10 @@ def build_parser():
 
 
 def parse_config(argv=None) -> Config:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" in argv:  # run.py --stage bundle -- ARGS: ARGS are the bundled kernel's own arguments
+        cut = argv.index("--")
+        argv = argv[:cut] + ["--kernel-args=" + shlex.join(argv[cut + 1:])]
     args = build_parser().parse_args(argv)
     return Config(**vars(args))
 
@@ -58,6 +64,7 @@ def resolve(cfg: Config) -> Config:
         cfg.work_dir = str(env.default_work_dir(where))
     if cfg.workers <= 0:
         cfg.workers = env.cpu_count()
+    session.resolve(cfg, where)
     return cfg
 
 
@@ -70,13 +77,21 @@ def run(cfg: Config):
         from kit import demo
 
         demo.prepare(cfg)
+    elif cfg.download:
+        from kit import download
+
+        download.fetch(cfg)
     env.ensure_writable(cfg.work)
     write_json(dataclasses.asdict(cfg), cfg.work / "run_config.json")
-    print(f"xray kit: {env.platform()} | work dir {cfg.work} | stages: {cfg.stage}")
-    for name in stage_list(cfg.stage):
-        module = importlib.import_module(f"kit.stages.{name.replace('-', '_')}")
+    env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub
+    modules = {name: importlib.import_module(f"kit.stages.{name.replace('-', '_')}")
+               for name in stage_list(cfg.stage)}
+    if session.start(cfg):
+        print(env.facts(cfg, torch_loaded="torch" in sys.modules))
+    for name, module in modules.items():
         if cfg.stage == "all" and hasattr(module, "wanted") and not module.wanted(cfg):
             continue
+        session.check_time(cfg, name)
         start = time.perf_counter()
         module.run(cfg)
         print(f"[{name}] done in {time.perf_counter() - start:.1f}s")
@@ -91,6 +106,9 @@ def main(argv=None):
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except session.TimeUp as e:
+        print(e)
+        return 0
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

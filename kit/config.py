@@ -10,7 +10,7 @@ from pathlib import Path
 # the study, in order: `--stage all` runs these
 STAGES = ("metadata", "separate", "split", "train", "soup", "evaluate", "predict")
 # run only when named; their modules are kit/stages/<name with - as _>.py
-TOOLS = ("synth-quality", "compare")
+TOOLS = ("synth-quality", "compare", "bundle", "push", "weights")
 
 
 def opt(default, help, group="general", choices=None, flag=None):
@@ -117,6 +117,24 @@ class Config:
     specificity: float = opt(0.9, "compare: sensitivity is reported at this specificity", "study")
     synthetic: bool = opt(False, "with --demo: also generate synthetic images of the two rarest classes, "
                                  "train a second run with them, judge them and compare the runs", "study")
+
+    # kaggle and colab
+    kernel_args: str = opt("", "bundle, push: the kernel's own run.py arguments; everything after -- lands "
+                               "here (run.py --stage bundle -- --stage all --epochs 6)", "platform")
+    kernel_metadata: str = opt("", "bundle, push: the kernel-metadata.json to bundle (default: the one "
+                                   "beside run.py)", "platform")
+    out: str = opt("", "bundle, push: folder of kernel.py and its metadata (default: dist/kaggle); "
+                       "weights: folder to save the pretrained weights in (default: weights/MODEL)", "platform")
+    download: bool = opt(False, "fetch the dataset with the Kaggle API into --data-dir when it is missing "
+                                "(needs Kaggle credentials)", "platform")
+    time_limit: str = opt("auto", "stop training this long after the start, with last.pth saved, e.g. "
+                                  "11h30m, 90m, 600s or none (auto: 11h30m on Kaggle, none elsewhere)", "platform")
+    output_budget: str = opt("auto", "warn before training when the work dir would outgrow this, e.g. 19GB "
+                                     "or none (auto: 19GB on Kaggle, which keeps about 20 GB; none "
+                                     "elsewhere)", "platform")
+    resume: str = opt("none", "auto: continue from a matching checkpoints/last.pth found under the data "
+                              "roots (on Kaggle: a previous version's output attached as input); or the "
+                              "folder or last.pth to continue from; none", "platform")
 
     @property
     def work(self) -> Path:

@@ -1,13 +1,21 @@
 """Where am I: Kaggle, Colab or a local machine; where the data is; which GPUs there are."""
+import collections
+import importlib.metadata
 import importlib.util
 import os
+import shutil
+import socket
+import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from kit.errors import KitError
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
 COLAB_WORK = Path("/content/xray-kit")
+PLACES = {"kaggle": "Kaggle", "colab": "Google Colab", "local": "a local machine"}
+HF_ENDPOINT = "https://huggingface.co"
 
 
 def platform() -> str:
@@ -58,3 +66,50 @@ def gpus() -> list:
         return []
     return [(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / 2**30)
             for i in range(torch.cuda.device_count())]
+
+
+def reachable(host, port=443, timeout=2.0) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers. When it does not, HF_HUB_OFFLINE=1 is set, so that
+    huggingface_hub (which reads it once, when timm imports it) never waits on a timeout; call
+    this before timm is imported. An HF_HUB_OFFLINE set by the user is obeyed."""
+    if os.environ.get("HF_HUB_OFFLINE"):
+        return os.environ["HF_HUB_OFFLINE"].strip().lower() not in ("1", "true", "yes", "on")
+    if reachable(urlparse(os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).hostname):
+        return True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return False
+
+
+def _version(package) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def facts(cfg, torch_loaded: bool) -> str:
+    """A short block on where the run is: platform, versions, GPUs (only once torch is imported
+    anyway: data stages start without it), CPUs, folders, free disk and limits."""
+    lines = [f"xray kit on {PLACES[platform()]} | Python {sys.version.split()[0]} | torch {_version('torch')} "
+             f"| timm {_version('timm')}"]
+    if torch_loaded:
+        import torch
+
+        counts = collections.Counter((name, round(mem, 1)) for name, mem in gpus())
+        shown = ", ".join(f"{n} x {name} ({mem} GiB)" for (name, mem), n in counts.items())
+        lines.append(f"  CUDA {torch.version.cuda or 'none'} | GPUs: {shown or 'none, training on the CPU'}")
+    data = cfg.data_dir or "searched under " + ", ".join(map(str, data_roots(platform())))
+    free = shutil.disk_usage(cfg.work).free / 1e9
+    hub = "offline (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else "online"
+    lines += [f"  {cpu_count()} CPUs | data: {data} | work dir: {cfg.work} ({free:.1f} GB free)",
+              f"  time limit: {cfg.time_limit} | output budget: {cfg.output_budget} | Hugging Face hub: {hub} "
+              f"| stages: {cfg.stage}"]
+    return "\n".join(lines)

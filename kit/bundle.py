@@ -1,0 +1,92 @@
+"""A one-file Kaggle kernel. `kaggle kernels push` uploads only the file named by code_file, so
+kernel.py carries run.py and the kit package inside itself: a zip archive, base64, in a string.
+
+At start the kernel unpacks them into a temporary folder named after the archive's hash (runs
+of one kernel share it; another kernel never sees stale code), puts that folder first on
+sys.path and calls run.py's main with the arguments baked in at bundle time. The folder is a
+real one because the training relaunch under torchrun and the data-loading worker processes
+import the kit from disk. The same sources always give the same kernel.py, byte for byte.
+"""
+import base64
+import hashlib
+import io
+import shlex
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: no file time leaks into the bytes
+
+KERNEL = '''\
+"""xray kit as one Kaggle script kernel: python run.py --stage bundle wrote it.
+
+It runs `{shown}`. run.py and the kit package travel in ARCHIVE (a zip, base64)
+and are unpacked into a temporary folder at start. Edit ARGS to change the run; bundle again
+to change the code.
+"""
+import base64
+import hashlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ARGS = {args!r}
+ARCHIVE_SHA256 = "{digest}"
+ARCHIVE = """
+{archive}"""
+
+
+def unpack() -> Path:
+    """The folder holding run.py and kit/, unpacked once per archive and renamed into place
+    whole, so that no process ever imports from a half-written folder."""
+    data = base64.b64decode(ARCHIVE)
+    if hashlib.sha256(data).hexdigest() != ARCHIVE_SHA256:
+        sys.exit("kernel.py: ARCHIVE was edited and is damaged; bundle the kernel again")
+    target = Path(tempfile.gettempdir()) / ("xray-kit-" + ARCHIVE_SHA256[:16])
+    if not (target / "run.py").is_file():
+        staging = tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent)
+        zipfile.ZipFile(io.BytesIO(data)).extractall(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process put it in place first
+            shutil.rmtree(staging)
+    return target
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(unpack()))
+    from kit.cli import main
+
+    code = main(ARGS)
+    if code:
+        sys.exit(code)
+'''
+
+
+def sources(root=ROOT) -> list:
+    """run.py and every module of the kit package, relative to `root`, in a fixed order."""
+    return [Path("run.py")] + sorted(p.relative_to(root) for p in (Path(root) / "kit").rglob("*.py"))
+
+
+def archive(root=ROOT) -> bytes:
+    """A zip of `sources` whose bytes depend on the files' contents and names only."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for rel in sources(root):
+            info = zipfile.ZipInfo(rel.as_posix(), ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            z.writestr(info, (Path(root) / rel).read_bytes(), compresslevel=9)
+    return buffer.getvalue()
+
+
+def kernel_source(args, root=ROOT) -> str:
+    """kernel.py's text: the kit of `root` that runs `run.py ARGS`."""
+    data = archive(root)
+    return KERNEL.format(shown=shlex.join(["python", "run.py", *args]), args=list(args),
+                         digest=hashlib.sha256(data).hexdigest(),
+                         archive=base64.encodebytes(data).decode("ascii"))

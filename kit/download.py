@@ -1,0 +1,143 @@
+"""Kaggle's API where there is no Kaggle mount: credentials, and fetching a dataset into --data-dir.
+
+Credentials are looked for where the kaggle package looks (KAGGLE_API_TOKEN, KAGGLE_USERNAME
+with KAGGLE_KEY, ~/.kaggle/access_token, kaggle.json in its config folder, `kaggle auth login`'s
+credentials.json) and in Colab's secrets, which are copied into the environment for it.
+"""
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+
+from kit import env, sources
+from kit.errors import KitError
+
+API_HOST = "api.kaggle.com"
+# --dataset -> (kind, Kaggle name) of the data fetched by --download
+KAGGLE_SOURCES = {"gxs": ("competition", "grand-xray-slam-division-a"), "nih": ("dataset", "nih-chest-xrays/data")}
+SECRETS = (("KAGGLE_USERNAME", "KAGGLE_KEY"), ("KAGGLE_API_TOKEN",))
+HOW_TO = ("create a token at kaggle.com > Settings > API and save it as ~/.kaggle/kaggle.json, or set "
+          "KAGGLE_USERNAME and KAGGLE_KEY (on Colab: add both as secrets, with notebook access)")
+
+
+def _config_dir() -> Path:
+    """The kaggle package's config folder: $KAGGLE_CONFIG_DIR, ~/.kaggle, or on Linux
+    ~/.config/kaggle when ~/.kaggle does not exist."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"])
+    home = Path.home() / ".kaggle"
+    if sys.platform.startswith("linux") and not home.exists():
+        return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    return home
+
+
+def _colab_secrets() -> bool:
+    """Copy Kaggle credentials from Colab's secrets into the environment; True if there were any."""
+    try:
+        from google.colab import userdata
+    except ImportError:
+        return False
+    for names in SECRETS:
+        try:
+            values = [userdata.get(n) for n in names]
+        except Exception:  # Colab raises its own types for a secret that is absent or not shared
+            continue
+        if all(values):
+            os.environ.update(zip(names, values))
+            return True
+    return False
+
+
+def credentials() -> "str | None":
+    """Where the Kaggle credentials come from, or None when there are none."""
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME and KAGGLE_KEY"
+    home = Path.home() / ".kaggle"
+    for path in (home / "access_token", home / "access_token.txt", home / "credentials.json",
+                 _config_dir() / "kaggle.json"):
+        if path.is_file():
+            return str(path)
+    if env.platform() == "colab" and _colab_secrets():
+        return "Colab secrets"
+    return None
+
+
+def kaggle_api(action: str):
+    """An authenticated KaggleApi, after checking that credentials exist and Kaggle answers."""
+    if credentials() is None:
+        raise KitError(f"{action} needs Kaggle credentials and found none: {HOW_TO}")
+    if not env.reachable(API_HOST):
+        raise KitError(f"{action}: cannot reach {API_HOST} (no network?); run it where the internet works")
+    # importing kaggle authenticates at once and prints a sign-in guide when that fails
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        try:
+            api.authenticate()
+        except SystemExit as e:
+            raise KitError(f"{action}: Kaggle did not accept the credentials; {HOW_TO}") from e
+    return api
+
+
+@contextlib.contextmanager
+def kaggle_errors(action: str, forbidden: str):
+    """Kaggle API failures as one-line errors; `forbidden` says what a 403 means here."""
+    import requests
+
+    try:
+        yield
+    except requests.HTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        reason = {401: f"the credentials were refused; {HOW_TO}", 403: forbidden,
+                  404: "not found; check the name"}.get(status, str(e).splitlines()[0][:200])
+        raise KitError(f"{action}: {reason}") from e
+    except requests.RequestException as e:
+        raise KitError(f"{action}: the connection to Kaggle failed ({type(e).__name__}); rerun "
+                       f"where the internet works") from e
+    except ValueError as e:
+        raise KitError(f"{action}: {e}") from e
+
+
+def target(cfg, name) -> Path:
+    if cfg.data_dir:
+        return Path(cfg.data_dir)
+    where = env.platform()
+    if where == "kaggle":
+        raise KitError("--download on Kaggle: attach the data instead (Add Input, or competition_sources "
+                       "and dataset_sources in kernel-metadata.json); it appears under /kaggle/input")
+    return env.data_roots(where)[0] / name.replace("/", "-")
+
+
+def fetch(cfg):
+    """Fetch the dataset of --dataset into --data-dir unless it is already there; point
+    cfg.data_dir at it."""
+    dataset = "gxs" if cfg.dataset == "auto" else cfg.dataset
+    if dataset not in KAGGLE_SOURCES:
+        known = ", ".join(f"--dataset {k} ({v[1]})" for k, v in KAGGLE_SOURCES.items())
+        raise KitError(f"--download knows {known}; put the {dataset} dataset in --data-dir yourself")
+    kind, name = KAGGLE_SOURCES[dataset]
+    folder = target(cfg, name)
+    adapter, found = sources.discover([folder], dataset)
+    if found is None:
+        api = kaggle_api("--download")
+        print(f"[download] Kaggle {kind} {name} -> {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
+        url = (f"https://www.kaggle.com/competitions/{name}/rules" if kind == "competition"
+               else f"https://www.kaggle.com/datasets/{name}")
+        with kaggle_errors(f"--download {name}", f"access denied: accept its rules at {url}, then rerun"):
+            if kind == "competition":
+                api.competition_download_files(name, path=str(folder), quiet=False, unzip=True)
+            else:
+                api.dataset_download_files(name, path=str(folder), quiet=False, unzip=True)
+        adapter, found = sources.discover([folder], dataset)
+        if found is None:
+            markers = " or ".join(sources.ADAPTERS[dataset].MARKERS)
+            raise KitError(f"downloaded {name} into {folder} but found no {markers} in it; remove the "
+                           f"folder and rerun, or pass the dataset's folder with --data-dir")
+    else:
+        print(f"[download] {name} is already in {folder} ({found.relative_to(folder)}), skipped")
+    cfg.data_dir = str(folder)

@@ -1,0 +1,130 @@
+"""The one-file kernel: it runs with no kit/ beside it, the same sources give the same bytes,
+the arguments after -- are checked and baked in, and the real kaggle CLI takes its folder."""
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from kit import bundle, cli, kaggle_meta
+
+# the whole study on the demo data, CPU-sized to take seconds
+KERNEL_ARGS = ["--demo", "--stage", "all", "--epochs", "1", "--soup-epochs", "last1", "--img-size", "56",
+               "--bootstrap", "20", "--workers", "1"]
+
+
+def bundled(tmp_path, *kernel_args):
+    out = tmp_path / "dist"
+    assert cli.main(["--stage", "bundle", "--out", str(out), "--work-dir", str(tmp_path / "w"),
+                     "--", *kernel_args]) == 0
+    return out
+
+
+def clean_env(tmp_path, **extra):
+    """No PYTHONPATH, no Kaggle variables, HOME and the temporary folder inside tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "PYTHON", "XRAY_KIT"))}
+    return {**env, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp"), **extra}
+
+
+def test_the_kernel_runs_the_study_alone_in_an_empty_folder(tmp_path):
+    kernel = bundled(tmp_path, *KERNEL_ARGS) / "kernel.py"
+    alone = tmp_path / "kaggle"
+    alone.mkdir()
+    shutil.copy(kernel, alone)
+    (tmp_path / "tmp").mkdir()
+    env = clean_env(tmp_path)
+    # -I: neither the script's folder nor PYTHONPATH nor the user's site is on sys.path
+    no_kit = subprocess.run([sys.executable, "-I", "-c", "import kit"], cwd=alone, env=env, capture_output=True)
+    assert no_kit.returncode != 0 and b"No module named 'kit'" in no_kit.stderr
+    done = subprocess.run([sys.executable, "-I", "kernel.py"], cwd=alone, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    work = alone / "work"
+    for artifact in ("splits/test.csv", "eva_x_final_soup.pth", "reports/test_metrics.json", "submission.csv"):
+        assert (work / artifact).is_file(), artifact
+    unpacked = list((tmp_path / "tmp").glob("xray-kit-*"))
+    assert len(unpacked) == 1 and (unpacked[0] / "kit" / "cli.py").is_file()
+
+
+def test_the_same_sources_give_the_same_bytes(tmp_path):
+    copy = tmp_path / "copy"
+    for rel in bundle.sources():
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, copy / rel)  # new files: other times, same contents
+        os.utime(copy / rel, (1e9, 1e9))
+    assert bundle.archive(copy) == bundle.archive(ROOT)
+    assert bundle.kernel_source(["--stage", "all"], copy) == bundle.kernel_source(["--stage", "all"])
+    first, second = bundled(tmp_path / "a", "--epochs", "6"), bundled(tmp_path / "b", "--epochs", "6")
+    for name in ("kernel.py", kaggle_meta.FILE):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    (copy / "kit" / "cli.py").write_text((copy / "kit" / "cli.py").read_text() + "\n")
+    assert bundle.archive(copy) != bundle.archive(ROOT)
+
+
+def test_everything_after_double_dash_becomes_the_kernels_arguments(tmp_path):
+    out = bundled(tmp_path, "--stage", "all", "--epochs", "6", "--classes", "Cardiomegaly,Pneumothorax")
+    text = (out / "kernel.py").read_text()
+    assert "ARGS = ['--stage', 'all', '--epochs', '6', '--classes', 'Cardiomegaly,Pneumothorax']" in text
+    meta = json.loads((out / kaggle_meta.FILE).read_text())
+    template = json.loads((ROOT / kaggle_meta.FILE).read_text())
+    assert meta == {**template, "code_file": "kernel.py"}
+    assert cli.parse_config(["--stage", "bundle", "--", "--demo"]).kernel_args == "--demo"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "al"], r"kernel arguments: argument --stage: invalid choice: 'al'"),
+    (["--epochs", "six"], r"invalid int value: 'six'"),
+    (["--stagee", "all"], r"unknown kernel argument\(s\) --stagee"),
+    (["--stage", "push"], r"a kernel cannot run --stage push"),
+])
+def test_bad_kernel_arguments_are_refused_before_anything_is_written(tmp_path, capsys, args, message):
+    out = tmp_path / "dist"
+    assert cli.main(["--stage", "bundle", "--out", str(out), "--work-dir", str(tmp_path / "w"), "--", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not out.exists()
+
+
+def test_a_broken_template_is_refused_at_bundle_time(tmp_path, capsys):
+    template = tmp_path / kaggle_meta.FILE
+    template.write_text(json.dumps({**json.loads((ROOT / kaggle_meta.FILE).read_text()), "title": "eva"}))
+    argv = ["--stage", "bundle", "--kernel-metadata", str(template), "--out", str(tmp_path / "dist"),
+            "--work-dir", str(tmp_path / "w")]
+    assert cli.main(argv) == 2
+    assert "title 'eva' has fewer than 5 characters" in capsys.readouterr().err
+    assert not (tmp_path / "dist").exists()
+
+
+def test_push_without_credentials_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    template = tmp_path / kaggle_meta.FILE
+    template.write_text((ROOT / kaggle_meta.FILE).read_text().replace("YOUR_KAGGLE_USERNAME", "someone"))
+    argv = ["--stage", "push", "--out", str(tmp_path / "dist"), "--work-dir", str(tmp_path / "w")]
+    assert cli.main([*argv, "--kernel-metadata", str(template)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(r"error: --stage push needs Kaggle credentials and found none", err[0])
+    assert cli.main(argv) == 2  # the template as it is: its id still names no user
+    assert "id still starts with YOUR_KAGGLE_USERNAME" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kaggle") is None, reason="the kaggle CLI is not installed")
+def test_the_kaggle_cli_takes_the_bundle_and_fails_only_at_the_connection(tmp_path):
+    out = bundled(tmp_path, "--stage", "all")
+    meta = json.loads((out / kaggle_meta.FILE).read_text())
+    (out / kaggle_meta.FILE).write_text(json.dumps({**meta, "id": "someone/xray-kit-eva-x"}))
+    env = clean_env(tmp_path, KAGGLE_USERNAME="someone", KAGGLE_KEY="0" * 32)
+    try:
+        done = subprocess.run([sys.executable, "-m", "kaggle", "kernels", "push", "-p", str(out)], env=env,
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return  # past its checks, waiting on a network that does not answer
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "api.kaggle.com" in output, output
+    assert not re.search(r"must be|Invalid|not found|cannot contain", output), output

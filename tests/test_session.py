@@ -1,0 +1,148 @@
+"""Sessions: the time limit's clock and its parsing, the output budget, and --resume auto
+finding and taking over a training state in a Kaggle input tree."""
+import os
+
+import pytest
+import torch
+
+from kit import env, layout, session
+from kit.config import Config
+from kit.distributed import World
+from kit.errors import KitError
+
+
+@pytest.mark.parametrize("text, seconds", [("11h30m", 41400), ("90m", 5400), ("600s", 600), ("600", 600),
+                                           ("1.5h", 5400), ("2h5s", 7205), ("none", None), ("0", None)])
+def test_durations(text, seconds):
+    assert session.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, size", [("19GB", 19e9), ("500mb", 5e8), ("1.5T", 1.5e12), ("2048", 2048),
+                                        ("none", None)])
+def test_sizes(text, size):
+    assert session.parse_size(text) == size
+
+
+@pytest.mark.parametrize("field, text", [("time_limit", "11h30"), ("time_limit", "soon"),
+                                         ("output_budget", "19 parsecs"), ("output_budget", "GB")])
+def test_malformed_limits_are_refused_at_start(field, text):
+    with pytest.raises(KitError, match=f"--{field.replace('_', '-')} '{text}': pass a"):
+        session.resolve(Config(**{field: text}), "local")
+
+
+def test_auto_limits_apply_on_kaggle_only():
+    on_kaggle, here = Config(), Config()
+    session.resolve(on_kaggle, "kaggle")
+    session.resolve(here, "colab")
+    assert (on_kaggle.time_limit, on_kaggle.output_budget) == ("11h30m", "19GB")
+    assert (here.time_limit, here.output_budget) == ("none", "none")
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A clock the test moves by hand; no session started."""
+    now = [1000.0]
+    monkeypatch.setattr(session, "clock", lambda: now[0])
+    monkeypatch.delenv(session.SESSION_ENV, raising=False)
+    monkeypatch.setattr(session, "_deadline", None)
+    return now
+
+
+def test_the_clock_runs_from_the_start_of_the_run(clock):
+    cfg = Config(time_limit="10s", work_dir="w")
+    assert session.start(cfg) and not session.out_of_time()
+    clock[0] += 9.9
+    assert not session.out_of_time()
+    clock[0] += 0.1
+    assert session.out_of_time()
+    with pytest.raises(session.TimeUp, match=r"time limit 10s reached before the soup stage: .*run the same command"):
+        session.check_time(cfg, "soup")
+    assert session.start(cfg) and not session.out_of_time()  # a new run in the same process: a new clock
+
+
+def test_worker_processes_inherit_the_runs_clock(clock, monkeypatch):
+    monkeypatch.setenv(session.SESSION_ENV, f"{os.getpid() + 1}:{clock[0] - 8}")  # started by the parent
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not session.start(Config(time_limit="10s"))  # the parent described the machine already
+    clock[0] += 2
+    assert session.out_of_time()
+
+
+def test_without_a_limit_time_never_runs_out(clock):
+    session.start(Config(time_limit="none"))
+    clock[0] += 1e9
+    assert not session.out_of_time(World())
+
+
+def test_the_kaggle_message_says_how_to_continue(monkeypatch):
+    monkeypatch.setattr(env, "platform", lambda: "kaggle")
+    message = str(session.time_up(Config(time_limit="11h30m", work_dir="/kaggle/working"), "in epoch 3"))
+    assert "reached in epoch 3" in message and "--resume auto" in message and "kernel_sources" in message
+
+
+def test_the_output_budget_warns_from_the_real_keep_rule(tmp_path, capsys):
+    from kit.stages.train import keep_policy
+
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of float32 weights
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "image.jpg").write_bytes(b"x" * 10**6)
+    cfg = Config(work_dir=str(tmp_path), epochs=6, soup_epochs="last2", output_budget="34MB")
+    session.warn_output_budget(cfg, model, keep_policy(cfg))
+    assert capsys.readouterr().out == ""
+    # the soup's epochs 5 and 6, a best one (1 at worst) and the soup: 4 files; last.pth 4 copies;
+    # 1 MB of images: 33 MB
+    cfg.output_budget = "32MB"
+    session.warn_output_budget(cfg, model, keep_policy(cfg))
+    out = capsys.readouterr().out
+    assert out.startswith("warning: the work dir would hold about 33 MB, more than --output-budget 32MB: "
+                          "4 weights files of 4 MB, last.pth of 16 MB and 1 MB already there"), out
+    cfg.keep_epochs = "all"
+    session.warn_output_budget(cfg, model, keep_policy(cfg))
+    assert "about 45 MB" in capsys.readouterr().out
+
+
+SIGNATURE = {"model": "eva02_tiny_patch14_224", "classes": ["A", "B"], "img_size": 56, "splits": "abc"}
+
+
+def saved_run(folder, updates, signature=SIGNATURE, epochs=(1,)):
+    """A work dir's training artifacts: last.pth, epoch files and history.csv."""
+    checkpoints = layout.checkpoint_dir(folder)
+    checkpoints.mkdir(parents=True)
+    torch.save({"signature": signature, "updates": updates, "epoch": max(epochs)}, checkpoints / "last.pth")
+    for epoch in epochs:
+        torch.save({"epoch": epoch}, layout.epoch_checkpoint(folder, epoch))
+    layout.history_csv(folder).write_text(f"epoch\n{max(epochs)}\n")
+    return checkpoints / "last.pth"
+
+
+def test_states_are_found_in_old_and_new_kaggle_layouts_but_not_in_image_trees(tmp_path):
+    old = saved_run(tmp_path / "xray-kit-eva-x", 10)
+    new = saved_run(tmp_path / "notebooks" / "someone" / "xray-kit-eva-x", 20)
+    images = tmp_path / "competitions" / "big"
+    for k in range(session.MANY_FOLDERS + 1):
+        (images / f"patient{k:03d}").mkdir(parents=True)
+    saved_run(images / "patient000", 30)
+    saved_run(tmp_path / "a" / "b" / "c" / "d" / "e", 40)  # deeper than any Kaggle mount
+    assert sorted(session.find_states([tmp_path])) == sorted([old, new])
+    assert session.find_states([old]) == [old]
+
+
+def test_resume_auto_takes_over_the_furthest_matching_state(tmp_path, capsys, monkeypatch):
+    inputs, work = tmp_path / "input", tmp_path / "working"
+    saved_run(inputs / "notebooks" / "someone" / "v1", 10)
+    furthest = saved_run(inputs / "notebooks" / "someone" / "v2", 20, epochs=(2, 3))
+    saved_run(inputs / "other-model", 99, signature={**SIGNATURE, "img_size": 448})
+    monkeypatch.setattr(env, "platform", lambda: "kaggle")
+    monkeypatch.setattr(env, "KAGGLE_INPUT", inputs)
+    last = layout.checkpoint_dir(work) / "last.pth"
+    session.take_over(Config(resume="auto", work_dir=str(work)), last, SIGNATURE, World())
+    assert "other-model/checkpoints/last.pth is from another run" in capsys.readouterr().out
+    assert last.read_bytes() == furthest.read_bytes()
+    assert sorted(layout.epoch_checkpoints(work)) == [2, 3]
+    assert layout.history_csv(work).read_text() == "epoch\n3\n"
+
+    saved_run(inputs / "v0", 15)
+    session.take_over(Config(resume=str(inputs / "v0"), work_dir=str(work)), last, SIGNATURE, World())
+    assert "as far along as" in capsys.readouterr().out and torch.load(last)["updates"] == 20
+    session.take_over(Config(resume="auto", work_dir=str(work), force=True), last, SIGNATURE, World())
+    assert capsys.readouterr().out == ""
