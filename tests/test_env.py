@@ -134,3 +134,31 @@ def test_an_unreachable_hub_turns_huggingface_offline(monkeypatch):
     assert env.hub_reachable() and "HF_HUB_OFFLINE" not in os.environ and asked[-1] == "hf-mirror.example.org"
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's word goes
     assert env.hub_reachable()
+
+
+def test_the_weights_stage_saves_what_pretrained_auto_finds(tmp_path, monkeypatch):
+    import timm
+    from safetensors.torch import load_file
+
+    from kit.model import create_model
+    from kit.stages import weights
+
+    arch = "eva02_tiny_patch14_224.mim_in22k"
+    cfg = Config(model=arch, out=str(tmp_path / "upload"))
+    monkeypatch.setattr(env, "hub_reachable", lambda: False)
+    with pytest.raises(weights.KitError, match="hub cannot be reached"):
+        weights.run(cfg)
+    real_create = timm.create_model
+    with monkeypatch.context() as offline:  # the hub is out of reach here: random weights stand in for it
+        offline.setattr(env, "hub_reachable", lambda: True)
+        offline.setattr(timm, "create_model", lambda name, pretrained, **kw: real_create(name, **kw))
+        weights.run(cfg)
+    saved = load_file(tmp_path / "upload" / "model.safetensors")
+    # mounted like a Kaggle dataset whose name says nothing about the model
+    mounted = tmp_path / "input" / "datasets" / "someone" / "my-upload"
+    mounted.parent.mkdir(parents=True)
+    (tmp_path / "upload").rename(mounted)
+    model = create_model(arch, num_classes=3, img_size=56, pretrained="auto", search_roots=[tmp_path / "input"])
+    loaded = model.state_dict()
+    assert loaded["blocks.0.attn.qkv.weight"].equal(saved["blocks.0.attn.qkv.weight"])
+    assert loaded["head.weight"].shape == (3, 192)  # a new head for the kit's classes
