@@ -61,15 +61,27 @@ def size(n) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
+def _auto(value, on_kaggle, where=None) -> str:
+    """`value`, or for 'auto' what it means on this platform: `on_kaggle` on Kaggle, none elsewhere."""
+    if value != "auto":
+        return value
+    return on_kaggle if (where or env.platform()) == "kaggle" else "none"
+
+
+def time_limit(cfg) -> "float | None":
+    return parse_duration(_auto(cfg.time_limit, KAGGLE_TIME_LIMIT))
+
+
+def output_budget(cfg) -> "float | None":
+    return parse_size(_auto(cfg.output_budget, KAGGLE_OUTPUT_BUDGET))
+
+
 def resolve(cfg, where):
     """Fill --time-limit and --output-budget auto for this platform; refuse a malformed one."""
-    kaggle = where == "kaggle"
-    if cfg.time_limit == "auto":
-        cfg.time_limit = KAGGLE_TIME_LIMIT if kaggle else "none"
-    if cfg.output_budget == "auto":
-        cfg.output_budget = KAGGLE_OUTPUT_BUDGET if kaggle else "none"
-    parse_duration(cfg.time_limit)
-    parse_size(cfg.output_budget)
+    cfg.time_limit = _auto(cfg.time_limit, KAGGLE_TIME_LIMIT, where)
+    cfg.output_budget = _auto(cfg.output_budget, KAGGLE_OUTPUT_BUDGET, where)
+    time_limit(cfg)
+    output_budget(cfg)
 
 
 def start(cfg) -> bool:
@@ -82,7 +94,7 @@ def start(cfg) -> bool:
     if not inherited:
         began = clock()
         os.environ[SESSION_ENV] = f"{os.getpid()}:{began!r}"
-    limit = parse_duration(cfg.time_limit)
+    limit = time_limit(cfg)
     _deadline = float(began) + limit if limit else None
     return not inherited and os.environ.get("LOCAL_RANK", "0") == "0"
 
@@ -131,7 +143,7 @@ def warn_output_budget(cfg, model, keep_rule):
     """Before training: warn when the work dir would end up larger than --output-budget.
     `keep_rule(history) -> epochs kept`; the estimate assumes the best epoch is the first,
     which keeps the most files."""
-    budget = parse_size(cfg.output_budget)
+    budget = output_budget(cfg)
     if budget is None:
         return
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
