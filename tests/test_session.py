@@ -146,3 +146,39 @@ def test_resume_auto_takes_over_the_furthest_matching_state(tmp_path, capsys, mo
     assert "as far along as" in capsys.readouterr().out and torch.load(last)["updates"] == 20
     session.take_over(Config(resume="auto", work_dir=str(work), force=True), last, SIGNATURE, World())
     assert capsys.readouterr().out == ""
+
+
+def test_the_time_limit_stops_training_cleanly_and_a_rerun_continues(tmp_path, monkeypatch, capsys):
+    """Stopped by the limit in the middle of the epoch with last.pth saved; run again, it goes on."""
+    from kit.stages import train
+    from train_fixtures import make_work, tiny_cfg
+
+    work = make_work(tmp_path / "work")
+    now = [0.0]
+    monkeypatch.setattr(session, "clock", lambda: now.append(now[-1] + 30) or now[-1])  # 30 s a look
+    monkeypatch.delenv(session.SESSION_ENV, raising=False)
+    cfg = tiny_cfg(work, epochs=1, time_limit="80s")  # 4 updates
+    session.start(cfg)  # at 30 s: the limit comes at 110 s
+    with pytest.raises(session.TimeUp, match=r"time limit 80s reached in epoch 1: .* again"):
+        train.run(cfg)  # the clock reads 90 s after update 2, 120 s after update 3
+    state = torch.load(layout.checkpoint_dir(work) / "last.pth", weights_only=True)
+    assert (state["epoch"], state["updates"]) == (0, 3) and not layout.epoch_checkpoints(work)
+
+    cfg.time_limit = "none"
+    session.start(cfg)
+    capsys.readouterr()
+    train.run(cfg)
+    assert "resuming from" in capsys.readouterr().out
+    state = torch.load(layout.checkpoint_dir(work) / "last.pth", weights_only=True)
+    assert (state["epoch"], state["updates"], len(state["history"])) == (1, 4, 1)
+    assert list(layout.epoch_checkpoints(work)) == [1]
+
+
+def test_the_command_line_stops_cleanly_before_a_stage_past_the_limit(tmp_path, monkeypatch, capsys):
+    from kit import cli
+
+    now = [0.0]
+    monkeypatch.setattr(session, "clock", lambda: now.append(now[-1] + 30) or now[-1])
+    monkeypatch.delenv(session.SESSION_ENV, raising=False)
+    assert cli.main(["--stage", "split", "--time-limit", "20s", "--work-dir", str(tmp_path)]) == 0
+    assert "time limit 20s reached before the split stage" in capsys.readouterr().out
