@@ -16,18 +16,19 @@ def _save(fig, path):
 
 
 def synthetic_grid(pairs: dict, path):
-    """pairs: {class: [(synthetic image, nearest real image, ratio, near copy)]}. Per class, a
-    row of synthetic images, each above its nearest real image; near-copies framed in red."""
+    """pairs: {class: [(synthetic image, nearest real image, its split, ratio, near copy)]}. Per
+    class, a row of synthetic images, each above its nearest real image; near-copies in red."""
     cols = max(len(p) for p in pairs.values())
     fig, axes = plt.subplots(2 * len(pairs), cols, figsize=(1.6 * cols, 3.4 * len(pairs)), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for r, (name, row) in enumerate(pairs.items()):
-        for c, (fake, real, ratio, copy) in enumerate(row):
+        for c, (fake, real, split, ratio, copy) in enumerate(row):
             top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
             top.imshow(fake, cmap="gray", vmin=0, vmax=255)
             bottom.imshow(real, cmap="gray", vmin=0, vmax=255)
             top.set_title(f"ratio {ratio:.2f}", fontsize=7, color="red" if copy else "black")
+            bottom.set_title(split, fontsize=7, color="red" if copy and split != "train" else "black")
             for ax in (top, bottom):
                 ax.axis("on")
                 ax.set(xticks=[], yticks=[])
@@ -52,9 +53,11 @@ def compare_runs(table, names, specificity, path):
     colors = {"better": "tab:green", "worse": "tab:red"}
     for yi, row in zip(y, table.to_dict("records")):
         color = colors.get(row["verdict"], "0.4")
-        right.errorbar(row["auc_diff"], yi, xerr=[[row["auc_diff"] - row["ci_low"]], [row["ci_high"] - row["auc_diff"]]],
-                       fmt="o", color=color, capsize=3)
-        sens = f"; sens@{specificity:.0%} spec {row['sens_a']:.2f} -> {row['sens_b']:.2f}" if np.isfinite(row["sens_a"]) else ""
+        error = [[row["auc_diff"] - row["ci_low"]], [row["ci_high"] - row["auc_diff"]]]
+        right.errorbar(row["auc_diff"], yi, xerr=error, fmt="o", color=color, capsize=3)
+        sens = ""
+        if np.isfinite(row["sens_a"]):
+            sens = f"; sens@{specificity:.0%} spec {row['sens_a']:.2f} -> {row['sens_b']:.2f}"
         right.annotate(f"{row['verdict']}, p={row['p_value']:.3f}{sens}", (row["ci_high"], yi), xytext=(4, 0),
                        textcoords="offset points", va="center", fontsize=7)
     right.axvline(0, color="0.5", lw=1, ls="--")

@@ -20,6 +20,7 @@ from kit.stages.separate import store_all, stored_name
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 FOLDER = "synthetic"
 SHOWN = 5
+STORED = ("written", "skipped")
 
 
 def settings(cfg) -> dict:
@@ -93,7 +94,8 @@ def _from_csv(path: Path, classes) -> pd.DataFrame:
             raise KitError(f"{path} needs a label column (class names, '|'-separated) or 0/1 columns "
                            f"named after the target classes ({', '.join(classes)})")
     if df["path"].duplicated().any():
-        raise KitError(f"{path} lists {df.loc[df['path'].duplicated(), 'path'].iloc[0]!r} twice; list each image once")
+        twice = df.loc[df["path"].duplicated(), "path"].iloc[0]
+        raise KitError(f"{path} lists {twice!r} twice; list each image once")
     table = pd.DataFrame({"path": [str(path.parent / p) for p in df["path"]],
                           "name": [PurePosixPath(p.replace("\\", "/")).as_posix() for p in df["path"]]})
     return pd.concat([table, targets], axis=1)
@@ -160,21 +162,22 @@ def mix(cfg, train: pd.DataFrame, classes, used_ids: pd.Series) -> pd.DataFrame:
     table["image_id"] = prefix + table["name"]
     table["file"] = [f"{FOLDER}/{stored_name(n, cfg.resize)}" for n in table["name"]]
     if table["file"].duplicated().any():
-        raise KitError(f"two synthetic images would be stored as {table.loc[table['file'].duplicated(), 'file'].iloc[0]!r}; "
-                       f"rename one (names must differ apart from their suffix)")
+        clash = table.loc[table["file"].duplicated(), "file"].iloc[0]
+        raise KitError(f"two synthetic images would be stored as {clash!r}; rename one (names must "
+                       f"differ apart from their suffix)")
 
-    folder = layout.dataset_dir(cfg.work) / FOLDER
-    shutil.rmtree(folder, ignore_errors=True)  # the set or the cap may have changed: no stale image
+    dataset = layout.dataset_dir(cfg.work)
+    shutil.rmtree(dataset / FOLDER, ignore_errors=True)  # the set or the cap may have changed: no stale image
     targets = table[classes].to_numpy()
     room = np.floor(cfg.synthetic_max_ratio * train[classes].to_numpy().sum(axis=0))
     queue = list(np.random.default_rng(cfg.seed).permutation(len(table)))
     kept, failed = [], []
     # an unreadable image frees its place for the next candidate of its class
     while chosen := within_cap(targets, room, queue):
-        jobs = [(table.at[i, "path"], str(layout.dataset_dir(cfg.work) / table.at[i, "file"])) for i in chosen]
+        jobs = [(table.at[i, "path"], str(dataset / table.at[i, "file"])) for i in chosen]
         status = [s for s, _, _ in store_all(jobs, cfg.resize, cfg.workers, "[split] synthetic")]
-        ok = [i for i, s in zip(chosen, status) if s in ("written", "skipped")]
-        failed += [(table.at[i, "path"], s) for i, s in zip(chosen, status) if s not in ("written", "skipped")]
+        ok = [i for i, s in zip(chosen, status) if s in STORED]
+        failed += [(table.at[i, "path"], s) for i, s in zip(chosen, status) if s not in STORED]
         room -= targets[ok].sum(axis=0)
         kept += ok
         done = set(chosen)
@@ -190,8 +193,9 @@ def mix(cfg, train: pd.DataFrame, classes, used_ids: pd.Series) -> pd.DataFrame:
 
 
 def _report(found, outside, added, failed, ratio):
+    left_out = f", {outside} of classes outside --synthetic-classes left out" if outside else ""
     print(f"[split] synthetic: {found} found, {added} added to train (at most {ratio:g}x a class's "
-          f"real train images)" + (f", {outside} of classes outside --synthetic-classes left out" if outside else ""))
+          f"real train images){left_out}")
     if failed:
         shown = ", ".join(f"{p} ({s})" for p, s in failed[:SHOWN]) + (" ..." if len(failed) > SHOWN else "")
         print(f"[split] warning: {len(failed)} synthetic file(s) could not be read and were skipped: {shown}")

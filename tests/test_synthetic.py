@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from kit import layout, synthetic
 from kit.errors import KitError
 from kit.images import load_gray
-from kit.stages import split
+from kit.model import checkpoint_dict, create_model, norm_stats, save_weights
+from kit.stages import split, synth_quality
 
 CLASSES = ["A", "B", "C"]
 
@@ -141,3 +142,38 @@ def test_within_cap_never_exceeds_a_class_room(seed, single):
     assert (targets[taken].sum(axis=0) <= room).all()
     if single:  # one class each: every class fills up to its room or its supply
         assert (targets[taken].sum(axis=0) == np.minimum(room, targets.sum(axis=0))).all()
+
+
+def test_synth_quality_flags_a_planted_copy_of_a_real_train_image(cfg, tmp_path, capsys):
+    df = manifest(n_patients=30)
+    _, probe = run_split(cfg, df, work_dir=str(tmp_path / "probe"))
+    copied = probe["train"][probe["train"]["C"] == 1].iloc[0]
+    work = tmp_path / "run"
+    rng = np.random.default_rng(1)
+    for f in df["file"]:  # the real stored images
+        path = layout.image_path(work, f)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (0, 0), 1.5))
+    folder = synthetic_folder(tmp_path / "syn", {"A": 6, "C": 6})
+    cv2.imwrite(str(folder / "C" / "copy.png"), load_gray(layout.image_path(work, copied["file"])))
+    c, parts = run_split(cfg, df, work_dir=str(work), synthetic_dir=str(folder), pretrained="none", workers=0)
+    assert (parts["train"]["path"] == str(folder / "C" / "copy.png")).any()
+    model = create_model("test_vit", len(CLASSES), 32)
+    save_weights(checkpoint_dict(model.state_dict(), arch="test_vit", classes=CLASSES, img_size=32,
+                                 mean=norm_stats(model)[0], std=norm_stats(model)[1], epoch=1, metric=0.5),
+                 layout.soup_weights(work))
+
+    synth_quality.run(c)
+    reports = layout.reports_dir(work)
+    nearest = pd.read_csv(reports / "synthetic_nearest.csv", keep_default_na=False)
+    planted = nearest["image_id"].str.endswith("C/copy.png")
+    assert planted.sum() == 1 and nearest.loc[planted, "near_copy"].all()
+    assert nearest.loc[planted, "nearest_image_id"].item() == copied["image_id"]
+    assert not nearest.loc[~planted, "near_copy"].any()
+    quality = pd.read_csv(reports / "synthetic_quality.csv").set_index("class")
+    assert sorted(quality.index) == ["A", "C"] and (quality["features"] == "model").all()
+    assert quality.loc["C", "near_copies"] == 1 and quality.loc["A", "near_copies"] == 0
+    assert (quality["frechet"] >= 0).all() and quality["frechet_real_split_half"].notna().all()
+    assert quality["agreement"].between(0, 1).all()
+    assert (reports / "synthetic_grid.png").stat().st_size > 0
+    assert "1 near-copies" in capsys.readouterr().out

@@ -160,6 +160,7 @@ def _print(table, n, cfg, run_a, run_b, reports):
                 f"({row['auc_diff']:+.3f}, {LEVEL:.0%} CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], "
                 f"p={row['p_value']:.3f})")
         if np.isfinite(row["sens_a"]):
-            line += f"; sensitivity at {cfg.specificity:.0%} specificity {row['sens_a']:.2f} -> {row['sens_b']:.2f}"
+            line += (f"; sensitivity at {cfg.specificity:.0%} specificity "
+                     f"{row['sens_a']:.2f} -> {row['sens_b']:.2f}")
         print(line)
     print(f"  table and picture in {reports}")

@@ -145,5 +145,5 @@ def report(table: pd.DataFrame, classes):
     print("[split] patients: " + ", ".join(f"{s} {patients[s]}" for s in layout.SPLITS))
     few = table[(table["class"] != "all") & (table["real"] < FEW_IMAGES)]
     for row in few.to_dict("records"):
-        print(f"[split] warning: {row['split']} has only {row['real']} real image(s) of {row['class']}; "
+        print(f"[split] warning: {row['split']} has only {row['real']} image(s) of {row['class']}; "
               f"its metrics for that class will be noisy")
