@@ -18,7 +18,8 @@ API_HOST = "api.kaggle.com"
 KAGGLE_SOURCES = {"gxs": ("competition", "grand-xray-slam-division-a"), "nih": ("dataset", "nih-chest-xrays/data")}
 SECRETS = (("KAGGLE_USERNAME", "KAGGLE_KEY"), ("KAGGLE_API_TOKEN",))
 HOW_TO = ("create a token at kaggle.com > Settings > API and save it as ~/.kaggle/kaggle.json, or set "
-          "KAGGLE_USERNAME and KAGGLE_KEY (on Colab: add both as secrets, with notebook access)")
+          "KAGGLE_USERNAME and KAGGLE_KEY (on Colab: store both as secrets and copy them into os.environ "
+          "in a cell before !python run.py)")
 
 
 def _config_dir() -> Path:
@@ -33,7 +34,8 @@ def _config_dir() -> Path:
 
 
 def _colab_secrets() -> bool:
-    """Copy Kaggle credentials from Colab's secrets into the environment; True if there were any."""
+    """Copy Kaggle credentials from Colab's secrets into the environment; True if there were any.
+    Secrets answer only in the notebook's own process (the kit run in a cell), not under !python."""
     try:
         from google.colab import userdata
     except ImportError:

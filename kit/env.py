@@ -106,7 +106,7 @@ def facts(cfg, torch_loaded: bool) -> str:
         counts = collections.Counter((name, round(mem, 1)) for name, mem in gpus())
         shown = ", ".join(f"{n} x {name} ({mem} GiB)" for (name, mem), n in counts.items())
         lines.append(f"  CUDA {torch.version.cuda or 'none'} | GPUs: {shown or 'none, training on the CPU'}")
-    data = cfg.data_dir or "searched under " + ", ".join(map(str, data_roots(platform())))
+    data = cfg.data_dir or "searched for under " + ", ".join(map(str, data_roots(platform())))
     free = shutil.disk_usage(cfg.work).free / 1e9
     hub = "offline (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else "online"
     lines += [f"  {cpu_count()} CPUs | data: {data} | work dir: {cfg.work} ({free:.1f} GB free)",

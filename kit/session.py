@@ -209,6 +209,8 @@ def take_over(cfg, last_path, signature, world):
 def _take_over(roots, last_path, signature):
     candidates = []
     for path in find_states(roots):
+        if path.resolve() == last_path.resolve():  # the work dir under a searched root (Colab's /content)
+            continue
         saved, updates = _progress(path)
         if saved == signature:
             candidates.append((updates, path))
