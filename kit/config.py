@@ -124,7 +124,7 @@ class Config:
     kernel_metadata: str = opt("", "bundle, push: the kernel-metadata.json to bundle (default: the one "
                                    "beside run.py)", "platform")
     out: str = opt("", "bundle, push: folder of kernel.py and its metadata (default: dist/kaggle); "
-                       "weights: folder to save the pretrained weights in (default: weights/MODEL)", "platform")
+                       "weights: folder to save the pretrained weights in (default: data/weights/MODEL)", "platform")
     download: bool = opt(False, "fetch the dataset with the Kaggle API into --data-dir when it is missing "
                                 "(needs Kaggle credentials)", "platform")
     time_limit: str = opt("auto", "stop training this long after the start, with last.pth saved, e.g. "

@@ -16,7 +16,8 @@ from kit.model import check_arch
 
 
 def out_dir(cfg) -> Path:
-    return Path(cfg.out) if cfg.out else Path("weights") / cfg.model
+    """--out, else data/weights/MODEL: under ./data, where `--pretrained auto` looks on this machine."""
+    return Path(cfg.out) if cfg.out else Path("data") / "weights" / cfg.model
 
 
 def run(cfg):
