@@ -112,4 +112,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        session.end()
     return 0

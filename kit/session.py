@@ -99,6 +99,14 @@ def start(cfg) -> bool:
     return not inherited and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+def end():
+    """The run is over: forget its clock, and hand it to no process started later."""
+    global _deadline
+    _deadline = None
+    if os.environ.get(SESSION_ENV, "").partition(":")[0] == str(os.getpid()):
+        del os.environ[SESSION_ENV]
+
+
 def out_of_time(world=None) -> bool:
     """Whether the time limit has come; with several processes, all agree (any one late stops all)."""
     if _deadline is None:

@@ -38,13 +38,20 @@ def test_auto_limits_apply_on_kaggle_only():
     assert (here.time_limit, here.output_budget) == ("none", "none")
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    """A clock the test moves by hand; no session started."""
-    now = [1000.0]
-    monkeypatch.setattr(session, "clock", lambda: now[0])
+@pytest.fixture(autouse=True)
+def no_run(monkeypatch):
+    """No run's clock before the test, and none left behind for the tests after it."""
     monkeypatch.delenv(session.SESSION_ENV, raising=False)
     monkeypatch.setattr(session, "_deadline", None)
+    yield
+    session.end()
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A clock the test moves by hand."""
+    now = [1000.0]
+    monkeypatch.setattr(session, "clock", lambda: now[0])
     return now
 
 
@@ -156,7 +163,6 @@ def test_the_time_limit_stops_training_cleanly_and_a_rerun_continues(tmp_path, m
     work = make_work(tmp_path / "work")
     now = [0.0]
     monkeypatch.setattr(session, "clock", lambda: now.append(now[-1] + 30) or now[-1])  # 30 s a look
-    monkeypatch.delenv(session.SESSION_ENV, raising=False)
     cfg = tiny_cfg(work, epochs=1, time_limit="80s")  # 4 updates
     session.start(cfg)  # at 30 s: the limit comes at 110 s
     with pytest.raises(session.TimeUp, match=r"time limit 80s reached in epoch 1: .* again"):
@@ -179,6 +185,6 @@ def test_the_command_line_stops_cleanly_before_a_stage_past_the_limit(tmp_path, 
 
     now = [0.0]
     monkeypatch.setattr(session, "clock", lambda: now.append(now[-1] + 30) or now[-1])
-    monkeypatch.delenv(session.SESSION_ENV, raising=False)
     assert cli.main(["--stage", "split", "--time-limit", "20s", "--work-dir", str(tmp_path)]) == 0
     assert "time limit 20s reached before the split stage" in capsys.readouterr().out
+    assert session.SESSION_ENV not in os.environ and not session.out_of_time()  # nothing left behind
