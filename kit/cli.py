@@ -73,10 +73,17 @@ def stage_list(stage):
 
 
 def run(cfg: Config):
+    if cfg.synthetic and not cfg.demo:
+        raise KitError("--synthetic makes demo synthetic images and goes with --demo; mix in "
+                       "your own with --synthetic-dir DIR")
     if cfg.demo:
         from kit import demo
 
         demo.prepare(cfg)
+        if cfg.synthetic:
+            from kit import synthetic_demo
+
+            return synthetic_demo.run(cfg, run)
     elif cfg.download:
         from kit import download
 

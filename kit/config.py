@@ -91,8 +91,8 @@ class Config:
                    ("auto", "off"))
 
     # soup, evaluate, predict
-    soup: str = opt("uniform", "uniform: average --soup-epochs; greedy: add epochs by val AUC while "
-                               "it does not drop", "evaluate", ("uniform", "greedy"))
+    soup: str = opt("uniform", "uniform: average --soup-epochs; greedy: add the epochs on disk, best "
+                               "val AUC first, while it does not drop", "evaluate", ("uniform", "greedy"))
     soup_epochs: str = opt("last2", "epochs to average: 5,6 or lastN", "evaluate")
     weights: str = opt("", "weights to evaluate and predict with (default: the soup)", "evaluate")
     bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals", "evaluate")

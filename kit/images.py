@@ -3,17 +3,24 @@
 A chest film is 2000-3000 px a side and training wants about 512: libjpeg can decode
 straight at 1/2, 1/4 or 1/8 scale (IMREAD_REDUCED_GRAYSCALE_*), which skips most of the
 inverse DCT work, so the decoder's factor is picked from the header before decoding.
+
+`store_one` is the separate stage's unit of work; its pool workers import only this module.
 """
+import os
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from kit.io import atomic_path
+
 REDUCED = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
            (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 JPEG_QUALITY = 95
+JPEG_END = b"\xff\xd9"
 
 
 def header_size(path) -> tuple:
@@ -72,3 +79,40 @@ def encode_jpeg(img: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def single_threaded():
+    """Pool-worker initializer: parallelism comes from the processes, not inside OpenCV."""
+    cv2.setNumThreads(1)
+
+
+def _complete(dst: Path, src: Path, resize: int) -> bool:
+    """A file renamed into place is whole; check cheaply against a damaged disk all the same."""
+    try:
+        size = dst.stat().st_size
+        if not resize:
+            return size == src.stat().st_size
+        with open(dst, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            return f.read(2) == JPEG_END
+    except OSError:
+        return False
+
+
+def store_one(job, resize: int):
+    """Store one image (src, dst) with its shorter side `resize` (0: copy the file as it is);
+    returns (status, bytes read, bytes written), status one of written, skipped, missing, unreadable."""
+    src, dst = Path(job[0]), Path(job[1])
+    if dst.exists() and _complete(dst, src, resize):
+        return "skipped", 0, dst.stat().st_size
+    if not src.is_file():
+        return "missing", 0, 0
+    img = load_gray(src, resize)
+    if img is None:
+        return "unreadable", src.stat().st_size, 0
+    with atomic_path(dst) as tmp:
+        if resize:
+            tmp.write_bytes(encode_jpeg(img))
+        else:
+            shutil.copyfile(src, tmp)
+    return "written", src.stat().st_size, dst.stat().st_size

@@ -47,7 +47,7 @@ def pr_curves(y_true, y_prob, classes, aps, path):
             line, = ax.plot(recall, precision, lw=1.8, label=f"{name} (AP {aps[k]:.3f})")
             ax.axhline(y_true[:, k].mean(), ls=":", lw=1, c=line.get_color())
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (positive predictive value)",
-           xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall curves, test set")
+           xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall curves, test set (dotted: prevalence)")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
@@ -106,14 +106,3 @@ def class_distribution(dist, path):
     ax.set_title("Class distribution after filtering")
     _save(fig, path)
 
-
-def class_distribution(dist, path):
-    """Horizontal bars of images per class (the metadata stage's table), count and share beside."""
-    dist = dist.sort_values("images")
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(dist)))
-    bars = ax.barh(dist["class"], dist["images"], color="tab:blue")
-    ax.bar_label(bars, [f"{n}  ({s:.1%})" for n, s in zip(dist["images"], dist["share"])], padding=3, fontsize=8)
-    ax.set(xlabel="images", title="Images per class")
-    ax.set_xlim(0, dist["images"].max() * 1.25 or 1)
-    ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)

@@ -10,15 +10,22 @@ from tqdm import tqdm
 LOG_EVERY = 0.1
 
 
-def progress(iterable, total: int, desc: str, unit: str = "img"):
-    """Iterate `iterable`, reporting progress the way the output stream can show it."""
+def progress(iterable, total: int, desc: str, unit: str = "img", status=None):
+    """Iterate `iterable`, reporting progress the way the output stream can show it.
+
+    status: optional callable giving a short text to show beside the count (a running loss)."""
     if sys.stdout.isatty():
-        yield from tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        bar = tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        for item in bar:
+            yield item
+            if status:
+                bar.set_postfix_str(status(), refresh=False)
         return
     start, next_mark = time.perf_counter(), LOG_EVERY
     for i, item in enumerate(iterable, 1):
         yield item
         if total and i / total >= next_mark and i < total:
             rate = i / max(time.perf_counter() - start, 1e-9)
-            print(f"{desc}: {i}/{total} ({i / total:.0%}, {rate:.1f} {unit}/s)", flush=True)
+            extra = f", {status()}" if status else ""
+            print(f"{desc}: {i}/{total} ({i / total:.0%}, {rate:.1f} {unit}/s{extra})", flush=True)
             next_mark = (int(i / total / LOG_EVERY) + 1) * LOG_EVERY

@@ -65,22 +65,17 @@ def uniform_average(state_dicts: list) -> dict:
     return out
 
 
-def greedy(ingredients: dict, score, ingredient_scores: dict):
-    """Greedy soup over `ingredients` (name -> state dict), best `ingredient_scores` first.
+def greedy(scores: dict, score_mix):
+    """Greedy soup: ingredients best `scores` first, each kept only if the soup's score with it
+    does not drop. `score_mix(names) -> float` scores the uniform soup of `names`.
 
-    `score(state_dict) -> float` is the validation score; higher is better. Returns the soup's
-    state dict, its score, and one (name, score with it, kept) step per ingredient tried.
-    """
-    order = sorted(ingredients, key=lambda n: ingredient_scores[n], reverse=True)
-    kept = [order[0]]
-    soup, best = ingredients[order[0]], ingredient_scores[order[0]]
+    Returns the kept names, the soup's score, and one (name, soup score with it, kept) per try."""
+    order = sorted(scores, key=scores.get, reverse=True)
+    kept, best = [order[0]], scores[order[0]]
     steps = [(order[0], best, True)]
     for name in order[1:]:
-        trial = uniform_average([ingredients[n] for n in kept + [name]])
-        value = score(trial)
-        accept = value >= best
-        steps.append((name, value, accept))
-        if accept:
-            kept.append(name)
-            soup, best = trial, value
-    return soup, best, steps
+        value = score_mix(kept + [name])
+        steps.append((name, value, value >= best))
+        if value >= best:
+            kept, best = kept + [name], value
+    return kept, best, steps

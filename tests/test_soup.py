@@ -1,14 +1,18 @@
 """Soup arithmetic: epoch selection, refusal of mismatched checkpoints, uniform and greedy soups."""
 import numpy as np
+import pandas as pd
 import pytest
+import timm
 import timm.models
 import torch
+from eval_fixtures import CLASSES, STUDY_ARCH, STUDY_IMG_SIZE, finished_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit import soup
+from kit import layout, soup
 from kit.errors import KitError
 from kit.metrics import macro_auc
+from kit.stages import soup as soup_stage
 
 
 def test_parse_epochs():
@@ -69,6 +73,13 @@ def _linear_auc(features, targets):
     return score
 
 
+def _greedy(ingredients, score):
+    scores = {n: score(sd) for n, sd in ingredients.items()}
+    kept, best, steps = soup.greedy(
+        scores, lambda names: score(soup.uniform_average([ingredients[n] for n in names])))
+    return scores, kept, best, steps
+
+
 @pytest.fixture(scope="module")
 def val_data():
     rng = np.random.default_rng(0)
@@ -84,14 +95,13 @@ def test_greedy_soup_skips_a_harmful_ingredient(val_data):
     noisy = {"weight": good["weight"] + 0.5 * torch.randn(3, 8, generator=torch.Generator().manual_seed(1)),
              "bias": torch.zeros(3)}
     harmful = {"weight": -5 * good["weight"], "bias": torch.zeros(3)}
-    ingredients = {"epoch_04": harmful, "epoch_05": noisy, "epoch_06": good}
     score = _linear_auc(features, targets)
-    scores = {n: score(sd) for n, sd in ingredients.items()}
-    sd, best, steps = soup.greedy(ingredients, score, scores)
+    scores, kept, best, steps = _greedy({"epoch_04": harmful, "epoch_05": noisy, "epoch_06": good}, score)
     assert [s[0] for s in steps] == sorted(scores, key=scores.get, reverse=True)
-    kept = [name for name, _, accepted in steps if accepted]
-    assert "epoch_04" not in kept
-    assert best == pytest.approx(score(sd)) and best >= max(scores.values())
+    assert kept[0] == "epoch_06" and "epoch_04" not in kept
+    assert best >= max(scores.values())
+    assert best == pytest.approx(score(soup.uniform_average([{"epoch_04": harmful, "epoch_05": noisy,
+                                                                "epoch_06": good}[n] for n in kept])))
 
 
 @settings(max_examples=25, deadline=None)
@@ -99,12 +109,93 @@ def test_greedy_soup_skips_a_harmful_ingredient(val_data):
 def test_greedy_soup_never_scores_below_its_best_ingredient(noise_levels, seed, val_data):
     features, targets, true_w = val_data
     g = torch.Generator().manual_seed(seed)
-    ingredients = {f"epoch_{i}": {"weight": torch.tensor(true_w, dtype=torch.float32)
-                                  + level * torch.randn(3, 8, generator=g), "bias": torch.randn(3, generator=g)}
+    weight = torch.tensor(true_w, dtype=torch.float32)
+    ingredients = {f"epoch_{i}": {"weight": weight + level * torch.randn(3, 8, generator=g),
+                                  "bias": torch.randn(3, generator=g)}
                    for i, level in enumerate(noise_levels)}
     score = _linear_auc(features, targets)
-    scores = {n: score(sd) for n, sd in ingredients.items()}
-    sd, best, steps = soup.greedy(ingredients, score, scores)
+    scores, kept, best, steps = _greedy(ingredients, score)
     assert best >= max(scores.values())
-    assert best == pytest.approx(score(sd))
+    assert best == pytest.approx(score(soup.uniform_average([ingredients[n] for n in kept])))
     assert [v for _, v, accepted in steps if accepted] == sorted(v for _, v, accepted in steps if accepted)
+
+
+# --- the soup stage on a small finished run ---------------------------------------------
+
+@pytest.fixture
+def run_dir(tmp_path, cfg):
+    c = cfg(epochs=3, workers=0)
+    paths = finished_run(c.work)
+    return c, paths
+
+
+def test_stage_uniform_soup_equals_timm_average_and_loads_in_plain_timm(cfg, capsys):
+    c = cfg(epochs=3, workers=0)
+    paths = finished_run(c.work, arch=STUDY_ARCH, img_size=STUDY_IMG_SIZE)
+    soup_stage.run(c)
+    out = layout.soup_weights(c.work)
+    ckpt = torch.load(out, weights_only=True)
+    oracle = timm_average([paths[2], paths[3]])
+    assert ckpt["state_dict"].keys() == oracle.keys()
+    for key, value in ckpt["state_dict"].items():
+        assert value.dtype == torch.float32
+        np.testing.assert_array_equal(value.numpy(), oracle[key])
+    assert ckpt["soup"] == {"method": "uniform", "epochs": [2, 3]}
+    assert ckpt["arch"] == STUDY_ARCH and ckpt["classes"] == CLASSES and ckpt["epoch"] == 3
+
+    model = timm.create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), img_size=ckpt["img_size"])
+    timm.models.load_checkpoint(model, str(out))
+    np.testing.assert_array_equal(model.head.weight.detach().numpy(), oracle["head.weight"])
+
+    report = pd.read_csv(layout.reports_dir(c.work) / "soup.csv")
+    assert report["model"].tolist() == ["epoch 2", "epoch 3", "uniform soup"]
+    assert report["val_macro_auc"].iloc[-1] == pytest.approx(ckpt["metric"])
+    aucs = report[[f"val_auc_{k}" for k in CLASSES]].to_numpy()
+    np.testing.assert_allclose(report["val_macro_auc"], np.nanmean(aucs, axis=1))
+    printed = capsys.readouterr().out
+    assert "epoch 2" in printed and "epoch 3" in printed and "vs the best epoch" in printed
+
+    soup_stage.run(c)
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_stage_soup_epochs_choose_the_ingredients(run_dir):
+    c, paths = run_dir
+    c.soup_epochs = "1,3"
+    soup_stage.run(c)
+    ckpt = torch.load(layout.soup_weights(c.work), weights_only=True)
+    assert ckpt["soup"]["epochs"] == [1, 3]
+    np.testing.assert_array_equal(ckpt["state_dict"]["head.bias"].numpy(),
+                                  timm_average([paths[1], paths[3]])["head.bias"])
+
+
+def test_stage_greedy_soup_does_not_lower_val_auc(run_dir, capsys):
+    c, paths = run_dir
+    c.soup = "greedy"
+    soup_stage.run(c)
+    report = pd.read_csv(layout.reports_dir(c.work) / "soup.csv", dtype={"epochs": str}).set_index("model")
+    ingredients = report.loc[["epoch 1", "epoch 2", "epoch 3"], "val_macro_auc"]
+    assert report.loc["greedy soup", "val_macro_auc"] >= ingredients.max()
+    ckpt = torch.load(layout.soup_weights(c.work), weights_only=True)
+    kept = report.loc["greedy soup", "epochs"].split()
+    assert ckpt["soup"]["method"] == "greedy" and kept == [str(e) for e in ckpt["soup"]["epochs"]]
+    assert ingredients.idxmax().split()[1] in kept
+    assert "in the soup" in capsys.readouterr().out
+
+
+def test_stage_missing_epochs_lists_what_exists(run_dir):
+    c, paths = run_dir
+    paths[3].unlink()
+    with pytest.raises(KitError, match=r"epochs 2, 3 .*epoch 3 .*on disk: epochs 1, 2"):
+        soup_stage.run(c)
+    assert not layout.soup_weights(c.work).exists()
+
+
+def test_stage_refuses_checkpoints_of_different_class_lists(run_dir):
+    c, paths = run_dir
+    other = torch.load(paths[3], weights_only=True)
+    other["classes"] = ["A", "B", "C"]
+    torch.save(other, paths[3])
+    with pytest.raises(KitError, match=r"epoch_02.pth and epoch_03.pth.*classes"):
+        soup_stage.run(c)
+    assert not layout.soup_weights(c.work).exists()

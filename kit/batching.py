@@ -1,0 +1,81 @@
+"""Per-device batch size and gradient accumulation that keep the effective batch.
+
+`--batch-size auto` probes the GPU: a real forward and backward pass at the training image
+size, halving from the largest useful batch until it fits with room left for the optimizer
+state and the EMA. Out of memory later on, `back_off` halves the batch (or less) and multiplies
+the accumulation to match, so the effective batch (and the learning-rate schedule) stays the same.
+"""
+import math
+
+import torch
+
+from kit.errors import KitError
+
+CPU_BATCH = 32  # CPU memory is rarely the limit there; larger batches only add latency
+MEMORY_USE = 0.9  # fraction of GPU memory a probe may fill
+STATE_COPIES = 3  # AdamW's two moments and the EMA, each one float32 copy of the weights
+
+
+def plan(cfg, world_size, probe=None):
+    """(per-device batch, accumulation steps) from --batch-size, --accum, --effective-batch.
+
+    probe(start) -> the largest batch <= start that fits; needed for --batch-size auto on GPU."""
+    per_device = max(1, cfg.effective_batch // world_size)
+    if cfg.batch_size == "auto":
+        batch = probe(per_device) if probe else min(per_device, CPU_BATCH)
+    else:
+        batch = _positive_int(cfg.batch_size, "--batch-size")
+    if cfg.accum == "auto":
+        accum = max(1, math.ceil(cfg.effective_batch / (batch * world_size)))
+    else:
+        accum = _positive_int(cfg.accum, "--accum")
+    return batch, accum
+
+
+def _positive_int(text, flag):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise KitError(f"{flag} {text!r}: pass a positive whole number or auto")
+    return value
+
+
+def probe_batch(model, criterion, img_size, num_classes, device, dtype, start):
+    """Largest power-of-two fraction of `start` whose training step fits in GPU memory."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    state = STATE_COPIES * sum(p.numel() * 4 for p in model.parameters())
+    batch = start
+    while batch >= 1:
+        fits = _try_batch(model, criterion, batch, img_size, num_classes, device, dtype)
+        if fits and torch.cuda.max_memory_allocated(device) + state <= MEMORY_USE * total:
+            return batch
+        batch //= 2
+    raise KitError(f"one {img_size}px image does not fit in GPU memory for training; lower "
+                   f"--img-size or add --grad-checkpointing")
+
+
+def _try_batch(model, criterion, batch, img_size, num_classes, device, dtype) -> bool:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        x = torch.randn(batch, 3, img_size, img_size, device=device)
+        y = torch.zeros(batch, num_classes, device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            criterion(model(x), y).backward()
+        fits = True
+    except torch.OutOfMemoryError:
+        fits = False
+    model.zero_grad(set_to_none=True)
+    return fits
+
+
+def back_off(batch, accum):
+    """The largest batch that divides this one and is at most half of it, with the
+    accumulation raised to match: the same effective batch in less memory."""
+    if batch == 1:
+        raise KitError("out of GPU memory at batch 1; lower --img-size or add --grad-checkpointing "
+                       "(rerun resumes from the last checkpoint)")
+    smaller = max(d for d in range(1, batch // 2 + 1) if batch % d == 0)
+    return smaller, accum * (batch // smaller)

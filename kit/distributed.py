@@ -1,0 +1,106 @@
+"""Data-parallel training with torch.distributed: one process per GPU, started by torchrun
+(by the user, or by the train stage relaunching itself), gloo on CPU, nccl on GPUs.
+
+Multi-node runs use torchrun's usual flags (--nnodes, --node-rank, --rdzv-endpoint); nothing
+here depends on being on one machine.
+"""
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from kit.config import Config
+from kit.errors import KitError
+
+RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+
+
+@dataclasses.dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def should_relaunch(cfg) -> bool:
+    return cfg.ddp == "auto" and not under_torchrun() and torch.cuda.device_count() > 1
+
+
+def relaunch_command(cfg, nproc) -> list:
+    """torchrun running this same training, every setting passed on explicitly."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            str(RUN_PY), *config_flags(cfg, stage="train", demo=False)]
+
+
+def relaunch(cfg):
+    nproc = torch.cuda.device_count()
+    print(f"[train] {nproc} GPUs: training data-parallel, one process each (torchrun, DDP)", flush=True)
+    code = subprocess.run(relaunch_command(cfg, nproc)).returncode
+    if code:
+        raise KitError(f"data-parallel training stopped (exit code {code}, see above); rerun to "
+                       f"resume, or --ddp off to train on one GPU")
+
+
+def config_flags(cfg, **changes) -> list:
+    """Command-line flags that rebuild `cfg` (with `changes`) in another process."""
+    flags = []
+    for f in dataclasses.fields(Config):
+        value = changes.get(f.name, getattr(cfg, f.name))
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(name if value else "--no-" + name[2:])
+        elif isinstance(value, tuple):
+            flags += [name, *map(str, value)] if value else []
+        else:
+            flags += [name, str(value)]
+    return flags
+
+
+def setup() -> World:
+    """The process's place: rank and device (one GPU per process under torchrun)."""
+    if not under_torchrun():
+        return World(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if torch.cuda.is_available():
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return World(dist.get_rank(), dist.get_world_size(), device)
+
+
+def teardown():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather(obj, world) -> list:
+    """Every rank's `obj`, in rank order (a list of one without torch.distributed)."""
+    if world.size == 1:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean(value: torch.Tensor, world) -> torch.Tensor:
+    """The mean of a tensor over ranks."""
+    if world.size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world.size
+    return value

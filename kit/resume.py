@@ -1,0 +1,45 @@
+"""checkpoints/last.pth: the whole state of a training run, written at every epoch's end and
+every few minutes within one, so that a rerun continues at the next optimizer update."""
+import hashlib
+from pathlib import Path
+
+import torch
+
+from kit.errors import KitError
+
+# what a checkpoint is only valid for; other settings may change between sessions
+SIGNATURE = {"model": "--model", "classes": "the classes", "img_size": "--img-size",
+             "splits": "the train/val split files"}
+
+
+def signature(cfg, classes, split_files) -> dict:
+    digest = hashlib.sha256()
+    for f in split_files:
+        digest.update(Path(f).read_bytes())
+    return {"model": cfg.model, "classes": list(classes), "img_size": cfg.img_size,
+            "splits": digest.hexdigest()[:16]}
+
+
+def load(path, expected, force) -> "dict | None":
+    """The saved state to resume from; None to start afresh (no state, or --force)."""
+    path = Path(path)
+    if force or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign file: torch raises many types
+        raise KitError(f"{path} cannot be read as a training state ({type(e).__name__}); "
+                       f"pass --force to train from scratch") from e
+    saved = state.get("signature", {}) if isinstance(state, dict) else {}
+    changed = [f"{SIGNATURE[k]} ({_short(saved.get(k))} -> {_short(v)})"
+               for k, v in expected.items() if saved.get(k) != v]
+    if changed:
+        raise KitError(f"{path} is from a run with other {', '.join(changed)}; pass the same "
+                       f"settings to resume it, or --force to train from scratch")
+    return state
+
+
+def _short(value):
+    text = ",".join(value) if isinstance(value, list) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+

@@ -1,0 +1,145 @@
+"""Evaluate stage: the final model's honest report on the held-out test split (reports/).
+
+Thresholds are chosen on val (Youden's J) and only applied to test; confidence intervals
+come from a seeded bootstrap over test images; every epoch checkpoint still on disk is
+scored on test too, so the soup's gain is measured where it was not selected.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kit import layout, metrics, plots, stamps
+from kit.errors import KitError
+from kit.io import write_csv, write_json
+from kit.model import read_weights
+from kit.scoring import Scorer, check_classes
+
+LEVEL = 0.95
+SHOWN = 5
+
+
+def weights_path(cfg) -> Path:
+    """--weights, else the soup; a clear error when neither exists."""
+    if cfg.weights:
+        path = Path(cfg.weights)
+        if not path.is_file():
+            raise KitError(f"--weights {path} not found; pass an existing weights file")
+        return path
+    path = layout.soup_weights(cfg.work)
+    if not path.is_file():
+        raise KitError(f"{path} not found: run --stage soup first, or pass --weights PATH")
+    return path
+
+
+def _outputs(reports, single, history):
+    names = ["test_metrics.json", "test_predictions.csv", "roc_curves.png", "pr_curves.png"]
+    names += ["confusion_matrix.png"] * single + ["training_curves.png"] * history
+    return [reports / n for n in names]
+
+
+def _num(x):
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def run(cfg):
+    work, reports = cfg.work, layout.reports_dir(cfg.work)
+    weights = weights_path(cfg)
+    test, classes = layout.read_split(work, "test")
+    val, _ = layout.read_split(work, "val")
+    y_test, y_val = test[classes].to_numpy(), val[classes].to_numpy()
+    single = cfg.label_mode == "single" and bool((y_test.sum(1) == 1).all())
+    history = layout.history_csv(work)
+    epochs = layout.epoch_checkpoints(work)
+    settings = dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=cfg.tta,
+                    amp=cfg.amp, single=single)
+    inputs = [weights, layout.split_csv(work, "val"), layout.split_csv(work, "test"), history,
+              *epochs.values()]
+    outputs = _outputs(reports, single, history.exists())
+    if stamps.up_to_date(cfg, "evaluate", settings, inputs, outputs):
+        return
+
+    ckpt = read_weights(weights)
+    check_classes(ckpt, classes, "test")
+    scorer = Scorer({split: [layout.image_path(work, f) for f in df["file"]] for split, df in
+                     (("val", val), ("test", test))}, ckpt["img_size"], cfg)
+    p_val, ok_val = scorer(ckpt, "val", "[evaluate] val")
+    thresholds = metrics.youden_thresholds(y_val[ok_val], p_val[ok_val])
+    probs, ok = scorer(ckpt, "test", "[evaluate] test")
+    unreadable = test.loc[~ok, "file"].tolist()
+    if not ok.any():
+        raise KitError(f"none of the {len(test)} test images could be read (first: "
+                       f"{layout.image_path(work, unreadable[0])}); rerun --stage separate --force")
+    y, p = y_test[ok], probs[ok]
+
+    aucs = metrics.auc_per_class(y, p)
+    ci, macro_ci = metrics.bootstrap_auc(y, p, cfg.bootstrap, cfg.seed, LEVEL)
+    aps = metrics.average_precision_per_class(y, p)
+    sens, spec = metrics.sensitivity_specificity(y, p, thresholds)
+    per_epoch = {}
+    for epoch, path in epochs.items():
+        e_probs, e_ok = scorer(read_weights(path), "test", f"[evaluate] test, epoch {epoch}")
+        per_epoch[f"epoch {epoch}"] = _num(metrics.macro_auc(y_test[e_ok & ok], e_probs[e_ok & ok]))
+
+    result = dict(
+        weights=str(weights), soup=ckpt.get("soup"), test_images=int(ok.sum()),
+        unreadable_images=unreadable, tta=cfg.tta, label_mode="single" if single else "multi",
+        macro_auc=_num(metrics.macro_auc(y, p)), macro_auc_ci=[_num(v) for v in macro_ci],
+        micro_auc=_num(metrics.micro_auc(y, p)),
+        classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]],
+                         average_precision=_num(aps[k]), threshold=_num(thresholds[k]),
+                         sensitivity=_num(sens[k]), specificity=_num(spec[k]))
+                 for k, c in enumerate(classes)},
+        threshold_rule="Youden's J (sensitivity + specificity - 1) maximized on val, applied to test",
+        bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, level=LEVEL,
+                       method="percentile, test images resampled"),
+        epoch_checkpoints_macro_auc=per_epoch,
+    )
+    if single:
+        result["single_label"] = metrics.single_label_report(y, p)
+
+    table = test.loc[ok, ["image_id", "patient_id", *classes]].reset_index(drop=True)
+    table = pd.concat([table, pd.DataFrame(p, columns=[f"prob_{c}" for c in classes])], axis=1)
+    write_csv(table, reports / "test_predictions.csv")
+    plots.roc_curves(y, p, classes, aucs, reports / "roc_curves.png")
+    plots.pr_curves(y, p, classes, aps, reports / "pr_curves.png")
+    if single:
+        plots.confusion_matrix(result["single_label"]["confusion_matrix"], classes,
+                               reports / "confusion_matrix.png")
+    if history.exists():
+        plots.training_curves(pd.read_csv(history), reports / "training_curves.png")
+    write_json(result, reports / "test_metrics.json")
+    stamps.record(cfg, "evaluate", settings, inputs)
+    _print(result, unreadable, reports)
+
+
+def _fmt(x, digits=3):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _print(result, unreadable, reports):
+    print(f"[evaluate] {result['weights']} on {result['test_images']} test images"
+          f"{' (with flip TTA)' if result['tta'] else ''}:")
+    rows = [(c, str(m["positives"]), f"{_fmt(m['auc'])} [{_fmt(m['auc_ci'][0])}, {_fmt(m['auc_ci'][1])}]",
+             _fmt(m["sensitivity"]), _fmt(m["specificity"])) for c, m in result["classes"].items()]
+    rows.append(("macro", str(result["test_images"]),
+                 f"{_fmt(result['macro_auc'])} [{_fmt(result['macro_auc_ci'][0])}, "
+                 f"{_fmt(result['macro_auc_ci'][1])}]", "", ""))
+    header = ("class", "images", f"AUC [{LEVEL:.0%} CI]", "sensitivity", "specificity")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for r in [header, *rows]:
+        cells = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))]
+        print("  " + "  ".join(cells))
+    print(f"  micro AUC {_fmt(result['micro_auc'])}; sensitivity and specificity at thresholds chosen on val")
+    if "single_label" in result:
+        s = result["single_label"]
+        print(f"  single label: accuracy {s['accuracy']:.3f}, balanced accuracy "
+              f"{s['balanced_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}")
+    if result["epoch_checkpoints_macro_auc"]:
+        epochs = ", ".join(f"{k} {_fmt(v)}" for k, v in result["epoch_checkpoints_macro_auc"].items())
+        print(f"  test macro AUC of the epoch checkpoints: {epochs}")
+    if unreadable:
+        shown = ", ".join(unreadable[:SHOWN]) + (" ..." if len(unreadable) > SHOWN else "")
+        print(f"warning: {len(unreadable)} test images could not be read and are left out: {shown} "
+              f"(all listed in test_metrics.json)")
+    print(f"  reports in {reports}")

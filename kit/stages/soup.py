@@ -1,0 +1,91 @@
+"""Soup stage: average epoch checkpoints into the final model (eva_x_final_soup.pth), and show
+on the validation set whether averaging helped (reports/soup.csv)."""
+import numpy as np
+import pandas as pd
+
+from kit import layout, soup, stamps
+from kit.errors import KitError
+from kit.io import write_csv
+from kit.metrics import auc_per_class
+from kit.model import checkpoint_dict, read_weights, save_weights
+from kit.scoring import Scorer, check_classes
+
+
+def chosen_checkpoints(cfg) -> dict:
+    """{epoch: path} of the ingredients: --soup-epochs (uniform) or every epoch on disk (greedy)."""
+    found = layout.epoch_checkpoints(cfg.work)
+    if not found:
+        raise KitError(f"no epoch checkpoints in {layout.checkpoint_dir(cfg.work)}: run --stage train first")
+    if cfg.soup == "greedy":
+        return found
+    wanted = soup.parse_epochs(cfg.soup_epochs, cfg.epochs)
+    missing = [e for e in wanted if e not in found]
+    if missing:
+        raise KitError(f"the soup needs epochs {', '.join(map(str, wanted))} but there is no checkpoint "
+                       f"of epoch {', '.join(map(str, missing))} (on disk: epochs "
+                       f"{', '.join(map(str, found))}); finish training (--stage train resumes) or pick "
+                       f"existing ones with --soup-epochs")
+    return {e: found[e] for e in wanted}
+
+
+def run(cfg):
+    work = cfg.work
+    paths = chosen_checkpoints(cfg)
+    out, report = layout.soup_weights(work), layout.reports_dir(work) / "soup.csv"
+    settings = dict(soup=cfg.soup, epochs=list(paths), tta=cfg.tta, amp=cfg.amp)
+    inputs = [*paths.values(), layout.split_csv(work, "val")]
+    if stamps.up_to_date(cfg, "soup", settings, inputs, [out, report]):
+        return
+
+    ckpts = {e: read_weights(p) for e, p in paths.items()}
+    soup.check_compatible({paths[e].name: c for e, c in ckpts.items()})
+    last = ckpts[max(ckpts)]
+    val, classes = layout.read_split(work, "val")
+    check_classes(last, classes, "val")
+    y = val[classes].to_numpy()
+    scorer = Scorer({"val": [layout.image_path(work, f) for f in val["file"]]}, last["img_size"], cfg)
+    ingredients = {e: c["state_dict"] for e, c in ckpts.items()}
+    val_aucs = {}  # sorted epochs of a soup -> its val AUC per class
+
+    def score_mix(epochs):
+        key = tuple(sorted(epochs))
+        if key not in val_aucs:
+            state_dict = soup.uniform_average([ingredients[e] for e in key])
+            probs, ok = scorer({**last, "state_dict": state_dict}, "val", "[soup] val")
+            val_aucs[key] = auc_per_class(y[ok], probs[ok])
+        return float(np.nanmean(val_aucs[key]))
+
+    scores = {e: score_mix([e]) for e in ingredients}
+    if cfg.soup == "greedy":
+        kept, best, steps = soup.greedy(scores, score_mix)
+        kept, tried = sorted(kept), {e: value for e, value, _ in steps}
+    else:
+        kept, tried = list(ingredients), {}
+        best = score_mix(kept)
+
+    final = checkpoint_dict(soup.uniform_average([ingredients[e] for e in kept]), arch=last["arch"],
+                            classes=classes, img_size=last["img_size"], mean=last["mean"], std=last["std"],
+                            epoch=max(kept), metric=best)
+    final["soup"] = {"method": cfg.soup, "epochs": kept}
+    save_weights(final, out)
+
+    def row(model, epochs):
+        aucs = val_aucs[tuple(epochs)]
+        return dict(model=model, epochs=" ".join(map(str, epochs)), val_macro_auc=float(np.nanmean(aucs)),
+                    **{f"val_auc_{c}": a for c, a in zip(classes, aucs)})
+
+    rows = [row(f"epoch {e}", [e]) for e in ingredients] + [row(f"{cfg.soup} soup", kept)]
+    write_csv(pd.DataFrame(rows), report)
+    stamps.record(cfg, "soup", settings, inputs)
+    _print(cfg.soup, scores, kept, best, tried, out)
+
+
+def _print(method, scores, kept, best, tried, out):
+    print(f"[soup] {method} soup of epochs {', '.join(map(str, kept))}; val macro AUC:")
+    for epoch, value in scores.items():
+        note = ""
+        if epoch in tried:
+            note = "  in the soup" if epoch in kept else f"  left out (the soup with it: {tried[epoch]:.4f})"
+        print(f"  epoch {epoch:<4} {value:.4f}{note}")
+    gain = best - max(scores.values())
+    print(f"  soup       {best:.4f}  ({gain:+.4f} vs the best epoch) -> {out}")

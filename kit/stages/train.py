@@ -1,0 +1,214 @@
+"""Train stage: fine-tune a timm model on <work>/splits with the study's recipe (EVA-02, LLRD,
+focal + BCE, AMP, EMA) and write the EMA weights of every epoch.
+
+Each epoch: train, validate the EMA on val.csv, append a row to history.csv, write
+checkpoints/epoch_NN.pth (EMA weights, timm-loadable) and checkpoints/last.pth (everything a
+rerun needs to resume), prune the epoch files nobody will need. Several GPUs train
+data-parallel (torch.distributed); only rank 0 writes files and prints.
+"""
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kit import batching, distributed, env, infer, layout, resume, session
+from kit.data import XrayDataset, make_loader, worker_count
+from kit.errors import KitError
+from kit.io import write_csv
+from kit.losses import build_loss
+from kit.metrics import auc_per_class, macro_auc, single_label_report
+from kit.model import checkpoint_dict, create_model, norm_stats, save_weights
+from kit.precision import allow_tf32, autocast_dtype
+from kit.soup import parse_epochs
+from kit.trainer import Trainer
+
+EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
+
+
+def run(cfg):
+    if distributed.should_relaunch(cfg):
+        distributed.relaunch(cfg)
+        return
+    world = distributed.setup()
+    try:
+        train(cfg, world)
+    finally:
+        distributed.teardown()
+
+
+def train(cfg, world):
+    say = print if world.is_main else (lambda *a, **k: None)
+    train_df, classes = layout.read_split(cfg.work, "train")
+    val_df, val_classes = layout.read_split(cfg.work, "val")
+    if val_classes != classes:
+        raise KitError("train.csv and val.csv have different class columns; rerun --stage split --force")
+    if world.is_main:
+        warn_missing_positives(train_df, val_df, classes)
+    keep_rule = keep_policy(cfg)
+    last_path = layout.checkpoint_dir(cfg.work) / "last.pth"
+    signature = resume.signature(cfg, classes, [layout.split_csv(cfg.work, s) for s in ("train", "val")])
+    session.take_over(cfg, last_path, signature, world)
+    state = resume.load(last_path, signature, cfg.force)
+    if state and state["epoch"] >= cfg.epochs:
+        say(f"[train] up to date: {state['epoch']} epochs done (--epochs more continues, --force retrains)")
+        return
+    if state:
+        say(f"[train] resuming from {last_path} at epoch {state['epoch'] + 1}, "
+            f"update {state['updates'] + 1}")
+    elif world.is_main:
+        clear_checkpoints(cfg.work)
+
+    device = world.device
+    allow_tf32()
+    torch.manual_seed(cfg.seed)
+    roots = env.data_roots(env.platform()) + ([cfg.data_dir] if cfg.data_dir else [])
+    model = create_model(cfg.model, len(classes), cfg.img_size, cfg.drop_path,
+                         "none" if state else cfg.pretrained, roots).to(device)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if world.is_main and not state:
+        session.warn_output_budget(cfg, model, keep_rule)
+    targets = train_df[classes].to_numpy(np.float32)
+    criterion = build_loss(cfg, targets).to(device)
+    batch, accum = plan_batches(cfg, world, model, criterion, len(classes), state)
+
+    paths = [layout.image_path(cfg.work, f) for f in train_df.file]
+    train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed)
+    trainer = Trainer(cfg, world, model, criterion, train_set, batch, accum, state)
+    say(f"[train] {cfg.model} at {cfg.img_size}px on {device} x{world.size} | {len(train_df)} train, "
+        f"{len(val_df)} val images | batch {batch} x {accum} accumulation x {world.size} = "
+        f"{trainer.effective} | {trainer.updates_per_epoch} updates/epoch | amp "
+        f"{str(trainer.dtype).replace('torch.', '') if trainer.dtype else 'off'}")
+    val_loader = make_val_loader(cfg, world, val_df, classes, batch)
+    val_targets = val_df[classes].to_numpy(np.float32)
+
+    session_start, session_epochs = time.perf_counter(), 0
+    while trainer.epoch < cfg.epochs:
+        epoch_start = time.perf_counter()
+        stats = trainer.train_epoch(last_path, signature)
+        val = validate(trainer, val_loader, val_targets, classes, cfg, world)
+        lr_high, lr_low = trainer.learning_rates()
+        epoch = trainer.epoch + 1
+        row = {"epoch": epoch, "train_loss": stats["train_loss"], **val, "lr": lr_high, "lr_lowest": lr_low,
+               "images_per_s": stats["images_per_s"], "epoch_s": time.perf_counter() - epoch_start,
+               "batch_size": trainer.batch, "accum": trainer.accum, "peak_gpu_mem_gib": peak_memory(device)}
+        trainer.end_epoch(row)
+        if world.is_main:
+            save_weights(checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
+                                         img_size=cfg.img_size, mean=trainer.mean, std=trainer.std,
+                                         epoch=epoch, metric=val["val_macro_auc"]), layout.epoch_checkpoint(cfg.work, epoch))
+        trainer.save(last_path, signature)
+        if world.is_main:
+            write_csv(pd.DataFrame(trainer.history), layout.history_csv(cfg.work))
+            prune(cfg.work, keep_rule(trainer.history))
+        session_epochs += 1
+        eta = (time.perf_counter() - session_start) / session_epochs * (cfg.epochs - epoch)
+        say(summary(row, classes, cfg.epochs, eta))
+
+
+def plan_batches(cfg, world, model, criterion, num_classes, state):
+    """(batch, accum): the state's after an out-of-memory back-off, else probed or given."""
+    if state and cfg.batch_size == "auto" and state["world_size"] == world.size:
+        return state["batch"], state["accum"]
+    probe = None
+    if world.device.type == "cuda":
+        dtype = autocast_dtype(cfg.amp, world.device)
+
+        def probe(start):
+            return batching.probe_batch(model, criterion, cfg.img_size, num_classes, world.device, dtype, start)
+    return batching.plan(cfg, world.size, probe)
+
+
+def make_val_loader(cfg, world, val_df, classes, batch):
+    paths = [layout.image_path(cfg.work, f) for f in val_df.file]
+    dataset = XrayDataset(paths, val_df[classes].to_numpy(np.float32), cfg.img_size)
+    sampler = None
+    if world.size > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, world.size, world.rank, shuffle=False)
+    return make_loader(dataset, batch * EVAL_BATCH_FACTOR, shuffle=False,
+                       workers=worker_count(cfg.workers, world.size), sampler=sampler)
+
+
+def validate(trainer, loader, targets, classes, cfg, world) -> dict:
+    """Loss and metrics of the EMA weights on the whole validation split (gathered over ranks)."""
+    part = infer.logits(trainer.ema.module, loader, world.device, trainer.mean, trainer.std, cfg.amp)
+    index, logits, ok = (np.concatenate(a) for a in zip(*distributed.gather(part, world)))
+    index, first = np.unique(index, return_index=True)  # DistributedSampler repeats a few rows
+    logits, ok = logits[first], ok[first]
+    if not ok.all() and world.is_main:
+        print(f"warning: {int((~ok).sum())} unreadable validation images left out of the metrics")
+    y, logits = targets[index][ok], logits[ok]
+    with torch.no_grad():
+        loss = trainer.criterion(torch.from_numpy(logits).to(world.device),
+                                 torch.from_numpy(y).to(world.device)).item()
+    probs = 1 / (1 + np.exp(-logits))
+    aucs = auc_per_class(y, probs)
+    out = {"val_loss": loss,
+           "val_macro_auc": macro_auc(y, probs),
+           **{f"val_auc_{c}": float(a) for c, a in zip(classes, aucs)}}
+    if cfg.label_mode == "single":
+        report = single_label_report(y, probs)
+        out.update(val_accuracy=report["accuracy"], val_macro_f1=report["macro_f1"])
+    return out
+
+
+def peak_memory(device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+
+
+def summary(row, classes, epochs, eta) -> str:
+    per_class = ", ".join(f"{c} {row[f'val_auc_{c}']:.3f}" for c in classes)
+    return (f"[train] epoch {row['epoch']}/{epochs} | train loss {row['train_loss']:.4f} | val loss "
+            f"{row['val_loss']:.4f} | val AUC {row['val_macro_auc']:.4f} ({per_class}) | lr "
+            f"{row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {duration(row['epoch_s'])} | "
+            f"ETA {duration(eta)}")
+
+
+def duration(seconds) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def warn_missing_positives(train_df, val_df, classes):
+    for name, df in (("train", train_df), ("val", val_df)):
+        empty = [c for c in classes if not df[c].any()]
+        if empty:
+            print(f"warning: no positive {', '.join(empty)} in {name}.csv; "
+                  f"{'its AUC is reported as NaN' if name == 'val' else 'the model cannot learn it'}")
+
+
+def keep_policy(cfg):
+    """history -> the epoch numbers whose files stay (--keep-epochs)."""
+    if cfg.keep_epochs == "all" or (cfg.keep_epochs == "auto" and cfg.soup == "greedy"):
+        return lambda history: {row["epoch"] for row in history}
+    if cfg.keep_epochs == "auto":
+        soup = set(parse_epochs(cfg.soup_epochs, cfg.epochs))
+        return lambda history: soup | {best_epoch(history)}
+    try:
+        n = int(cfg.keep_epochs)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KitError(f"--keep-epochs {cfg.keep_epochs!r}: pass auto, all, or a number of latest epochs")
+    return lambda history: {row["epoch"] for row in history[-n:]}
+
+
+def best_epoch(history):
+    scores = [(row["val_macro_auc"], row["epoch"]) for row in history if not math.isnan(row["val_macro_auc"])]
+    return max(scores)[1] if scores else history[-1]["epoch"]
+
+
+def prune(work, keep):
+    for epoch, path in layout.epoch_checkpoints(work).items():
+        if epoch not in keep:
+            path.unlink()
+
+
+def clear_checkpoints(work):
+    """A fresh run: epoch files of an earlier run would mix into this one's soup."""
+    for path in layout.checkpoint_dir(work).glob("*.pth"):
+        path.unlink()

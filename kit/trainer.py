@@ -1,0 +1,182 @@
+"""One training run's moving parts (model, EMA, optimizer, scaler, schedule, data order) and
+its loop over optimizer updates.
+
+Position in the run is (epochs done, samples of this epoch done, updates done). The data
+order, each image's augmentation and the random numbers of each update are functions of that
+position and the seed, so a run resumed from `state_dict()` continues exactly where it was.
+"""
+import contextlib
+import math
+import time
+
+import numpy as np
+import torch
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+
+from kit import batching, distributed, session
+from kit.data import EpochSampler, make_loader, to_input, worker_count
+from kit.errors import KitError
+from kit.model import norm_stats, save_weights
+from kit.optim import build_optimizer, build_scheduler
+from kit.precision import autocast_dtype, grad_scaler
+from kit.progress import progress
+
+SAVE_EVERY_S = 600  # mid-epoch resume points: a session can end at any moment
+MAX_BAD_UPDATES = 10  # non-finite gradients in a row before giving up
+
+
+class Trainer:
+    def __init__(self, cfg, world, model, criterion, train_set, batch, accum, state=None):
+        self.cfg, self.world, self.model, self.criterion = cfg, world, model, criterion
+        self.train_set, self.batch, self.accum = train_set, batch, accum
+        self.mean, self.std = norm_stats(model)
+        self.dtype = autocast_dtype(cfg.amp, world.device)
+        self.scaler = grad_scaler(self.dtype, world.device)
+        self.effective = batch * accum * world.size
+        self.updates_per_epoch = len(train_set) // self.effective
+        if self.updates_per_epoch == 0:
+            raise KitError(f"the train split has {len(train_set)} images, fewer than one effective "
+                           f"batch of {self.effective}; lower --effective-batch")
+        self.optimizer = build_optimizer(model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
+        self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
+        self.epoch = self.offset = self.updates = 0
+        self.loss_sum, self.loss_count, self.bad_in_row = 0.0, 0, 0
+        self.history = []
+        if state:
+            self.load_state_dict(state)
+        self.scheduler.step_update(self.updates)
+        self.ddp = (DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+                    if world.size > 1 else None)
+        net = self.ddp or model
+        self.net = torch.compile(net) if cfg.compile else net
+        self.sampler = EpochSampler(len(train_set), self.updates_per_epoch * self.effective,
+                                    cfg.seed, world.rank, world.size)
+        self.loader = self._loader()
+        self.last_save = time.monotonic()
+
+    # state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "offset": self.offset, "updates": self.updates,
+                "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+                "batch": self.batch, "accum": self.accum, "world_size": self.world.size,
+                "history": self.history}
+
+    def load_state_dict(self, state):
+        if state["batch"] * state["accum"] * state["world_size"] != self.effective:
+            raise KitError(f"last.pth was trained with an effective batch of "
+                           f"{state['batch'] * state['accum'] * state['world_size']}, now {self.effective}; "
+                           f"pass the same --effective-batch to resume, or --force to start over")
+        self.model.load_state_dict(state["model"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        for key in ("epoch", "offset", "updates", "loss_sum", "loss_count", "history"):
+            setattr(self, key, state[key])
+
+    def save(self, path, signature):
+        if self.world.is_main:
+            save_weights({**self.state_dict(), "signature": signature}, path)
+        self.last_save = time.monotonic()
+
+    # training ------------------------------------------------------------------------------
+
+    def _loader(self):
+        self.sampler.set_position(self.epoch, self.offset)
+        return make_loader(self.train_set, self.batch, shuffle=False,
+                           workers=worker_count(self.cfg.workers, self.world.size),
+                           seed=self.cfg.seed, drop_last=True, sampler=self.sampler)
+
+    def train_epoch(self, last_path, signature) -> dict:
+        """Train to the end of the current epoch; its mean loss and this session's images/s."""
+        start, start_offset = time.perf_counter(), self.offset
+        if self.world.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.world.device)
+        self.sampler.set_position(self.epoch, self.offset)
+        batches = iter(self.loader)
+        todo = range(self.offset // self.effective, self.updates_per_epoch)
+        if self.world.is_main:
+            todo = progress(todo, len(todo), f"epoch {self.epoch + 1}", unit="update",
+                            status=lambda: f"loss {self.loss_sum / max(self.loss_count, 1):.4f}")
+        for _ in todo:
+            while True:
+                try:
+                    loss, finite = self._update(batches)
+                    break
+                except torch.OutOfMemoryError:
+                    pass  # handled below, outside the except block that still holds the tensors
+                batches = self._back_off()
+            self._account(loss, finite)
+            if session.out_of_time(self.world):
+                self.save(last_path, signature)
+                raise session.time_up(self.cfg, f"in epoch {self.epoch + 1}")
+            if time.monotonic() - self.last_save >= SAVE_EVERY_S and self.offset < self.sampler.samples_per_epoch:
+                self.save(last_path, signature)
+        seconds = time.perf_counter() - start
+        return {"train_loss": self.loss_sum / max(self.loss_count, 1),
+                "images_per_s": (self.offset - start_offset) / max(seconds, 1e-9)}
+
+    def _update(self, batches):
+        """One optimizer update over `accum` micro-batches; (mean loss, gradients finite)."""
+        seed = np.random.SeedSequence((self.cfg.seed, self.world.rank, self.updates)).generate_state(1)[0]
+        torch.manual_seed(int(seed))  # drop-path masks: a function of the position, like the data
+        device, total = self.world.device, torch.zeros((), device=self.world.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i in range(self.accum):
+            images, targets, _, _ = next(batches)
+            x, y = to_input(images, self.mean, self.std, device), targets.to(device, non_blocking=True)
+            last = i == self.accum - 1
+            with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    loss = self.criterion(self.net(x), y) / self.accum
+                self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad or math.inf)
+        finite = bool(torch.isfinite(norm))  # gradients are all-reduced, so every rank agrees
+        if finite or self.scaler.is_enabled():  # the scaler skips a non-finite step by itself
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return distributed.mean(total, self.world).item(), finite
+
+    def _account(self, loss, finite):
+        self.updates += 1
+        self.offset += self.effective
+        self.ema.update(self.model, step=self.updates)
+        self.scheduler.step_update(self.updates)
+        if math.isfinite(loss):
+            self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+        self.bad_in_row = 0 if finite else self.bad_in_row + 1
+        if self.bad_in_row >= MAX_BAD_UPDATES:
+            raise KitError(f"{MAX_BAD_UPDATES} updates in a row had NaN or infinite gradients "
+                           f"(epoch {self.epoch + 1}); the last good checkpoint is kept: lower --lr or "
+                           f"use --amp off, then rerun")
+
+    def _back_off(self):
+        """Out of memory: a smaller batch, more accumulation, and the current update redone."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.world.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.world.size > 1:
+            raise KitError(f"out of GPU memory at batch {self.batch} per GPU; rerun with --batch-size "
+                           f"{self.batch // 2} (training resumes from the last checkpoint)")
+        old = self.batch
+        self.batch, self.accum = batching.back_off(self.batch, self.accum)
+        print(f"[train] out of GPU memory at batch {old}: continuing with batch {self.batch} x "
+              f"{self.accum} accumulation steps (same effective batch)", flush=True)
+        self.loader = self._loader()
+        return iter(self.loader)
+
+    def end_epoch(self, row):
+        self.history.append(row)
+        self.epoch += 1
+        self.offset, self.loss_sum, self.loss_count = 0, 0.0, 0
+
+    def learning_rates(self):
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        return max(lrs), min(lrs)

@@ -1,0 +1,109 @@
+"""The evaluate stage: its report against scikit-learn on the saved predictions, its pictures,
+and bad input."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from eval_fixtures import CLASSES, evaluated_run, finished_run
+from sklearn.metrics import (average_precision_score, balanced_accuracy_score, confusion_matrix,
+                             roc_auc_score)
+
+from kit import layout, plots
+from kit.errors import KitError
+from kit.stages import evaluate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cfg, printed = evaluated_run(tmp_path_factory)
+    reports = layout.reports_dir(cfg.work)
+    metrics = json.loads((reports / "test_metrics.json").read_text())
+    preds = pd.read_csv(reports / "test_predictions.csv", dtype={"image_id": str, "patient_id": str})
+    return cfg, printed, metrics, preds
+
+
+def test_report_matches_sklearn_on_the_saved_predictions(run):
+    cfg, _, m, preds = run
+    test, _ = layout.read_split(cfg.work, "test")
+    assert preds["image_id"].tolist() == test["image_id"].tolist()
+    assert list(preds.columns) == ["image_id", "patient_id", *CLASSES, *[f"prob_{c}" for c in CLASSES]]
+    y, p = preds[CLASSES].to_numpy(), preds[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    assert m["test_images"] == len(test) and m["unreadable_images"] == []
+    for k, c in enumerate(CLASSES):
+        cm = m["classes"][c]
+        assert cm["positives"] == y[:, k].sum()
+        assert cm["auc"] == pytest.approx(roc_auc_score(y[:, k], p[:, k]), abs=1e-6)
+        assert cm["auc_ci"][0] <= cm["auc"] <= cm["auc_ci"][1]
+        assert cm["average_precision"] == pytest.approx(average_precision_score(y[:, k], p[:, k]), abs=1e-6)
+        called = p[:, k] >= cm["threshold"]
+        assert cm["sensitivity"] == pytest.approx(called[y[:, k] == 1].mean(), abs=1e-6)
+        assert cm["specificity"] == pytest.approx((~called)[y[:, k] == 0].mean(), abs=1e-6)
+    assert m["macro_auc"] == pytest.approx(roc_auc_score(y, p, average="macro"), abs=1e-6)
+    assert m["macro_auc_ci"][0] <= m["macro_auc"] <= m["macro_auc_ci"][1]
+    assert m["micro_auc"] == pytest.approx(roc_auc_score(y, p, average="micro"), abs=1e-6)
+    single = m["single_label"]
+    assert m["label_mode"] == "single"
+    assert single["confusion_matrix"] == confusion_matrix(y.argmax(1), p.argmax(1)).tolist()
+    assert single["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y.argmax(1), p.argmax(1)))
+    assert m["soup"] == {"method": "uniform", "epochs": [2, 3]}
+    assert list(m["epoch_checkpoints_macro_auc"]) == ["epoch 1", "epoch 2", "epoch 3"]
+    assert m["bootstrap"]["resamples"] == 200 and m["bootstrap"]["seed"] == cfg.seed
+
+
+def test_printed_table_lists_each_class_with_its_interval(run):
+    _, printed, m, _ = run
+    assert "AUC [95% CI]" in printed and "sensitivity" in printed
+    for c in CLASSES:
+        cm = m["classes"][c]
+        assert f"{cm['auc']:.3f} [{cm['auc_ci'][0]:.3f}, {cm['auc_ci'][1]:.3f}]" in printed
+
+
+def _check_png(path):
+    img = cv2.imread(str(path))
+    assert img is not None, f"{path.name} does not decode"
+    assert min(img.shape[:2]) > 200 and img.std() > 10, f"{path.name} looks empty"
+
+
+def test_pictures_are_valid_pngs_with_content(run):
+    cfg = run[0]
+    for name in ("roc_curves.png", "pr_curves.png", "confusion_matrix.png", "training_curves.png"):
+        _check_png(layout.reports_dir(cfg.work) / name)
+
+
+def test_confusion_matrix_picture_of_a_fixed_matrix(tmp_path):
+    counts = np.array([[8, 2, 0], [1, 5, 4], [0, 0, 0]])
+    plots.confusion_matrix(counts, CLASSES, tmp_path / "cm.png")
+    _check_png(tmp_path / "cm.png")
+    assert list(tmp_path.iterdir()) == [tmp_path / "cm.png"]  # written atomically, no leftovers
+
+
+def test_weights_flag_multi_label_mode_and_an_unreadable_test_image(run, tmp_path, capsys):
+    cfg = run[0]
+    shutil.copytree(cfg.work, tmp_path / "work")
+    cfg.work_dir, cfg.label_mode = str(tmp_path / "work"), "multi"
+    cfg.weights = str(layout.epoch_checkpoint(cfg.work, 3))
+    test, _ = layout.read_split(cfg.work, "test")
+    layout.image_path(cfg.work, test["file"][4]).write_bytes(b"not an image")
+    evaluate.run(cfg)
+    reports = layout.reports_dir(cfg.work)
+    m = json.loads((reports / "test_metrics.json").read_text())
+    assert m["weights"] == cfg.weights and m["soup"] is None and m["label_mode"] == "multi"
+    assert m["unreadable_images"] == [test["file"][4]] and m["test_images"] == len(test) - 1
+    assert "single_label" not in m
+    preds = pd.read_csv(reports / "test_predictions.csv")
+    assert len(preds) == len(test) - 1 and test["image_id"][4] not in preds["image_id"].tolist()
+    assert m["epoch_checkpoints_macro_auc"]["epoch 3"] == pytest.approx(m["macro_auc"], abs=1e-6)
+    assert "warning: 1 test images could not be read" in capsys.readouterr().out
+
+
+def test_missing_soup_says_which_stage_to_run(tmp_path, cfg):
+    c = cfg()
+    finished_run(c.work, epochs=(1,))
+    with pytest.raises(KitError, match="run --stage soup first"):
+        evaluate.run(c)
+    c.weights = str(tmp_path / "nope.pth")
+    with pytest.raises(KitError, match="--weights .*nope.pth not found"):
+        evaluate.run(c)

@@ -1,0 +1,121 @@
+"""The predict stage: a submission shaped like the sample, the same probabilities as evaluate,
+and every row accounted for when images are bad."""
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from eval_fixtures import CLASSES, evaluated_run
+
+from kit import layout
+from kit.errors import KitError
+from kit.stages import predict
+
+
+@pytest.fixture
+def run(tmp_path_factory):
+    cfg, _ = evaluated_run(tmp_path_factory)
+    test, _ = layout.read_split(cfg.work, "test")
+    return cfg, test
+
+
+def _own_work(cfg, tmp_path):
+    """Point cfg at a copy of the shared run's work dir, without its submission."""
+    shutil.copytree(cfg.work, tmp_path / "work")
+    cfg.work_dir = str(tmp_path / "work")
+    layout.submission_csv(cfg.work).unlink(missing_ok=True)
+
+
+def _sample(path, ids, columns):
+    pd.DataFrame({"Image_name": ids, **{c: 0.5 for c in columns}}).to_csv(path, index=False)
+    return path
+
+
+def test_submission_follows_the_sample_and_matches_evaluate(run, tmp_path, capsys):
+    cfg, test = run
+    asked = ["pneumothorax", "Cardiomegaly", "pleural_effusion"]  # another order and spelling
+    ids = list(reversed(test["image_id"]))
+    cfg.predict_csv = str(_sample(tmp_path / "sample_submission.csv", ids, asked))
+    cfg.predict_dir = str(layout.dataset_dir(cfg.work) / "images")
+    predict.run(cfg)
+    sub = pd.read_csv(layout.submission_csv(cfg.work))
+    assert list(sub.columns) == ["Image_name", *asked] and sub["Image_name"].tolist() == ids
+    evaluated = pd.read_csv(layout.reports_dir(cfg.work) / "test_predictions.csv").set_index("image_id")
+    for col, cls in zip(asked, ["Pneumothorax", "Cardiomegaly", "Pleural Effusion"]):
+        np.testing.assert_allclose(sub[col], evaluated.loc[ids, f"prob_{cls}"], atol=1e-6)
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_a_class_the_model_does_not_know_stops_listing_both(run, tmp_path):
+    cfg, test = run
+    cfg.predict_csv = str(_sample(tmp_path / "s.csv", test["image_id"], ["Cardiomegaly", "Edema"]))
+    cfg.predict_dir = str(layout.dataset_dir(cfg.work) / "images")
+    with pytest.raises(KitError, match=r"asks for .*Edema.* model knows .*Pleural Effusion.*unknown: Edema"):
+        predict.run(cfg)
+
+
+@pytest.fixture
+def bad_folder(run, tmp_path):
+    """Four test images, one corrupt, plus a sample row naming an image that is not there."""
+    cfg, test = run
+    folder = tmp_path / "test1"
+    folder.mkdir()
+    for file in test["file"][:4]:
+        shutil.copy(layout.image_path(cfg.work, file), folder)
+    (folder / test["image_id"][1]).write_bytes(b"\xff\xd8 broken")
+    ids = list(test["image_id"][:4]) + ["absent.jpg"]
+    cfg.predict_csv = str(_sample(tmp_path / "sample_submission_1.csv", ids, CLASSES))
+    _own_work(cfg, tmp_path)
+    return cfg, ids
+
+
+def test_unreadable_images_fail_by_default_keeping_the_rest(bad_folder):
+    cfg, ids = bad_folder
+    with pytest.raises(KitError, match=r"2 of 5 images could not be predicted.*--on-missing fill"):
+        predict.run(cfg)
+    assert not layout.submission_csv(cfg.work).exists()
+    partial = pd.read_csv(cfg.work / "submission_partial.csv")
+    assert partial["Image_name"].tolist() == [ids[0], ids[2], ids[3]]
+    listed = pd.read_csv(cfg.work / "predict_unreadable.csv")
+    assert listed["Image_name"].tolist() == [ids[1], "absent.jpg"]
+    assert listed["problem"].tolist() == ["unreadable", "missing"]
+
+
+def test_on_missing_fill_writes_every_row_with_the_training_prevalence(bad_folder, capsys):
+    cfg, ids = bad_folder
+    cfg.on_missing = "fill"
+    predict.run(cfg)
+    sub = pd.read_csv(layout.submission_csv(cfg.work))
+    assert sub["Image_name"].tolist() == ids and not sub[CLASSES].isna().any().any()
+    train, _ = layout.read_split(cfg.work, "train")
+    for row in (1, 4):
+        np.testing.assert_allclose(sub.loc[row, CLASSES], train[CLASSES].mean())
+    out = capsys.readouterr().out
+    assert "warning: 2 of 5 images could not be predicted" in out and "training prevalence" in out
+
+
+def test_folder_without_sample_predicts_every_image(run, tmp_path):
+    cfg, test = run
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for file in test["file"][:3]:
+        shutil.copy(layout.image_path(cfg.work, file), folder / "sub")
+    (folder / "notes.txt").write_text("not an image")
+    cfg.predict_dir, cfg.predict_csv = str(folder), ""
+    _own_work(cfg, tmp_path)
+    predict.run(cfg)
+    sub = pd.read_csv(layout.submission_csv(cfg.work))
+    assert list(sub.columns) == ["image", *CLASSES]
+    assert sub["image"].tolist() == sorted(f"sub/{n}" for n in test["image_id"][:3])
+
+
+def test_competition_layout_is_found_without_flags(cfg, tmp_path):
+    c = cfg(data_dir=str(tmp_path / "data"))
+    (tmp_path / "data" / "comp" / "test1").mkdir(parents=True)
+    assert not predict.wanted(c)
+    sample = _sample(tmp_path / "data" / "comp" / "sample_submission_1.csv", ["a.jpg"], CLASSES)
+    assert predict.wanted(c)
+    assert predict.find_inputs(c) == (sample, tmp_path / "data" / "comp" / "test1")
+    c.predict_csv = str(tmp_path / "missing.csv")
+    with pytest.raises(KitError, match="--predict-csv .*missing.csv not found"):
+        predict.find_inputs(c)

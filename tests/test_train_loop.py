@@ -1,0 +1,237 @@
+import contextlib
+import errno
+import io
+import math
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from sklearn.metrics import roc_auc_score
+
+from kit import infer, layout
+from kit import trainer as trainer_module
+from kit.data import XrayDataset, make_loader
+from kit.distributed import World
+from kit.errors import KitError
+from kit.losses import FocalBCELoss, build_loss
+from kit.model import create_model, load_model, read_weights
+from kit.optim import build_optimizer, build_scheduler
+from kit.precision import autocast_dtype, grad_scaler
+from kit.stages import train
+from kit.trainer import Trainer
+from train_fixtures import CLASSES, make_work, tiny_cfg
+
+
+def run_quietly(cfg) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train.run(cfg)
+    return out.getvalue()
+
+
+def last_state(work):
+    return torch.load(layout.checkpoint_dir(work) / "last.pth", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = make_work(tmp_path_factory.mktemp("trained"))
+    return work, run_quietly(tiny_cfg(work))
+
+
+def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
+    work, out = trained
+    history = pd.read_csv(layout.history_csv(work))
+    assert history.epoch.tolist() == [1, 2]
+    assert {"train_loss", "val_loss", "val_macro_auc", "lr", "lr_lowest", "images_per_s", "val_accuracy",
+            "val_macro_f1", *(f"val_auc_{c}" for c in CLASSES)} <= set(history.columns)
+    assert (history.lr_lowest < history.lr).all()  # layer-wise decay reaches the history
+    kept = layout.epoch_checkpoints(work)
+    assert 2 in kept and set(kept) <= {1, 2}  # the soup's last epoch and the best one
+    ckpt = read_weights(kept[2])
+    assert ckpt["epoch"] == 2 and ckpt["metric"] == pytest.approx(history.val_macro_auc[1])
+    state = last_state(work)
+    assert state["epoch"] == 2 and state["updates"] == 8 and state["offset"] == 0
+    assert all(torch.equal(state["ema"][k], v) for k, v in ckpt["state_dict"].items())
+    assert "[train] epoch 2/2 | train loss" in out and "val AUC" in out and "ETA" in out
+    assert "up to date" in run_quietly(tiny_cfg(work))
+
+
+def test_checkpoint_in_plain_timm_matches_the_kit_and_the_history(trained):
+    work, _ = trained
+    path = layout.epoch_checkpoints(work)[2]
+    ckpt = read_weights(path)
+    plain = timm.create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), img_size=ckpt["img_size"])
+    timm.models.load_checkpoint(plain, str(path))
+    val, classes = layout.read_split(work, "val")
+    paths = [layout.image_path(work, f) for f in val.file]
+    gray = np.stack([cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (28, 28), interpolation=cv2.INTER_AREA)
+                     for p in paths]) / 255.0
+    x = torch.tensor(np.stack([(gray - m) / s for m, s in zip(ckpt["mean"], ckpt["std"])], 1), dtype=torch.float32)
+    with torch.no_grad():
+        expected = plain.eval()(x).sigmoid().numpy()
+        flipped = plain(x.flip(-1)).sigmoid().numpy()
+    loader = make_loader(XrayDataset(paths, None, 28), 5, shuffle=False, workers=0)
+    probs, ok = infer.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"])
+    assert ok.all() and np.allclose(probs, expected, atol=1e-5)
+    tta, _ = infer.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"], tta=True)
+    assert np.allclose(tta, (expected + flipped) / 2, atol=1e-5)
+    history = pd.read_csv(layout.history_csv(work))
+    for k, c in enumerate(classes):
+        assert history[f"val_auc_{c}"].iloc[-1] == pytest.approx(roc_auc_score(val[c], probs[:, k]), abs=1e-6)
+
+
+def test_llrd_covers_every_parameter_and_the_schedule_scales_each_group():
+    cfg = tiny_cfg("unused", lr=3e-4, layer_decay=0.77, epochs=2, warmup_epochs=0.5, min_lr=1e-6)
+    model = create_model(cfg.model, 3, 28)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, updates_per_epoch=10)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert set(group_of) == {id(p) for p in named.values()}  # cls_token, pos_embed, fc_norm included
+    depth = len(model.blocks)
+    expected = {"head.weight": 1.0, "fc_norm.weight": 1.0, "blocks.11.attn.qkv.weight": 0.77,
+                "blocks.6.mlp.fc2.weight": 0.77 ** 6, "blocks.0.norm1.weight": 0.77 ** depth,
+                "patch_embed.proj.weight": 0.77 ** (depth + 1), "cls_token": 0.77 ** (depth + 1),
+                "pos_embed": 0.77 ** (depth + 1)}
+    for name, scale in expected.items():
+        assert group_of[id(named[name])]["lr_scale"] == pytest.approx(scale), name
+    for name in ("cls_token", "pos_embed", "head.bias", "fc_norm.weight"):
+        assert group_of[id(named[name])]["weight_decay"] == 0
+    assert group_of[id(named["head.weight"])]["weight_decay"] == cfg.weight_decay
+    total, warmup = 20, 5
+    for t in (0, 2, 5, 9, 19):
+        scheduler.step_update(t)
+        if t < warmup:
+            base = cfg.min_lr + (cfg.lr - cfg.min_lr) * t / warmup
+        else:
+            base = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total))
+        for g in optimizer.param_groups:
+            assert g["lr"] == pytest.approx(base * g["lr_scale"])
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_averages_the_weights_with_the_warmup_decay(tmp_path, warmup):
+    work = make_work(tmp_path)
+    cfg = tiny_cfg(work, ema_decay=0.5, ema_warmup=warmup)
+    df, classes = layout.read_split(work, "train")
+    targets = df[classes].to_numpy(np.float32)
+    data = XrayDataset([layout.image_path(work, f) for f in df.file], targets, 28, "strong")
+    torch.manual_seed(0)
+    model = create_model(cfg.model, 3, 28)
+    trainer = Trainer(cfg, World(), model, build_loss(cfg, targets), data, 4, 2)
+    batches, expected = iter(trainer.loader), None
+    for step in range(1, 5):
+        trainer._account(*trainer._update(batches))
+        weights = model.head.weight.detach().clone()
+        decay = 0.0 if step == 1 else (min(0.5, 1 - step ** (-2 / 3)) if warmup else 0.5)
+        expected = weights if expected is None else decay * expected + (1 - decay) * weights
+        assert torch.allclose(trainer.ema.module.head.weight, expected, atol=1e-7)
+
+
+def test_amp_choice_follows_the_device(monkeypatch):
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(KitError, match="needs a GPU"):
+        autocast_dtype("fp16", cpu)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert autocast_dtype("auto", "cuda:0") == torch.float16
+    with pytest.raises(KitError, match="bfloat16"):
+        autocast_dtype("bf16", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert autocast_dtype("auto", "cuda:0") == torch.bfloat16
+    assert autocast_dtype("fp16", "cuda:0") == torch.float16
+    assert autocast_dtype("off", "cuda:0") is None
+    assert grad_scaler(torch.float16, cpu).is_enabled() and not grad_scaler(torch.bfloat16, cpu).is_enabled()
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tmp_path, monkeypatch):
+    reference = make_work(tmp_path / "reference")
+    run_quietly(tiny_cfg(reference, epochs=1, batch_size="4"))
+    work = make_work(tmp_path / "work")
+    original, calls = Trainer._update, []
+
+    def out_of_memory_once(self, batches):
+        calls.append(self.batch)
+        if len(calls) == 2:  # the second update fails after its first micro-batch was loaded
+            next(batches)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, batches)
+
+    monkeypatch.setattr(Trainer, "_update", out_of_memory_once)
+    out = run_quietly(tiny_cfg(work, epochs=1, batch_size="8"))
+    assert "out of GPU memory at batch 8: continuing with batch 4 x 2" in out
+    state, ref = last_state(work), last_state(reference)
+    assert (state["batch"], state["accum"], state["updates"]) == (4, 2, ref["updates"])
+    for k, v in ref["ema"].items():
+        assert torch.allclose(state["ema"][k], v, atol=1e-5), k
+
+
+def test_a_nan_update_is_skipped_and_a_run_of_them_stops_keeping_the_checkpoint(tmp_path, monkeypatch):
+    work = make_work(tmp_path)
+    original, calls = FocalBCELoss.forward, []
+
+    def nan_once(self, logits, targets):
+        calls.append(1)
+        loss = original(self, logits, targets)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(FocalBCELoss, "forward", nan_once)
+    run_quietly(tiny_cfg(work, epochs=1))
+    state = last_state(work)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert math.isfinite(state["history"][0]["train_loss"])
+    before = (layout.checkpoint_dir(work) / "last.pth").read_bytes()
+    monkeypatch.setattr(FocalBCELoss, "forward", lambda self, logits, targets: logits.sum() * float("nan"))
+    monkeypatch.setattr(trainer_module, "MAX_BAD_UPDATES", 2)
+    with pytest.raises(KitError, match="NaN or infinite"):
+        run_quietly(tiny_cfg(work, epochs=2))
+    assert (layout.checkpoint_dir(work) / "last.pth").read_bytes() == before
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    work = make_work(tmp_path)
+    run_quietly(tiny_cfg(work, epochs=1))
+    before = (layout.checkpoint_dir(work) / "last.pth").read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        open(f, "wb").write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(KitError, match="free some disk space"):
+        run_quietly(tiny_cfg(work, epochs=2))
+    assert (layout.checkpoint_dir(work) / "last.pth").read_bytes() == before
+    assert sorted(p.name for p in layout.checkpoint_dir(work).iterdir()) == ["epoch_01.pth", "last.pth"]
+
+
+def test_bad_inputs_stop_with_one_line(tmp_path):
+    with pytest.raises(KitError, match="run --stage split first"):
+        train.run(tiny_cfg(tmp_path / "empty"))
+    work = make_work(tmp_path / "work")
+    run_quietly(tiny_cfg(work, epochs=1))
+    with pytest.raises(KitError, match=r"--img-size \(28 -> 56\).*--force"):
+        train.run(tiny_cfg(work, img_size=56))
+    with pytest.raises(KitError, match="--model"):
+        train.run(tiny_cfg(work, model="vit_tiny_patch16_224"))
+    with pytest.raises(KitError, match="--keep-epochs"):
+        train.run(tiny_cfg(work, keep_epochs="some"))
+    with pytest.raises(KitError, match="fewer than one effective batch"):
+        train.run(tiny_cfg(work, effective_batch=64, force=True))
+
+
+def test_missing_positives_and_unreadable_images_do_not_crash(tmp_path):
+    work = make_work(tmp_path, sizes=(("train", 32), ("val", 4)), classes=["Alpha", "Beta", "Gamma", "Delta"])
+    val = pd.read_csv(layout.split_csv(work, "val"))
+    val["Delta"] = 0  # no positive Delta in val
+    val.to_csv(layout.split_csv(work, "val"), index=False)
+    layout.image_path(work, "images/train_005.jpg").write_bytes(b"not an image")
+    out = run_quietly(tiny_cfg(work, epochs=1))
+    assert "no positive Delta in val.csv" in out and "unreadable image" in out
+    history = pd.read_csv(layout.history_csv(work))
+    assert np.isnan(history.val_auc_Delta[0]) and np.isfinite(history.val_macro_auc[0])

@@ -1,0 +1,94 @@
+"""Resume after a killed training process, and data-parallel training on CPU (gloo), both
+compared with one uninterrupted single-process run."""
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from kit import layout
+from kit.cli import parse_config
+from kit.distributed import RUN_PY, config_flags, relaunch_command
+from kit.stages import train
+from train_fixtures import make_work, tiny_cfg
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(RUN_PY.parent)}
+ENV.pop("KAGGLE_KERNEL_RUN_TYPE", None)
+
+
+def run_quietly(cfg) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train.run(cfg)
+    return out.getvalue()
+
+
+def last_state(work):
+    return torch.load(layout.checkpoint_dir(work) / "last.pth", weights_only=True)
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol), k
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Two uninterrupted epochs: batch 4 x 2 accumulation steps, 4 updates an epoch."""
+    work = make_work(tmp_path_factory.mktemp("reference"))
+    run_quietly(tiny_cfg(work, workers=1))
+    return last_state(work)
+
+
+def test_config_flags_rebuild_the_config():
+    cfg = tiny_cfg("/tmp/somewhere", compile=True, data_dir="")
+    assert parse_config(config_flags(cfg)) == cfg
+    command = relaunch_command(cfg, 2)
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert command[5] == str(RUN_PY) and "--no-demo" in command
+    assert command[command.index("--stage") + 1] == "train"
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference):
+    work = make_work(tmp_path)
+    cfg = tiny_cfg(work, workers=1)
+    script = ("import sys; import kit.trainer; kit.trainer.SAVE_EVERY_S = 0; "  # a resume point every update
+              "from kit.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", script, *config_flags(cfg, stage="train")], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_epoch = layout.epoch_checkpoint(work, 1)
+    while not first_epoch.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.kill()  # somewhere in epoch 2, perhaps in the middle of writing last.pth
+    proc.wait()
+    out = run_quietly(cfg)
+    assert "resuming from" in out
+    state = last_state(work)
+    assert (state["epoch"], state["updates"]) == (reference["epoch"], reference["updates"]) == (2, 8)
+    assert_same_weights(state["model"], reference["model"], atol=1e-6)
+    assert_same_weights(state["ema"], reference["ema"], atol=1e-6)
+    moments = [s["exp_avg_sq"] for s in state["optimizer"]["state"].values()]
+    expected = [s["exp_avg_sq"] for s in reference["optimizer"]["state"].values()]
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-12) for a, b in zip(moments, expected))
+    assert not list(layout.checkpoint_dir(work).glob(".*.tmp"))
+
+
+def test_two_gloo_processes_train_like_one(tmp_path, reference):
+    work = make_work(tmp_path)
+    cfg = tiny_cfg(work, workers=1)  # per process: batch 4, no accumulation, 2 x 4 = the same 8
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(RUN_PY), *config_flags(cfg, stage="train")],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("[train] epoch 2/2") == 1  # rank 0 alone reports
+    state = last_state(work)
+    assert (state["updates"], state["batch"], state["accum"], state["world_size"]) == (8, 4, 1, 2)
+    assert_same_weights(state["ema"], reference["ema"], atol=1e-5)
+    history = pd.read_csv(layout.history_csv(work))
+    assert history.val_loss.tolist() == pytest.approx([h["val_loss"] for h in reference["history"]], abs=1e-5)
