@@ -95,7 +95,11 @@ class EpochSampler(Sampler):
 
 
 def worker_count(requested, world=1):
-    """Loader processes per rank: the requested number, capped, shared between ranks."""
+    """Loader processes per rank: the requested number, capped, shared between ranks. None
+    without a GPU: there the model's threads take every core, decoding is a few percent of
+    the work, and processes competing with those threads slow them down many times over."""
+    if not torch.cuda.is_available():
+        return 0
     return max(0, min(requested, MAX_WORKERS) // world)
 
 

@@ -22,7 +22,7 @@ from kit.optim import build_optimizer, build_scheduler
 from kit.precision import autocast_dtype, grad_scaler
 from kit.stages import train
 from kit.trainer import Trainer
-from train_fixtures import CLASSES, make_work, tiny_cfg
+from train_fixtures import CLASSES, make_work, one_thread, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 
 def run_quietly(cfg) -> str:

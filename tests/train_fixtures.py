@@ -4,6 +4,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from kit import layout
 from kit.config import Config
@@ -48,3 +50,13 @@ def tiny_cfg(work, **overrides) -> Config:
     settings.update(overrides)
     return Config(**settings)
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run as fast on one thread, and one thread does not slow down many times
+    over, as OpenMP's waiting threads do, when other processes keep the cores busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
