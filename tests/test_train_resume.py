@@ -15,7 +15,7 @@ from kit import layout
 from kit.cli import parse_config
 from kit.distributed import RUN_PY, config_flags, relaunch_command
 from kit.stages import train
-from train_fixtures import make_work, tiny_cfg
+from train_fixtures import make_work, one_thread, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(RUN_PY.parent)}
 ENV.pop("KAGGLE_KERNEL_RUN_TYPE", None)
