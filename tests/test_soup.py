@@ -5,13 +5,16 @@ import pytest
 import timm
 import timm.models
 import torch
-from eval_fixtures import CLASSES, STUDY_ARCH, STUDY_IMG_SIZE, finished_run
+from eval_fixtures import CLASSES, IMG_SIZE, STUDY_ARCH, STUDY_IMG_SIZE, finished_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kit import layout, soup
+from kit.data import XrayDataset, make_loader
 from kit.errors import KitError
+from kit.infer import predict
 from kit.metrics import macro_auc
+from kit.model import load_model
 from kit.stages import soup as soup_stage
 
 
@@ -152,6 +155,8 @@ def test_stage_uniform_soup_equals_timm_average_and_loads_in_plain_timm(cfg, cap
     assert report["val_macro_auc"].iloc[-1] == pytest.approx(ckpt["metric"])
     aucs = report[[f"val_auc_{k}" for k in CLASSES]].to_numpy()
     np.testing.assert_allclose(report["val_macro_auc"], np.nanmean(aucs, axis=1))
+    history = pd.read_csv(layout.history_csv(c.work)).set_index("epoch")  # training scored the epochs
+    np.testing.assert_allclose(aucs[:2], history.loc[[2, 3], [f"val_auc_{k}" for k in CLASSES]])
     printed = capsys.readouterr().out
     assert "epoch 2" in printed and "epoch 3" in printed and "vs the best epoch" in printed
 
@@ -159,19 +164,29 @@ def test_stage_uniform_soup_equals_timm_average_and_loads_in_plain_timm(cfg, cap
     assert "up to date" in capsys.readouterr().out
 
 
-def test_stage_soup_epochs_choose_the_ingredients(run_dir):
+def test_stage_soup_epochs_choose_the_ingredients_scored_on_val_without_history(run_dir):
     c, paths = run_dir
     c.soup_epochs = "1,3"
+    layout.history_csv(c.work).unlink()
     soup_stage.run(c)
     ckpt = torch.load(layout.soup_weights(c.work), weights_only=True)
     assert ckpt["soup"]["epochs"] == [1, 3]
     np.testing.assert_array_equal(ckpt["state_dict"]["head.bias"].numpy(),
                                   timm_average([paths[1], paths[3]])["head.bias"])
+    report = pd.read_csv(layout.reports_dir(c.work) / "soup.csv").set_index("model")
+    val, _ = layout.read_split(c.work, "val")
+    loader = make_loader(XrayDataset([layout.image_path(c.work, f) for f in val["file"]], None, IMG_SIZE),
+                         batch_size=5, shuffle=False, workers=0)
+    for epoch in (1, 3):
+        weights = torch.load(paths[epoch], weights_only=True)
+        probs, _ = predict(load_model(weights, "cpu"), loader, "cpu", weights["mean"], weights["std"])
+        assert report.loc[f"epoch {epoch}", "val_macro_auc"] == pytest.approx(macro_auc(val[CLASSES], probs))
 
 
 def test_stage_greedy_soup_does_not_lower_val_auc(run_dir, capsys):
     c, paths = run_dir
     c.soup = "greedy"
+    layout.history_csv(c.work).unlink()  # every score measured here, none recorded
     soup_stage.run(c)
     report = pd.read_csv(layout.reports_dir(c.work) / "soup.csv", dtype={"epochs": str}).set_index("model")
     ingredients = report.loc[["epoch 1", "epoch 2", "epoch 3"], "val_macro_auc"]

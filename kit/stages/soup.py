@@ -28,12 +28,24 @@ def chosen_checkpoints(cfg) -> dict:
     return {e: found[e] for e in wanted}
 
 
+def recorded_val_aucs(work, epochs, classes) -> dict:
+    """{(epoch,): val AUC per class} as training recorded them in history.csv for these epochs'
+    EMA weights, on this val split with the same inference; empty when any is missing."""
+    path, columns = layout.history_csv(work), [f"val_auc_{c}" for c in classes]
+    if not path.exists():
+        return {}
+    history = pd.read_csv(path).drop_duplicates("epoch", keep="last").set_index("epoch")
+    if not set(columns) <= set(history.columns) or not set(epochs) <= set(history.index):
+        return {}
+    return {(e,): history.loc[e, columns].to_numpy(float) for e in epochs}
+
+
 def run(cfg):
     work = cfg.work
     paths = chosen_checkpoints(cfg)
     out, report = layout.soup_weights(work), layout.reports_dir(work) / "soup.csv"
     settings = dict(soup=cfg.soup, epochs=list(paths), tta=cfg.tta, amp=cfg.amp)
-    inputs = [*paths.values(), layout.split_csv(work, "val")]
+    inputs = [*paths.values(), layout.split_csv(work, "val"), layout.history_csv(work)]
     if stamps.up_to_date(cfg, "soup", settings, inputs, [out, report]):
         return
 
@@ -45,7 +57,9 @@ def run(cfg):
     y = val[classes].to_numpy()
     scorer = Scorer({"val": [layout.image_path(work, f) for f in val["file"]]}, last["img_size"], cfg)
     ingredients = {e: c["state_dict"] for e, c in ckpts.items()}
-    val_aucs = {}  # sorted epochs of a soup -> its val AUC per class
+    # sorted epochs of a soup -> its val AUC per class; training scored each epoch already (without TTA)
+    val_aucs = {} if cfg.tta else recorded_val_aucs(work, paths, classes)
+    recorded = bool(val_aucs)
 
     def score_mix(epochs):
         key = tuple(sorted(epochs))
@@ -77,11 +91,12 @@ def run(cfg):
     rows = [row(f"epoch {e}", [e]) for e in ingredients] + [row(f"{cfg.soup} soup", kept)]
     write_csv(pd.DataFrame(rows), report)
     stamps.record(cfg, "soup", settings, inputs)
-    _print(cfg.soup, scores, kept, best, tried, out)
+    _print(cfg.soup, scores, kept, best, tried, out, recorded)
 
 
-def _print(method, scores, kept, best, tried, out):
-    print(f"[soup] {method} soup of epochs {', '.join(map(str, kept))}; val macro AUC:")
+def _print(method, scores, kept, best, tried, out, recorded):
+    source = " (epochs: as training recorded it)" if recorded else ""
+    print(f"[soup] {method} soup of epochs {', '.join(map(str, kept))}; val macro AUC{source}:")
     for epoch, value in scores.items():
         note = ""
         if epoch in tried:
