@@ -1,0 +1,136 @@
+"""Inference images/s of the predict stage: batch size, mixed precision, loader workers and
+test-time augmentation, each varied alone from the kit's defaults.
+
+The path is the stage's own (`kit.scoring.Scorer`: XrayDataset decode and area resize in
+the loader's workers, `infer.predict` with uint8 batches normalized on the device) over
+generated full-size test films, with random weights. One more row runs the model alone on
+images already in memory at the input size: the gap to it is what decoding costs. TTA and
+precision change the probabilities; batch size and workers do not.
+
+    python -m bench.predict [--model eva02_base_patch14_448 --img-size 448] [--images 64]
+"""
+import argparse
+import contextlib
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: python bench/predict.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bench import common
+from bench.train_step import CPU_IMG_SIZE, MemoryDataset, precision_name, precisions
+from kit import env
+from kit.config import Config
+from kit.data import make_loader, worker_count
+from kit.demo import TRAIN_OVERRIDES
+from kit.infer import predict
+from kit.model import checkpoint_dict, create_model, load_model, norm_stats
+from kit.precision import allow_tf32, autocast_dtype
+from kit.scoring import Scorer, batch_size
+
+CLASSES = [f"class_{k}" for k in range(5)]
+AMP = {"bf16": "bf16", "fp16": "fp16", "fp32": "off"}
+
+
+def random_checkpoint(arch, img_size) -> dict:
+    torch.manual_seed(0)
+    model = create_model(arch, len(CLASSES), img_size, 0.0, "none")
+    mean, std = norm_stats(model)
+    return checkpoint_dict(model.state_dict(), arch=arch, classes=CLASSES, img_size=img_size, mean=mean,
+                           std=std, epoch=0, metric=0.0)
+
+
+def stage_rates(paths, ckpt, cfg, repeats) -> list:
+    """images/s of `repeats` passes of the predict stage's scorer, after one warm-up pass
+    (loader workers started, model built, kernels chosen)."""
+    scorer = Scorer({"test": paths}, ckpt["img_size"], cfg)
+    rates = []
+    for i in range(1 + repeats):
+        with contextlib.redirect_stdout(io.StringIO()):
+            scorer(ckpt, "test", None)
+        if i:
+            rates.append(scorer.images_per_s)
+    return rates
+
+
+def model_rates(ckpt, batch, amp, n, device, repeats) -> list:
+    """images/s of infer.predict over uint8 images held in memory at the input size."""
+    model = load_model(ckpt, device)
+    loader = make_loader(MemoryDataset(n, ckpt["img_size"]), batch, shuffle=False, workers=0)
+    rates = []
+    for i in range(1 + repeats):
+        start = time.perf_counter()
+        predict(model, loader, device, ckpt["mean"], ckpt["std"], amp=amp)
+        if i:
+            rates.append(n / (time.perf_counter() - start))
+    return rates
+
+
+def variations(default: Config, device, args) -> list:
+    """(what changed, Config) for the default and each setting varied alone."""
+    default_batch = batch_size(default, device)
+    default_precision = precision_name(autocast_dtype(default.amp, device))
+    out = [("default", default)]
+    out += [(f"batch {b}", Config(**{**default.to_dict(), "batch_size": str(b)}))
+            for b in common.int_list(args.batch_sizes) if b != default_batch]
+    out += [(f"amp {p}", Config(**{**default.to_dict(), "amp": AMP[p]}))
+            for p in precisions(device) if p != default_precision]
+    out += [(f"workers {w}", Config(**{**default.to_dict(), "workers": w}))
+            for w in common.int_list(args.workers) if worker_count(w) != worker_count(default.workers)]
+    out.append(("tta on", Config(**{**default.to_dict(), "tta": True})))
+    return out
+
+
+def main(argv=None):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg, cores = Config(), env.cpu_count()
+    on_gpu = device.type == "cuda"
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=cfg.model if on_gpu else TRAIN_OVERRIDES["model"])
+    ap.add_argument("--img-size", type=int, default=cfg.img_size if on_gpu else CPU_IMG_SIZE)
+    ap.add_argument("--images", type=int, default=512 if on_gpu else 64)
+    ap.add_argument("--height", type=int, default=common.FILM_SHAPE[0], help="of the test films")
+    ap.add_argument("--width", type=int, default=common.FILM_SHAPE[1])
+    ap.add_argument("--batch-sizes", default="32,128,256" if on_gpu else "8,64", help="comma-separated")
+    ap.add_argument("--workers", default=",".join(map(str, sorted({1, max(1, cores // 2)}))),
+                    help="comma-separated loader workers besides the default (all cores, at most 8)")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    allow_tf32()  # as the stages do
+    mach = common.machine()
+    default = Config(model=args.model, img_size=args.img_size, workers=cores)
+
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
+        paths = common.write_films(Path(tmp), args.images, args.height, args.width)
+        ckpt = random_checkpoint(args.model, args.img_size)
+        print(f"bench.predict | {common.describe(mach)} | {args.model} at {args.img_size}px | "
+              f"{len(paths)} generated {args.height}x{args.width} grey JPEG test films")
+        rows = []
+        for what, c in variations(default, device, args):
+            rate = common.median(stage_rates(paths, ckpt, c, args.repeats))
+            rows.append({"setting": what, "batch": batch_size(c, device), "amp": c.amp,
+                         "workers": worker_count(c.workers), "tta": "on" if c.tta else "off",
+                         "images_per_s": rate})
+            print(f"  {what}: {rate:.1f} img/s", flush=True)
+    default_batch = batch_size(default, device)
+    alone = common.median(model_rates(ckpt, default_batch, default.amp, args.images, device, args.repeats))
+    rows.append({"setting": "model alone (images in memory)", "batch": default_batch, "amp": default.amp,
+                 "workers": 0, "tta": "off", "images_per_s": alone})
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        r["vs_default"] = r["images_per_s"] / base
+    common.print_table(f"predict stage images/s, median of {args.repeats} passes", rows,
+                       [("setting", "setting"), ("batch", "batch"), ("amp", "amp"), ("workers", "workers"),
+                        ("tta", "tta"), ("images_per_s", "img/s"), ("vs_default", "vs default")])
+    common.emit("predict", common.round_floats({
+        "model": args.model, "img_size": args.img_size, "images": args.images,
+        "films": f"{args.height}x{args.width}", "device": device.type, "rows": rows}), mach)
+
+
+if __name__ == "__main__":
+    main()
