@@ -107,7 +107,7 @@ def test_greedy_soup_skips_a_harmful_ingredient(val_data):
                                                                 "epoch_06": good}[n] for n in kept])))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(noise_levels=st.lists(st.floats(0.0, 3.0), min_size=1, max_size=5), seed=st.integers(0, 10_000))
 def test_greedy_soup_never_scores_below_its_best_ingredient(noise_levels, seed, val_data):
     features, targets, true_w = val_data
@@ -134,7 +134,7 @@ def run_dir(tmp_path, cfg):
 
 def test_stage_uniform_soup_equals_timm_average_and_loads_in_plain_timm(cfg, capsys):
     c = cfg(epochs=3, workers=0)
-    paths = finished_run(c.work, arch=STUDY_ARCH, img_size=STUDY_IMG_SIZE)
+    paths = finished_run(c.work, epochs=(2, 3), arch=STUDY_ARCH, img_size=STUDY_IMG_SIZE)
     soup_stage.run(c)
     out = layout.soup_weights(c.work)
     ckpt = torch.load(out, weights_only=True)
