@@ -119,3 +119,11 @@ def test_competition_layout_is_found_without_flags(cfg, tmp_path):
     c.predict_csv = str(tmp_path / "missing.csv")
     with pytest.raises(KitError, match="--predict-csv .*missing.csv not found"):
         predict.find_inputs(c)
+
+
+def test_a_folder_without_the_named_images_stops_before_predicting(run, tmp_path):
+    cfg, test = run
+    cfg.predict_csv = str(_sample(tmp_path / "s.csv", test["image_id"], CLASSES))
+    cfg.predict_dir = str(tmp_path)
+    with pytest.raises(KitError, match=r"none of the 24 images .*first: test_000.jpg.*--predict-dir"):
+        predict.run(cfg)

@@ -125,6 +125,9 @@ def run(cfg):
         raise KitError(f"no images to predict in {csv or folder}")
     paths = [index.get(i, folder / i) for i in ids]
     found = sum(i in index for i in ids)
+    if not found:
+        raise KitError(f"none of the {len(ids)} images the submission names (first: {ids[0]}) is in "
+                       f"{folder}; pass the folder holding them with --predict-dir")
     print(f"[predict] {len(ids)} images ({found} found in {folder}) with {weights}")
 
     scorer = Scorer({"test": paths}, ckpt["img_size"], cfg)
