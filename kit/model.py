@@ -12,6 +12,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.layers import to_2tuple
 
 from kit import env
 from kit.errors import KitError
@@ -55,7 +56,7 @@ def create_model(arch, num_classes, img_size, drop_path=0.0, pretrained="none", 
         reason = str(e).strip().splitlines()[0][:200]
         raise KitError(f"weights file {kwargs['pretrained_cfg_overlay']['file']} does not match "
                        f"{arch} ({reason}); attach this model's weights or pass --pretrained none") from e
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", (1, 1))[0]
+    patch = to_2tuple(getattr(getattr(model, "patch_embed", None), "patch_size", 1))[0]
     if img_size % patch:
         raise KitError(f"--img-size {img_size} is not a multiple of {arch}'s patch size {patch}; "
                        f"use {round(img_size / patch) * patch}")

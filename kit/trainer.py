@@ -47,8 +47,10 @@ class Trainer:
         if state:
             self.load_state_dict(state)
         self.scheduler.step_update(self.updates)
-        self.ddp = (DistributedDataParallel(model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
-                    if world.size > 1 else None)
+        self.ddp = None
+        if world.size > 1:
+            gpu = [world.device.index] if world.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(model, device_ids=gpu)
         net = self.ddp or model
         self.net = torch.compile(net) if cfg.compile else net
         self.sampler = EpochSampler(len(train_set), self.updates_per_epoch * self.effective,
@@ -74,7 +76,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without float16 scaling
+            self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "offset", "updates", "loss_sum", "loss_count", "history"):
             setattr(self, key, state[key])
 

@@ -11,7 +11,7 @@ import timm
 import torch
 from sklearn.metrics import roc_auc_score
 
-from kit import infer, layout
+from kit import batching, infer, layout
 from kit import trainer as trainer_module
 from kit.data import XrayDataset, make_loader
 from kit.distributed import World
@@ -148,6 +148,20 @@ def test_amp_choice_follows_the_device(monkeypatch):
     assert autocast_dtype("fp16", "cuda:0") == torch.float16
     assert autocast_dtype("off", "cuda:0") is None
     assert grad_scaler(torch.float16, cpu).is_enabled() and not grad_scaler(torch.bfloat16, cpu).is_enabled()
+
+
+def test_batch_plan_keeps_the_effective_batch():
+    auto = tiny_cfg("w", batch_size="auto", effective_batch=64)
+    assert batching.plan(auto, 1) == (32, 2)  # CPU: no probe
+    assert batching.plan(auto, 2, probe=lambda start: start // 4) == (8, 4)  # 32 a GPU wanted, 8 fit
+    assert batching.plan(tiny_cfg("w", batch_size="12", effective_batch=64), 2) == (12, 3)
+    assert batching.plan(tiny_cfg("w", batch_size="8", accum="3"), 1) == (8, 3)
+    with pytest.raises(KitError, match="--batch-size"):
+        batching.plan(tiny_cfg("w", batch_size="big"), 1)
+    assert batching.back_off(32, 2) == (16, 4) and batching.back_off(6, 1) == (3, 2)
+    assert batching.back_off(5, 1) == (1, 5)  # the effective batch stays whole
+    with pytest.raises(KitError, match="batch 1"):
+        batching.back_off(1, 64)
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tmp_path, monkeypatch):

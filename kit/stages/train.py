@@ -19,7 +19,7 @@ from kit.errors import KitError
 from kit.io import write_csv
 from kit.losses import build_loss
 from kit.metrics import auc_per_class, macro_auc, single_label_report
-from kit.model import checkpoint_dict, create_model, norm_stats, save_weights
+from kit.model import checkpoint_dict, create_model, save_weights
 from kit.precision import allow_tf32, autocast_dtype
 from kit.soup import parse_epochs
 from kit.trainer import Trainer
@@ -96,9 +96,10 @@ def train(cfg, world):
                "batch_size": trainer.batch, "accum": trainer.accum, "peak_gpu_mem_gib": peak_memory(device)}
         trainer.end_epoch(row)
         if world.is_main:
-            save_weights(checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
-                                         img_size=cfg.img_size, mean=trainer.mean, std=trainer.std,
-                                         epoch=epoch, metric=val["val_macro_auc"]), layout.epoch_checkpoint(cfg.work, epoch))
+            ema = checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
+                                  img_size=cfg.img_size, mean=trainer.mean, std=trainer.std, epoch=epoch,
+                                  metric=val["val_macro_auc"])
+            save_weights(ema, layout.epoch_checkpoint(cfg.work, epoch))
         trainer.save(last_path, signature)
         if world.is_main:
             write_csv(pd.DataFrame(trainer.history), layout.history_csv(cfg.work))
