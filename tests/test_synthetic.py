@@ -177,3 +177,21 @@ def test_synth_quality_flags_a_planted_copy_of_a_real_train_image(cfg, tmp_path,
     assert quality["agreement"].between(0, 1).all()
     assert (reports / "synthetic_grid.png").stat().st_size > 0
     assert "1 near-copies" in capsys.readouterr().out
+
+
+def test_demo_synthetic_images_are_the_rarest_classes_and_readable(tmp_path):
+    from kit import demo, synthetic_demo
+
+    classes = synthetic_demo.rarest_classes()
+    assert sorted(classes) == ["Cardiomegaly", "Pneumothorax"]  # 1194 and 1059 of the study's images
+    root = synthetic_demo.generate(tmp_path / "syn", classes, per_class=3)
+    for c in classes:
+        files = sorted((root / c).glob("*.png"))
+        assert len(files) == 3 and all(load_gray(f).shape == (demo.HEIGHT, demo.WIDTH) for f in files)
+
+
+def test_synthetic_flag_without_demo_is_a_one_line_error(tmp_path, capsys):
+    from kit import cli
+
+    assert cli.main(["--synthetic", "--work-dir", str(tmp_path / "w")]) == 2
+    assert "--synthetic makes demo synthetic images and goes with --demo" in capsys.readouterr().err
