@@ -4,7 +4,7 @@
 # JSON line go to the screen and to OUT_DIR/NAME.txt.
 #
 #   bash bench/gpu_check.sh [OUT_DIR]      (default OUT_DIR: $TMPDIR/xray-kit-bench)
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${TMPDIR:-/tmp}/xray-kit-bench}
 python=${PYTHON:-python}
@@ -13,7 +13,9 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 # precisions: those the GPU runs natively (bf16 on Ampere and newer, fp16, fp32 as tf32);
 # compile and checkpointing are measured at the fastest of those
+status=0
 "$python" -m bench.train_step --model eva02_base_patch14_448 --img-size 448 --batch-sizes 32,64,128 \
-    --updates 5 --repeats 3 2>&1 | tee "$out/train_step.txt"
+    --updates 5 --repeats 3 2>&1 | tee "$out/train_step.txt" || status=1
 "$python" -m bench.predict --model eva02_base_patch14_448 --img-size 448 --images 256 --repeats 2 \
-    --batch-sizes 32,128,256 2>&1 | tee "$out/predict.txt"
+    --batch-sizes 32,128,256 2>&1 | tee "$out/predict.txt" || status=1
+exit $status

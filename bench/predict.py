@@ -2,8 +2,8 @@
 test-time augmentation, each varied alone from the kit's defaults.
 
 The path is the stage's own (`kit.scoring.Scorer`: XrayDataset decode and area resize in
-the loader's workers, `infer.predict` with uint8 batches normalized on the device) over
-generated full-size test films, with random weights. One more row runs the model alone on
+the loader's workers, or in the main process on a CPU-only machine, then `infer.predict` with
+uint8 batches normalized on the device) over generated full-size test films, random weights. One more row runs the model alone on
 images already in memory at the input size: the gap to it is what decoding costs. TTA and
 precision change the probabilities; batch size and workers do not.
 

@@ -159,6 +159,8 @@ def measure(base, world, precision, batch, compile, checkpointing, args, tmp) ->
             row["peak_gib"] = torch.cuda.max_memory_allocated(world.device) / 2**30
     except torch.OutOfMemoryError:
         row["note"] = "out of memory"
+    except Exception as e:  # one configuration that fails (a compiler error) must not lose the others
+        row["note"] = f"failed: {type(e).__name__}: {e}".splitlines()[0][:160]
     finally:
         del trainer
         if compile:
@@ -263,7 +265,8 @@ def main(argv=None):
     rows = sweep(base, world, sorted(set(common.int_list(args.batch_sizes)) | {default_batch}), args)
     score(rows, (default_precision, default_batch, False, False), flops, device, args.peak_tflops)
     table = [{**r, "compile": "on" if r["compile"] else "off", "ckpt": "on" if r["ckpt"] else "off",
-              "mfu": 100 * r["mfu"] if "mfu" in r else None, "default": "<- default" if r["default"] else ""}
+              "mfu": 100 * r["mfu"] if "mfu" in r else None, "default": "<- default" if r["default"] else "",
+              "note": r.get("note", "")}
              for r in rows]
     common.print_table(f"training step, median of {args.repeats} epochs of {args.updates} updates", table,
                        [("precision", "precision"), ("batch", "batch"), ("compile", "compile"),
