@@ -23,11 +23,10 @@ if __package__ in (None, ""):  # run as a script: python bench/predict.py
 import torch
 
 from bench import common
-from bench.train_step import CPU_IMG_SIZE, MemoryDataset, precision_name, precisions
+from bench.train_step import CPU_IMG_SIZE, CPU_MODEL, MemoryDataset, precision_name, precisions
 from kit import env
 from kit.config import Config
 from kit.data import make_loader, worker_count
-from kit.demo import TRAIN_OVERRIDES
 from kit.infer import predict
 from kit.model import checkpoint_dict, create_model, load_model, norm_stats
 from kit.precision import allow_tf32, autocast_dtype
@@ -45,16 +44,18 @@ def random_checkpoint(arch, img_size) -> dict:
                            std=std, epoch=0, metric=0.0)
 
 
-def stage_rates(paths, ckpt, cfg, repeats) -> list:
-    """images/s of `repeats` passes of the predict stage's scorer, after one warm-up pass
-    (loader workers started, model built, kernels chosen)."""
-    scorer = Scorer({"test": paths}, ckpt["img_size"], cfg)
-    rates = []
+def stage_rates(paths, ckpt, configs, repeats) -> list:
+    """images/s of `repeats` passes of the predict stage's scorer for each configuration, after
+    one warm-up pass each (loader workers started, model built, kernels chosen). The
+    configurations take turns, so a drifting machine load weighs on all of them alike."""
+    scorers = [Scorer({"test": paths}, ckpt["img_size"], c) for c in configs]
+    rates = [[] for _ in configs]
     for i in range(1 + repeats):
-        with contextlib.redirect_stdout(io.StringIO()):
-            scorer(ckpt, "test", None)
-        if i:
-            rates.append(scorer.images_per_s)
+        for scorer, done in zip(scorers, rates):
+            with contextlib.redirect_stdout(io.StringIO()):
+                scorer(ckpt, "test", None)
+            if i:
+                done.append(scorer.images_per_s)
     return rates
 
 
@@ -91,7 +92,7 @@ def main(argv=None):
     cfg, cores = Config(), env.cpu_count()
     on_gpu = device.type == "cuda"
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=cfg.model if on_gpu else TRAIN_OVERRIDES["model"])
+    ap.add_argument("--model", default=cfg.model if on_gpu else CPU_MODEL)
     ap.add_argument("--img-size", type=int, default=cfg.img_size if on_gpu else CPU_IMG_SIZE)
     ap.add_argument("--images", type=int, default=512 if on_gpu else 64)
     ap.add_argument("--height", type=int, default=common.FILM_SHAPE[0], help="of the test films")
@@ -110,13 +111,11 @@ def main(argv=None):
         ckpt = random_checkpoint(args.model, args.img_size)
         print(f"bench.predict | {common.describe(mach)} | {args.model} at {args.img_size}px | "
               f"{len(paths)} generated {args.height}x{args.width} grey JPEG test films")
-        rows = []
-        for what, c in variations(default, device, args):
-            rate = common.median(stage_rates(paths, ckpt, c, args.repeats))
-            rows.append({"setting": what, "batch": batch_size(c, device), "amp": c.amp,
-                         "workers": worker_count(c.workers), "tta": "on" if c.tta else "off",
-                         "images_per_s": rate})
-            print(f"  {what}: {rate:.1f} img/s", flush=True)
+        settings = variations(default, device, args)
+        rates = stage_rates(paths, ckpt, [c for _, c in settings], args.repeats)
+        rows = [{"setting": what, "batch": batch_size(c, device), "amp": c.amp, "workers": worker_count(c.workers),
+                 "tta": "on" if c.tta else "off", "images_per_s": common.median(r)}
+                for (what, c), r in zip(settings, rates)]
     default_batch = batch_size(default, device)
     alone = common.median(model_rates(ckpt, default_batch, default.amp, args.images, device, args.repeats))
     rows.append({"setting": "model alone (images in memory)", "batch": default_batch, "amp": default.amp,
