@@ -60,6 +60,15 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     assert "up to date" in run_quietly(tiny_cfg(work))
 
 
+def test_gradient_checkpointing_changes_memory_not_results(trained, tmp_path):
+    work, _ = trained
+    again = make_work(tmp_path)
+    run_quietly(tiny_cfg(again, grad_checkpointing=True))
+    state, reference = last_state(again), last_state(work)
+    for k, v in reference["ema"].items():
+        assert torch.allclose(state["ema"][k], v, atol=1e-6), k
+
+
 def test_checkpoint_in_plain_timm_matches_the_kit_and_the_history(trained):
     work, _ = trained
     path = layout.epoch_checkpoints(work)[2]
