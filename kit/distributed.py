@@ -61,10 +61,10 @@ def config_flags(cfg, **changes) -> list:
         name = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             flags.append(name if value else "--no-" + name[2:])
-        elif isinstance(value, tuple):
+        elif isinstance(value, (tuple, list)):  # a flag of several values
             flags += [name, *map(str, value)] if value else []
         else:
-            flags += [name, str(value)]
+            flags.append(f"{name}={value}")  # '=' keeps a value that starts with '-' a value
     return flags
 
 

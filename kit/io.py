@@ -46,3 +46,9 @@ def save_torch(obj, path):
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def remove_partial_writes(folder):
+    """Delete the temporary files of writes that a killed process left unfinished."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
