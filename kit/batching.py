@@ -46,12 +46,16 @@ def probe_batch(model, criterion, img_size, num_classes, device, dtype, start):
     """Largest power-of-two fraction of `start` whose training step fits in GPU memory."""
     total = torch.cuda.get_device_properties(device).total_memory
     state = STATE_COPIES * sum(p.numel() * 4 for p in model.parameters())
+    buffers = {k: v.clone() for k, v in model.named_buffers()}  # batch-norm statistics, if any
     batch = start
     while batch >= 1:
         fits = _try_batch(model, criterion, batch, img_size, num_classes, device, dtype)
         if fits and torch.cuda.max_memory_allocated(device) + state <= MEMORY_USE * total:
-            return batch
+            break
         batch //= 2
+    model.load_state_dict(buffers, strict=False)  # the probe's random images leave no trace
+    if batch >= 1:
+        return batch
     raise KitError(f"one {img_size}px image does not fit in GPU memory for training; lower "
                    f"--img-size or add --grad-checkpointing")
 

@@ -173,6 +173,30 @@ def test_batch_plan_keeps_the_effective_batch():
         batching.back_off(1, 64)
 
 
+def test_batch_probe_halves_until_a_real_step_fits(monkeypatch):
+    """The probe runs real training steps; the GPU's memory is played by a fake allocator."""
+    gib, used = 2**30, []
+
+    class Loss(torch.nn.Module):
+        def forward(self, logits, targets):
+            used.append(len(targets) * gib // 2)  # half a GiB an image
+            if len(targets) > 24:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return FocalBCELoss()(logits, targets)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 17 * gib // 2}))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: used[-1])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    model = create_model("eva02_tiny_patch14_224", 3, 28)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # 64 and 32 run out of memory; 16 runs, but 8 GiB is more than 90% of 8.5
+    assert batching.probe_batch(model, Loss(), 28, 3, torch.device("cpu"), None, start=64) == 8
+    assert [u // (gib // 2) for u in used] == [64, 32, 16, 8]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tmp_path, monkeypatch):
     reference = make_work(tmp_path / "reference")
     run_quietly(tiny_cfg(reference, epochs=1, batch_size="4"))
