@@ -1,6 +1,5 @@
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from kit import augment

@@ -1,11 +1,11 @@
 import pytest
 import timm
 import torch
+from train_fixtures import one_thread  # noqa: F401 (autouse)
 
 from kit import model as kit_model
 from kit.errors import KitError
 from kit.model import checkpoint_dict, create_model, load_model, norm_stats, read_weights, save_weights
-from train_fixtures import one_thread  # noqa: F401 (autouse)
 
 ARCH = "eva02_tiny_patch14_224"
 

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from sklearn.metrics import roc_auc_score
+from train_fixtures import CLASSES, make_work, one_thread, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 from kit import batching, infer, layout
 from kit import trainer as trainer_module
@@ -22,7 +23,6 @@ from kit.optim import build_optimizer, build_scheduler
 from kit.precision import autocast_dtype, grad_scaler
 from kit.stages import train
 from kit.trainer import Trainer
-from train_fixtures import CLASSES, make_work, one_thread, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 
 def run_quietly(cfg) -> str:

@@ -10,13 +10,14 @@ import time
 import pandas as pd
 import pytest
 import torch
+from train_fixtures import make_work, one_thread, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 from kit import layout
 from kit.cli import parse_config
 from kit.distributed import RUN_PY, config_flags, relaunch_command
 from kit.stages import train
-from train_fixtures import make_work, one_thread, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
+MODEL = "test_vit"  # timm's 0.3M-parameter ViT: resume files of a few MB, written after every update
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(RUN_PY.parent)}
 ENV.pop("KAGGLE_KERNEL_RUN_TYPE", None)
 
@@ -42,7 +43,7 @@ def assert_same_weights(a, b, atol):
 def reference(tmp_path_factory):
     """Two uninterrupted epochs: batch 4 x 2 accumulation steps, 4 updates an epoch."""
     work = make_work(tmp_path_factory.mktemp("reference"))
-    run_quietly(tiny_cfg(work, workers=1))
+    run_quietly(tiny_cfg(work, model=MODEL, img_size=32, workers=1))
     return last_state(work)
 
 
@@ -56,7 +57,7 @@ def test_config_flags_rebuild_the_config():
 
 def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference):
     work = make_work(tmp_path)
-    cfg = tiny_cfg(work, workers=1)
+    cfg = tiny_cfg(work, model=MODEL, img_size=32, workers=1)
     script = ("import sys; import kit.trainer; kit.trainer.SAVE_EVERY_S = 0; "  # a resume point every update
               "from kit.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", script, *config_flags(cfg, stage="train")], env=ENV,
@@ -80,7 +81,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference):
 
 def test_two_gloo_processes_train_like_one(tmp_path, reference):
     work = make_work(tmp_path)
-    cfg = tiny_cfg(work, workers=1)  # per process: batch 4, no accumulation, 2 x 4 = the same 8
+    cfg = tiny_cfg(work, model=MODEL, img_size=32, workers=1)  # each process: batch 4, 2 x 4 = the same 8
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(RUN_PY), *config_flags(cfg, stage="train")],
                           env=ENV, capture_output=True, text=True, timeout=300)
