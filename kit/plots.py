@@ -10,7 +10,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 from kit.io import save_figure  # noqa: E402
 
 
-def _save(fig, path):
+def save_and_close(fig, path):
     try:
         save_figure(fig, path)
     finally:
@@ -34,7 +34,7 @@ def roc_curves(y_true, y_prob, classes, aucs, path):
            xlim=(0, 1), ylim=(0, 1.01), title="ROC curves, test set")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_and_close(fig, path)
 
 
 def pr_curves(y_true, y_prob, classes, aps, path):
@@ -50,7 +50,7 @@ def pr_curves(y_true, y_prob, classes, aps, path):
            xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall curves, test set (dotted: prevalence)")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_and_close(fig, path)
 
 
 def confusion_matrix(counts, classes, path):
@@ -70,7 +70,7 @@ def confusion_matrix(counts, classes, path):
     ax.set_yticks(ticks, classes)
     ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix, test set (row %)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, format=PercentFormatter(1.0))
-    _save(fig, path)
+    save_and_close(fig, path)
 
 
 def training_curves(history, path):
@@ -91,7 +91,7 @@ def training_curves(history, path):
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _save(fig, path)
+    save_and_close(fig, path)
 
 
 def class_distribution(dist, path):
@@ -104,5 +104,5 @@ def class_distribution(dist, path):
     ax.set_xlabel("images")
     ax.set_xlim(0, dist["images"].max() * 1.45)
     ax.set_title("Class distribution after filtering")
-    _save(fig, path)
+    save_and_close(fig, path)
 

@@ -1,18 +1,7 @@
 """The synthetic-data study's pictures, drawn off-screen and written atomically."""
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-from kit.io import save_figure  # noqa: E402
-
-
-def _save(fig, path):
-    try:
-        save_figure(fig, path)
-    finally:
-        plt.close(fig)
+from kit.plots import plt, save_and_close
 
 
 def synthetic_grid(pairs: dict, path):
@@ -38,7 +27,7 @@ def synthetic_grid(pairs: dict, path):
         axes[2 * r + 1, 0].set_ylabel("nearest real", fontsize=8)
     fig.suptitle("Synthetic images (top) above their nearest real image (bottom), closest first;\n"
                  "ratio: distance / median real-to-nearest-real distance (red: near-copy)", fontsize=9)
-    _save(fig, path)
+    save_and_close(fig, path)
 
 
 def compare_runs(table, names, specificity, path):
@@ -64,4 +53,4 @@ def compare_runs(table, names, specificity, path):
     right.set(xlabel="AUC difference B - A (paired bootstrap 95% interval)", title="Difference")
     for ax in (left, right):
         ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
+    save_and_close(fig, path)
