@@ -1,6 +1,4 @@
-import contextlib
 import errno
-import io
 import math
 
 import cv2
@@ -10,7 +8,7 @@ import pytest
 import timm
 import torch
 from sklearn.metrics import roc_auc_score
-from train_fixtures import CLASSES, make_work, one_thread, tiny_cfg  # noqa: F401 (one_thread: autouse)
+from train_fixtures import CLASSES, last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 from kit import batching, infer, layout
 from kit import trainer as trainer_module
@@ -23,17 +21,6 @@ from kit.optim import build_optimizer, build_scheduler
 from kit.precision import autocast_dtype, grad_scaler
 from kit.stages import train
 from kit.trainer import Trainer
-
-
-def run_quietly(cfg) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        train.run(cfg)
-    return out.getvalue()
-
-
-def last_state(work):
-    return torch.load(layout.checkpoint_dir(work) / "last.pth", weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Resume after a killed training process, and data-parallel training on CPU (gloo), both
 compared with one uninterrupted single-process run."""
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -10,27 +8,15 @@ import time
 import pandas as pd
 import pytest
 import torch
-from train_fixtures import make_work, one_thread, tiny_cfg  # noqa: F401 (one_thread: autouse)
+from train_fixtures import last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 from kit import layout
 from kit.cli import parse_config
 from kit.distributed import RUN_PY, config_flags, relaunch_command
-from kit.stages import train
 
 MODEL = "test_vit"  # timm's 0.3M-parameter ViT: resume files of a few MB, written after every update
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(RUN_PY.parent)}
 ENV.pop("KAGGLE_KERNEL_RUN_TYPE", None)
-
-
-def run_quietly(cfg) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        train.run(cfg)
-    return out.getvalue()
-
-
-def last_state(work):
-    return torch.load(layout.checkpoint_dir(work) / "last.pth", weights_only=True)
 
 
 def assert_same_weights(a, b, atol):

@@ -1,4 +1,6 @@
 """A tiny learnable work directory (splits + stored images) and a CPU-sized training config."""
+import contextlib
+import io
 from pathlib import Path
 
 import cv2
@@ -9,6 +11,7 @@ import torch
 
 from kit import layout
 from kit.config import Config
+from kit.stages import train
 
 CLASSES = ["Alpha", "Beta", "Gamma"]
 SIZE = 40
@@ -60,3 +63,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_quietly(cfg) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train.run(cfg)
+    return out.getvalue()
+
+
+def last_state(work):
+    return torch.load(layout.checkpoint_dir(work) / "last.pth", weights_only=True)
