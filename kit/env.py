@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -50,9 +51,9 @@ def cpu_count() -> int:
 def ensure_writable(folder: Path):
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_probe"
-        probe.write_text("")
-        probe.unlink()
+        # a unique name: several ranks of one run probe the same folder at once
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as e:
         raise KitError(f"work dir {folder} is not writable ({e.strerror}); "
                        f"pass a writable folder with --work-dir") from e
