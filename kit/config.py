@@ -93,7 +93,7 @@ class Config:
     # soup, evaluate, predict
     soup: str = opt("uniform", "uniform: average --soup-epochs; greedy: add the epochs on disk, best "
                                "val AUC first, while it does not drop", "evaluate", ("uniform", "greedy"))
-    soup_epochs: str = opt("last2", "epochs to average: 5,6 or lastN", "evaluate")
+    soup_epochs: str = opt("last2", "epochs to average: 5,6 or lastN (the last N, or all of a shorter run)", "evaluate")
     weights: str = opt("", "weights to evaluate and predict with (default: the soup)", "evaluate")
     bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals", "evaluate")
     tta: bool = opt(False, "test-time augmentation: average with the horizontal flip", "evaluate")

@@ -14,15 +14,15 @@ CHECKED_FIELDS = ("arch", "classes", "img_size")
 
 
 def parse_epochs(spec: str, total_epochs: int) -> list:
-    """Epochs named by --soup-epochs: "5,6", or "lastN" for the last N of a `total_epochs` run."""
+    """Epochs named by --soup-epochs: "5,6", or "lastN" for the last N of a `total_epochs` run
+    (all of them when the run is shorter, so the default suits a quick 1-epoch try)."""
     spec = spec.strip().lower()
     last = re.fullmatch(r"last(\d+)", spec)
     if last:
         n = int(last.group(1))
-        if not 1 <= n <= total_epochs:
-            raise KitError(f"--soup-epochs {spec}: a {total_epochs}-epoch run has no last {n}; "
-                           f"pass last1 to last{total_epochs}")
-        return list(range(total_epochs - n + 1, total_epochs + 1))
+        if n < 1:
+            raise KitError(f"--soup-epochs {spec}: average at least one epoch, e.g. last1")
+        return list(range(max(1, total_epochs - n + 1), total_epochs + 1))
     try:
         epochs = sorted({int(e) for e in spec.split(",") if e.strip()})
     except ValueError:

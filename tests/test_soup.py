@@ -22,7 +22,8 @@ def test_parse_epochs():
     assert soup.parse_epochs("last2", 6) == [5, 6]
     assert soup.parse_epochs("LAST3", 6) == [4, 5, 6]
     assert soup.parse_epochs("6, 3,5", 6) == [3, 5, 6]
-    for bad in ("last0", "last7", "five", "", "0,1"):
+    assert soup.parse_epochs("last2", 1) == [1]  # a run shorter than N: all its epochs
+    for bad in ("last0", "five", "", "0,1"):
         with pytest.raises(KitError, match="--soup-epochs"):
             soup.parse_epochs(bad, 6)
 
