@@ -13,6 +13,9 @@ from kit.config import STAGES, Config, fields_by_group
 from kit.errors import KitError
 from kit.io import write_json
 
+# stages that never import timm: they start at once, without asking whether the hub answers
+MODEL_FREE = ("metadata", "separate", "split", "compare", "bundle", "push")
+
 GROUP_TITLES = {
     "general": "general",
     "data": "data: dataset, filter, stored images and split",
@@ -90,7 +93,8 @@ def run(cfg: Config):
         download.fetch(cfg)
     env.ensure_writable(cfg.work)
     write_json(dataclasses.asdict(cfg), cfg.work / "run_config.json")
-    env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub
+    if set(stage_list(cfg.stage)) - set(MODEL_FREE):
+        env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub
     modules = {name: importlib.import_module(f"kit.stages.{name.replace('-', '_')}")
                for name in stage_list(cfg.stage)}
     if session.start(cfg):

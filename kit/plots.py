@@ -5,7 +5,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from kit.io import save_figure  # noqa: E402
 
@@ -23,6 +22,8 @@ def _drawable(y_true, k) -> bool:
 
 def roc_curves(y_true, y_prob, classes, aucs, path):
     """One ROC curve per class, its AUC in the legend, the chance diagonal behind."""
+    from sklearn.metrics import roc_curve  # imported here: the metadata stage's chart needs no scikit-learn
+
     y_true = np.asarray(y_true)
     fig, ax = plt.subplots(figsize=(6.5, 6))
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="chance")
@@ -39,6 +40,7 @@ def roc_curves(y_true, y_prob, classes, aucs, path):
 
 def pr_curves(y_true, y_prob, classes, aps, path):
     """Precision-recall per class; a dotted line at each class's prevalence is chance level."""
+    from sklearn.metrics import precision_recall_curve
     y_true = np.asarray(y_true)
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for k, name in enumerate(classes):

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 from fake_data import gxs_dataset
-from kit import env, sources
+from kit import cli, env, sources
 from kit.config import Config
 
 COMPETITION = "grand-xray-slam-division-a"
@@ -134,6 +134,15 @@ def test_an_unreachable_hub_turns_huggingface_offline(monkeypatch):
     assert env.hub_reachable() and "HF_HUB_OFFLINE" not in os.environ and asked[-1] == "hf-mirror.example.org"
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's word goes
     assert env.hub_reachable()
+
+
+@pytest.mark.parametrize("stage", cli.MODEL_FREE)
+def test_model_free_stages_do_not_import_timm(stage):
+    """Those stages skip the hub check, which is only right while timm stays out of them."""
+    module = f"kit.stages.{stage}"
+    done = subprocess.run([sys.executable, "-c", f"import sys, {module}; assert 'timm' not in sys.modules"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_weights_stage_saves_what_pretrained_auto_finds(tmp_path, monkeypatch):
