@@ -17,7 +17,7 @@ repetition (an epoch over the images with a fresh loader, timed from its first b
 that worker start-up, paid once per training run, does not weigh on a short bench epoch), and
 the main process uses one thread, so that images/s per worker is per core.
 
-    python -m bench.loader [--images 256] [--workers 0,1,2] [--repeats 3] [--batch 32]
+    python -m bench.loader [--images 512] [--workers 0,1,2] [--repeats 3] [--batch 32]
 """
 import argparse
 import io
@@ -128,7 +128,7 @@ def main(argv=None):
     cfg = Config()
     cores = env.cpu_count()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--workers", default=",".join(map(str, sorted({0, 1, 2, cores}))),
                     help="comma-separated loader worker counts (default: 0, 1, 2 and all cores)")
     ap.add_argument("--repeats", type=int, default=3)

@@ -3,9 +3,12 @@ test-time augmentation, each varied alone from the kit's defaults.
 
 The path is the stage's own (`kit.scoring.Scorer`: XrayDataset decode and area resize in
 the loader's workers, or in the main process on a CPU-only machine, then `infer.predict` with
-uint8 batches normalized on the device) over generated full-size test films, random weights. One more row runs the model alone on
-images already in memory at the input size: the gap to it is what decoding costs. TTA and
-precision change the probabilities; batch size and workers do not.
+uint8 batches normalized on the device) over generated full-size test films, random weights.
+Films are decoded as the separate stage stores images (reduced-size JPEG decode, area shrink
+to --resize); the "full-size decode" row decodes every pixel first, as a plain loader would.
+One more row runs the model alone on images already in memory at the input size: the gap to
+it is what decoding costs. TTA and precision change the probabilities; batch size and
+workers do not.
 
     python -m bench.predict [--model eva02_base_patch14_448 --img-size 448] [--images 64]
 """
@@ -48,7 +51,7 @@ def stage_rates(paths, ckpt, configs, repeats) -> list:
     """images/s of `repeats` passes of the predict stage's scorer for each configuration, after
     one warm-up pass each (loader workers started, model built, kernels chosen). The
     configurations take turns, so a drifting machine load weighs on all of them alike."""
-    scorers = [Scorer({"test": paths}, ckpt["img_size"], c) for c in configs]
+    scorers = [Scorer({"test": paths}, ckpt["img_size"], c, shorter_side=c.resize) for c in configs]
     rates = [[] for _ in configs]
     for i in range(1 + repeats):
         for scorer, done in zip(scorers, rates):
@@ -84,6 +87,7 @@ def variations(default: Config, device, args) -> list:
     out += [(f"workers {w}", Config(**{**default.to_dict(), "workers": w}))
             for w in common.int_list(args.workers) if worker_count(w) != worker_count(default.workers)]
     out.append(("tta on", Config(**{**default.to_dict(), "tta": True})))
+    out.append(("full-size decode", Config(**{**default.to_dict(), "resize": 0})))
     return out
 
 

@@ -84,6 +84,7 @@ def hub_reachable() -> bool:
     if os.environ.get("HF_HUB_OFFLINE"):
         return os.environ["HF_HUB_OFFLINE"].strip().lower() not in ("1", "true", "yes", "on")
     if reachable(urlparse(os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).hostname):
+        os.environ["HF_HUB_OFFLINE"] = "0"  # decided: the facts block shows it, no second check
         return True
     os.environ["HF_HUB_OFFLINE"] = "1"
     return False
@@ -109,7 +110,8 @@ def facts(cfg, torch_loaded: bool) -> str:
         lines.append(f"  CUDA {torch.version.cuda or 'none'} | GPUs: {shown or 'none, training on the CPU'}")
     data = cfg.data_dir or "searched for under " + ", ".join(map(str, data_roots(platform())))
     free = shutil.disk_usage(cfg.work).free / 1e9
-    hub = "offline (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else "online"
+    hub = {None: "not asked (no stage needs it)", "1": "offline (HF_HUB_OFFLINE=1)"}.get(
+        os.environ.get("HF_HUB_OFFLINE"), "online")
     lines += [f"  {cpu_count()} CPUs | data: {data} | work dir: {cfg.work} ({free:.1f} GB free)",
               f"  time limit: {cfg.time_limit} | output budget: {cfg.output_budget} | Hugging Face hub: {hub} "
               f"| stages: {cfg.stage}"]

@@ -3,6 +3,7 @@
 Tables from filtered.csv onwards hold a few bookkeeping columns followed by one 0/1 column
 per target class, in class order; everything that is not bookkeeping is a class.
 """
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,16 @@ def dataset_dir(work) -> Path:
 
 def manifest_csv(work) -> Path:
     return dataset_dir(work) / "manifest.csv"
+
+
+def dataset_settings(work) -> Path:
+    return dataset_dir(work) / "settings.json"
+
+
+def stored_resize(work, default: int) -> int:
+    """The shorter side the separate stage stored the training images at (`default` before it ran)."""
+    path = dataset_settings(work)
+    return json.loads(path.read_text()).get("resize", default) if path.exists() else default
 
 
 def split_csv(work, name) -> Path:

@@ -35,13 +35,14 @@ class Scorer:
     checkpoint scored on them: the model is built once, later checkpoints only load weights.
 
     Several GPUs share each batch (DataParallel): inference has no gradients to synchronize,
-    so the simple replication is close to linear in GPUs."""
+    so the simple replication is close to linear in GPUs. `shorter_side`: see XrayDataset."""
 
-    def __init__(self, image_lists: dict, img_size, cfg):
+    def __init__(self, image_lists: dict, img_size, cfg, shorter_side=0):
         self.device = device()
         self.cfg = cfg
-        self.loaders = {name: make_loader(XrayDataset(paths, None, img_size), batch_size(cfg, self.device),
-                                          shuffle=False, workers=worker_count(cfg.workers), seed=cfg.seed)
+        self.loaders = {name: make_loader(XrayDataset(paths, None, img_size, shorter_side=shorter_side),
+                                          batch_size(cfg, self.device), shuffle=False,
+                                          workers=worker_count(cfg.workers), seed=cfg.seed)
                         for name, paths in image_lists.items()}
         self.images_per_s = float("nan")
         self._model, self._built_for = None, None

@@ -103,6 +103,15 @@ def test_the_facts_block(tmp_path, kaggle):
     assert "GPUs" not in env.facts(cfg, torch_loaded=False)
 
 
+@pytest.mark.parametrize("setting, shown", [(None, "not asked (no stage needs it)"),
+                                            ("1", "offline (HF_HUB_OFFLINE=1)"), ("0", "online")])
+def test_the_facts_block_says_what_was_decided_about_the_hub(tmp_path, monkeypatch, setting, shown):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    if setting:
+        monkeypatch.setenv("HF_HUB_OFFLINE", setting)
+    assert f"Hugging Face hub: {shown} |" in env.facts(Config(work_dir=str(tmp_path)), torch_loaded=False)
+
+
 def test_data_stages_start_without_torch(tmp_path):
     """The block for a data stage needs neither torch nor timm imported."""
     code = ("import sys; from kit import cli; cfg = cli.resolve(cli.parse_config(['--stage', 'split', "
@@ -131,9 +140,10 @@ def test_an_unreachable_hub_turns_huggingface_offline(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example.org")
     monkeypatch.setattr(env, "reachable", lambda host, port=443, timeout=2.0: asked.append(host) or True)
-    assert env.hub_reachable() and "HF_HUB_OFFLINE" not in os.environ and asked[-1] == "hf-mirror.example.org"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's word goes
-    assert env.hub_reachable()
+    assert env.hub_reachable() and os.environ["HF_HUB_OFFLINE"] == "0" and asked[-1] == "hf-mirror.example.org"
+    assert env.hub_reachable() and len(asked) == 2  # online is decided once too
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user's word goes
+    assert not env.hub_reachable() and len(asked) == 2
 
 
 @pytest.mark.parametrize("stage", cli.MODEL_FREE)

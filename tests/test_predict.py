@@ -2,13 +2,17 @@
 and every row accounted for when images are bad."""
 import shutil
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from eval_fixtures import CLASSES, evaluated_run
 
-from kit import layout
+from kit import images, layout
 from kit.errors import KitError
+from kit.io import write_json
+from kit.scoring import Scorer
 from kit.stages import predict
 
 
@@ -127,3 +131,32 @@ def test_a_folder_without_the_named_images_stops_before_predicting(run, tmp_path
     cfg.predict_dir = str(tmp_path)
     with pytest.raises(KitError, match=r"none of the 24 images .*first: test_000.jpg.*--predict-dir"):
         predict.run(cfg)
+
+
+def test_full_size_films_are_read_the_way_the_training_images_were_stored(run, tmp_path):
+    """A competition's films are not stored by the separate stage: predict shrinks them as it
+    would have (reduced-size decode, area average to the stored side), so a film scores like
+    the stored copy the separate stage makes of it, up to that copy's JPEG re-encoding."""
+    cfg, test = run
+    _own_work(cfg, tmp_path)
+    films, copies = tmp_path / "films", tmp_path / "copies"
+    films.mkdir()
+    ids = list(test["image_id"][:6])
+    for name, file in zip(ids, test["file"]):
+        small = cv2.imread(str(layout.image_path(cfg.work, file)), cv2.IMREAD_GRAYSCALE)
+        film = cv2.resize(small, (1100, 1400), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(films / name), film, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        assert images.store_one((films / name, copies / name), 300)[0] == "written"
+    write_json({"resize": 300}, layout.dataset_settings(cfg.work))
+    assert layout.stored_resize(cfg.work, 512) == 300
+
+    def predicted(folder):
+        cfg.predict_csv, cfg.predict_dir, cfg.force = "", str(folder), True
+        predict.run(cfg)
+        return pd.read_csv(layout.submission_csv(cfg.work)).set_index("image").loc[ids, CLASSES].to_numpy()
+
+    from_films, from_copies = predicted(films), predicted(copies)
+    scorer = Scorer({"films": [films / i for i in ids]}, 32, cfg, shorter_side=300)
+    expected, _ = scorer(torch.load(layout.soup_weights(cfg.work), weights_only=False), "films", None)
+    np.testing.assert_allclose(from_films, expected, atol=1e-6)
+    np.testing.assert_allclose(from_films, from_copies, atol=0.01)

@@ -104,8 +104,9 @@ def run(cfg):
     if folder is None:
         raise KitError("nothing to predict: pass --predict-csv SAMPLE_SUBMISSION and/or --predict-dir FOLDER")
     weights, out = weights_path(cfg), layout.submission_csv(cfg.work)
+    stored = layout.stored_resize(cfg.work, cfg.resize)
     settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=cfg.tta, amp=cfg.amp,
-                    on_missing=cfg.on_missing)
+                    on_missing=cfg.on_missing, shorter_side=stored)
     inputs = [weights, folder] + ([csv] if csv else [])
     if stamps.up_to_date(cfg, "predict", settings, inputs, [out]):
         return
@@ -130,7 +131,9 @@ def run(cfg):
                        f"{folder}; pass the folder holding them with --predict-dir")
     print(f"[predict] {len(ids)} images ({found} found in {folder}) with {weights}")
 
-    scorer = Scorer({"test": paths}, ckpt["img_size"], cfg)
+    # read as the separate stage stored the training images: faster than a full decode, and closer
+    # to what the model saw
+    scorer = Scorer({"test": paths}, ckpt["img_size"], cfg, shorter_side=stored)
     probs, ok = scorer(ckpt, "test", "[predict]")
     print(f"[predict] {len(ids)} images at {scorer.images_per_s:.1f} images/s ({scorer.describe()})")
     submission = pd.DataFrame({id_col: ids})

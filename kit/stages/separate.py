@@ -41,9 +41,9 @@ def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
         return list(progress(pool.imap(work, jobs, chunksize=chunk), len(jobs), desc))
 
 
-def _reset_if_resized(folder: Path, resize: int):
+def _reset_if_resized(work: Path, resize: int):
     """Images stored at another size must not be mistaken for done ones."""
-    marker = folder / "settings.json"
+    folder, marker = layout.dataset_dir(work), layout.dataset_settings(work)
     if marker.exists() and json.loads(marker.read_text()).get("resize") != resize:
         print(f"[separate] --resize changed: removing the images stored before in {folder / 'images'}")
         shutil.rmtree(folder / "images", ignore_errors=True)
@@ -59,7 +59,7 @@ def run(cfg):
         return
     df = layout.read_table(filtered_csv, "metadata")
     folder = layout.dataset_dir(cfg.work)
-    _reset_if_resized(folder, cfg.resize)
+    _reset_if_resized(cfg.work, cfg.resize)
     df["file"] = ["images/" + stored_name(i, cfg.resize) for i in df["image_id"]]
     if df["file"].duplicated().any():
         dup = df.loc[df["file"].duplicated(), "image_id"].iloc[0]
