@@ -3,8 +3,8 @@ import warnings
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score,
-                             confusion_matrix, f1_score, roc_auc_score, roc_curve)
+from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score, roc_auc_score,
+                             roc_curve)
 
 
 def _has_both(y) -> bool:
@@ -116,9 +116,14 @@ def single_label_report(y_true, y_prob) -> dict:
     """Metrics of the argmax class when each image has exactly one target class."""
     truth, pred = np.asarray(y_true).argmax(1), np.asarray(y_prob).argmax(1)
     labels = np.arange(np.asarray(y_true).shape[1])
+    counts = confusion_matrix(truth, pred, labels=labels)
+    support = counts.sum(1)
+    # balanced_accuracy_score's mean recall over the classes present, without its warning when
+    # the model predicts a class the split lacks
+    recall = np.diag(counts)[support > 0] / support[support > 0]
     return dict(
         accuracy=float(accuracy_score(truth, pred)),
-        balanced_accuracy=float(balanced_accuracy_score(truth, pred)),
+        balanced_accuracy=float(recall.mean()),
         macro_f1=float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)),
-        confusion_matrix=confusion_matrix(truth, pred, labels=labels).tolist(),
+        confusion_matrix=counts.tolist(),
     )

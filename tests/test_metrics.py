@@ -1,4 +1,6 @@
 """Metrics against scikit-learn on fixed arrays, and the bootstrap's invariants."""
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, confusion_matrix,
@@ -88,3 +90,16 @@ def test_single_label_report_matches_sklearn():
     assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, pred))
     assert report["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
     assert report["confusion_matrix"] == confusion_matrix(truth, pred).tolist()
+
+
+def test_balanced_accuracy_with_a_predicted_class_the_truth_lacks_matches_sklearn_silently():
+    truth = np.array([0, 0, 1, 1, 1, 0])
+    y = np.eye(3, dtype=int)[truth]
+    p = np.eye(3)[[0, 2, 1, 2, 1, 0]]  # class 2 is predicted, never true
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = metrics.single_label_report(y, p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = balanced_accuracy_score(truth, p.argmax(1))
+    assert report["balanced_accuracy"] == pytest.approx(expected) == pytest.approx((2 / 3 + 2 / 3) / 2)
