@@ -16,8 +16,10 @@ class FeaturesAndLogits(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        return torch.cat([features, self.model.get_classifier()(features)], dim=1)
+        # the head twice over one trunk pass, not get_classifier(): some heads are more than one
+        # layer (LeViT's distilled pair), and forward_head knows how to combine them
+        trunk = self.model.forward_features(x)
+        return torch.cat([self.model.forward_head(trunk, pre_logits=True), self.model.forward_head(trunk)], dim=1)
 
 
 def extract(model, paths, img_size, mean, std, cfg, device, desc):
