@@ -75,9 +75,13 @@ def bad_folder(run, tmp_path):
 
 def test_unreadable_images_fail_by_default_keeping_the_rest(bad_folder):
     cfg, ids = bad_folder
-    with pytest.raises(KitError, match=r"2 of 5 images could not be predicted.*--on-missing fill"):
+    earlier = layout.submission_csv(cfg.work)
+    earlier.write_text("Image_name\nfrom_an_earlier_run.jpg\n")
+    with pytest.raises(KitError, match=r"2 of 5 images could not be predicted.*not written \(the earlier "
+                                       r"one is now submission_previous.csv\).*--on-missing fill"):
         predict.run(cfg)
-    assert not layout.submission_csv(cfg.work).exists()
+    assert not earlier.exists()
+    assert "from_an_earlier_run" in (cfg.work / "submission_previous.csv").read_text()
     partial = pd.read_csv(cfg.work / "submission_partial.csv")
     assert partial["Image_name"].tolist() == [ids[0], ids[2], ids[3]]
     listed = pd.read_csv(cfg.work / "predict_unreadable.csv")

@@ -151,9 +151,13 @@ def run(cfg):
         if cfg.on_missing == "fail":
             partial = cfg.work / "submission_partial.csv"
             write_csv(submission[ok], partial)
+            moved = ""
+            if out.exists():  # an earlier run's file must not pass for this run's (Kaggle submits it)
+                out.replace(out.with_name("submission_previous.csv"))
+                moved = " (the earlier one is now submission_previous.csv)"
             raise KitError(f"{len(bad)} of {len(ids)} images could not be predicted ({shown}; all in "
                            f"{listed}); the {ok.sum()} others are in {partial}, submission.csv is not "
-                           f"written: fix the images, or pass --on-missing fill to fill their rows")
+                           f"written{moved}: fix the images, or pass --on-missing fill to fill their rows")
         values, how = _fill_values(cfg, classes, probs, ok)
         submission.loc[~ok, asked] = values[columns]
         print(f"warning: {len(bad)} of {len(ids)} images could not be predicted ({shown}; all in {listed}); "
