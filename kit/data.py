@@ -18,13 +18,6 @@ MAX_REPLACEMENTS = 20
 _reported = set()  # unreadable files already logged by this process
 
 
-def read_gray(path, shorter_side=0):
-    """uint8 HxW image, or None when the file is missing or not a decodable image
-    (16-bit and colour files are handled). `shorter_side` shrinks it as the separate stage
-    stores images: decoded at reduced size where the JPEG allows, then area-averaged."""
-    return load_gray(path, shorter_side)
-
-
 class XrayDataset(Dataset):
     """Items: (image uint8 [1,S,S], target float32 [C] (empty without targets), index, ok).
 
@@ -33,7 +26,8 @@ class XrayDataset(Dataset):
     index the dataset with (index, epoch) to pick the epoch. An unreadable training image is
     logged and replaced by another sample. Without augmentation an unreadable image gives a
     blank image and ok=False, so predictions keep their rows. `shorter_side` reads files that
-    the separate stage did not store (a competition's test films) the way it stores them."""
+    the separate stage did not store (a competition's test films) the way it stores them:
+    decoded at reduced size where the JPEG allows, then area-averaged to that shorter side."""
 
     def __init__(self, paths, targets, img_size, aug="none", seed=0, shorter_side=0):
         self.paths = [str(p) for p in paths]
@@ -46,7 +40,7 @@ class XrayDataset(Dataset):
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         if self.aug == "none":
-            img = read_gray(self.paths[index], self.shorter_side)
+            img = load_gray(self.paths[index], self.shorter_side)
             ok = img is not None
             img = resize(img, self.img_size) if ok else np.zeros((self.img_size,) * 2, np.uint8)
         else:
@@ -58,7 +52,7 @@ class XrayDataset(Dataset):
 
     def _readable(self, index, rng):
         for _ in range(MAX_REPLACEMENTS):
-            img = read_gray(self.paths[index], self.shorter_side)
+            img = load_gray(self.paths[index], self.shorter_side)
             if img is not None:
                 return index, img
             if self.paths[index] not in _reported:

@@ -41,6 +41,7 @@ def roc_curves(y_true, y_prob, classes, aucs, path):
 def pr_curves(y_true, y_prob, classes, aps, path):
     """Precision-recall per class; a dotted line at each class's prevalence is chance level."""
     from sklearn.metrics import precision_recall_curve
+
     y_true = np.asarray(y_true)
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for k, name in enumerate(classes):

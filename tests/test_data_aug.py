@@ -3,25 +3,26 @@ import numpy as np
 import torch
 
 from kit import augment
-from kit.data import EpochSampler, XrayDataset, make_loader, read_gray, to_input
+from kit.data import EpochSampler, XrayDataset, make_loader, to_input
+from kit.images import load_gray
 
 
 def _gradient(h=60, w=80):
     return np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))
 
 
-def test_read_gray_decodes_jpeg_rgba_and_16_bit_png(tmp_path):
+def test_load_gray_decodes_jpeg_rgba_and_16_bit_png(tmp_path):
     img = _gradient()
     cv2.imwrite(str(tmp_path / "a.jpg"), img)
     cv2.imwrite(str(tmp_path / "rgba.png"), cv2.merge([img, img, img, np.full_like(img, 255)]))
     cv2.imwrite(str(tmp_path / "deep.png"), (img.astype(np.uint16) * 16))  # 12-bit range in 16 bits
     for name in ("a.jpg", "rgba.png", "deep.png"):
-        out = read_gray(tmp_path / name)
+        out = load_gray(tmp_path / name)
         assert out.dtype == np.uint8 and out.shape == img.shape
         assert np.abs(out.astype(int) - img).max() <= 3, name  # the full range survives
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    assert read_gray(tmp_path / "broken.jpg") is None
-    assert read_gray(tmp_path / "missing.png") is None
+    assert load_gray(tmp_path / "broken.jpg") is None
+    assert load_gray(tmp_path / "missing.png") is None
 
 
 def test_affine_without_randomness_is_a_resize_and_flip_mirrors():

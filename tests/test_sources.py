@@ -6,7 +6,7 @@ import pytest
 from fake_data import chexpert_dataset, gxs_dataset, jpeg, nih_dataset
 from kit import sources
 from kit.errors import KitError
-from kit.sources import chexpert, csvtable, gxs, nih
+from kit.sources import chexpert, gxs, nih
 
 
 def read(path, cfg):
