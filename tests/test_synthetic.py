@@ -195,3 +195,17 @@ def test_synthetic_flag_without_demo_is_a_one_line_error(tmp_path, capsys):
 
     assert cli.main(["--synthetic", "--work-dir", str(tmp_path / "w")]) == 2
     assert "--synthetic makes demo synthetic images and goes with --demo" in capsys.readouterr().err
+
+
+def test_the_synthetic_demo_runs_the_whole_study_with_the_demo_model(tmp_path, kit_cli):
+    """`--demo --synthetic`, one epoch a run: both runs, the judge (the demo's LeViT, whose
+    head is a distilled pair) and the comparison, with their reports."""
+    done = kit_cli("--demo", "--synthetic", "--epochs", "1", "--workers", "2", "--work-dir", tmp_path / "w")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    work = tmp_path / "w"
+    quality = pd.read_csv(work / "synthetic" / "reports" / "synthetic_quality.csv")
+    assert sorted(quality["class"]) == ["Cardiomegaly", "Pneumothorax"]
+    assert quality[["frechet", "precision", "recall", "agreement"]].notna().all().all()
+    assert (work / "synthetic" / "reports" / "synthetic_grid.png").is_file()
+    compared = pd.read_csv(work / "reports" / "compare.csv")
+    assert len(compared) >= 5 and compared["auc_a"].between(0, 1).all() and compared["auc_b"].between(0, 1).all()
