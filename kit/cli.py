@@ -26,12 +26,21 @@ GROUP_TITLES = {
 }
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default, unless its help already says what it is or there is none to show."""
+
+    def _get_help_string(self, action):
+        if "(default" in (action.help or "") or action.default in ("", None, ()):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="run.py",
         description="Chest X-ray classification study: "
                     + " -> ".join(STAGES) + ". Every artifact goes to --work-dir.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     for group, fields in fields_by_group().items():
         g = parser.add_argument_group(GROUP_TITLES[group])

@@ -31,6 +31,8 @@ def test_help_names_every_setting_with_its_default(capsys):
     for field in Config.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in out
     assert "(default: 0.15)" in out and "(default: 512)" in out
+    assert "(default: )" not in out and "(default: ())" not in out  # nothing to show: nothing shown
+    assert "./work elsewhere)\n" in out  # a help that names its default gets no second one
 
 
 def test_bad_inputs_are_one_line_errors_with_a_fix(tmp_path, capsys, monkeypatch):
