@@ -155,6 +155,16 @@ def test_model_free_stages_do_not_import_timm(stage):
     assert done.returncode == 0, done.stderr
 
 
+def test_the_hub_is_asked_only_when_a_stage_loads_a_model(tmp_path, monkeypatch, capsys):
+    asked = []
+    monkeypatch.setattr(env, "hub_reachable", lambda: asked.append(1) or False)
+    monkeypatch.chdir(tmp_path)
+    for stage, expected in (("metadata", 0), ("split", 0), ("soup", 1), ("all", 2)):
+        assert cli.main(["--stage", stage, "--work-dir", str(tmp_path / "w")]) == 2  # no data, no run
+        assert len(asked) == expected, stage
+    capsys.readouterr()
+
+
 def test_the_weights_stage_saves_what_pretrained_auto_finds(tmp_path, monkeypatch):
     import timm
     from safetensors.torch import load_file
