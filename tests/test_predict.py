@@ -164,3 +164,8 @@ def test_full_size_films_are_read_the_way_the_training_images_were_stored(run, t
     expected, _ = scorer(torch.load(layout.soup_weights(cfg.work), weights_only=False), "films", None)
     np.testing.assert_allclose(from_films, expected, atol=1e-6)
     np.testing.assert_allclose(from_films, from_copies, atol=0.01)
+
+    write_json({"resize": 16}, layout.dataset_settings(cfg.work))  # below the model's 32 px input
+    at_input_size, _ = Scorer({"films": [films / i for i in ids]}, 32, cfg, shorter_side=32)(
+        torch.load(layout.soup_weights(cfg.work), weights_only=False), "films", None)
+    np.testing.assert_allclose(predicted(films), at_input_size, atol=1e-6)

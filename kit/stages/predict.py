@@ -132,8 +132,9 @@ def run(cfg):
     print(f"[predict] {len(ids)} images ({found} found in {folder}) with {weights}")
 
     # read as the separate stage stored the training images: faster than a full decode, and closer
-    # to what the model saw
-    scorer = Scorer({"test": paths}, ckpt["img_size"], cfg, shorter_side=stored)
+    # to what the model saw; never below the model's input size (weights from a run stored larger)
+    shorter_side = max(stored, ckpt["img_size"]) if stored else 0
+    scorer = Scorer({"test": paths}, ckpt["img_size"], cfg, shorter_side=shorter_side)
     probs, ok = scorer(ckpt, "test", "[predict]")
     print(f"[predict] {len(ids)} images at {scorer.images_per_s:.1f} images/s ({scorer.describe()})")
     submission = pd.DataFrame({id_col: ids})
