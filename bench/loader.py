@@ -136,6 +136,8 @@ def main(argv=None):
     ap.add_argument("--img-size", type=int, default=cfg.img_size)
     ap.add_argument("--resize", type=int, default=cfg.resize, help="shorter side of the stored images")
     args = ap.parse_args(argv)
+    if args.images < 2 * args.batch:
+        ap.error("--images must hold at least two batches: the rate is timed from the first batch on")
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
