@@ -5,7 +5,6 @@ dataset. Every image is written under a temporary name and renamed, so a killed 
 only complete files and a rerun skips them. A missing or unreadable source never stops the
 stage: the manifest records it and the split leaves it out.
 """
-import json
 import shutil
 import time
 from functools import partial
@@ -44,7 +43,7 @@ def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
 def _reset_if_resized(work: Path, resize: int):
     """Images stored at another size must not be mistaken for done ones."""
     folder, marker = layout.dataset_dir(work), layout.dataset_settings(work)
-    if marker.exists() and json.loads(marker.read_text()).get("resize") != resize:
+    if marker.exists() and layout.stored_resize(work, None) != resize:
         print(f"[separate] --resize changed: removing the images stored before in {folder / 'images'}")
         shutil.rmtree(folder / "images", ignore_errors=True)
     write_json({"resize": resize}, marker)
