@@ -1,8 +1,5 @@
 """What every benchmark shares: the machine's description, generated films, medians over
-repeated timings, the printed table and the closing JSON line.
-
-Imports stay light (no pandas, no torch at the top): the kit's forkserver pool workers re-import
-the main module, so a heavy bench module would slow the kit down in a way `run.py` does not."""
+repeated timings, the printed table and the closing JSON line."""
 import json
 import os
 import platform
@@ -13,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kit import env
+from kit import demo, env
 from kit.images import encode_jpeg
 
 FILM_SHAPE = (2500, 2000)  # height, width of a digitized chest film
@@ -49,8 +46,6 @@ def describe(m: dict) -> str:
 def film(height, width, rng, grain) -> np.ndarray:
     """A synthetic chest film (the demo's drawing of one finding) at full size, with grain so
     that it compresses like a real one."""
-    from kit import demo  # pandas: imported only when films are drawn (see the module's note)
-
     finding = str(rng.choice(list(demo.PROPORTIONS)))
     small = demo.film([finding], rng)
     img = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)

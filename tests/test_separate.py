@@ -1,3 +1,8 @@
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -6,6 +11,8 @@ import pytest
 from fake_data import jpeg
 from kit import images, layout
 from kit.stages import separate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def filtered(cfg, tmp_path, n=6, h=300, w=200):
@@ -91,6 +98,29 @@ def test_reduced_decode_matches_a_full_decode_resize(tmp_path):
     assert psnr > 35
 
 
+def film_like(h, w, seed=0):
+    """Smooth anatomy-like shading plus grain, the content the shrink must keep."""
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.uniform(40, 220, (12, 10)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(base + rng.normal(0, 6, (h, w)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ratio", [1.05, 1.19, 1.21, 1.5, 1.95, 2.5, 3.3])
+def test_area_resize_stays_close_to_an_exact_area_average(ratio):
+    img = film_like(round(640 * ratio), round(512 * ratio))
+    out = images.area_resize(img, (512, 640))
+    reference = cv2.resize(img.astype(np.float32), (512, 640), interpolation=cv2.INTER_AREA)
+    assert out.shape == (640, 512) and out.dtype == np.uint8
+    assert 10 * np.log10(255**2 / np.mean((out - reference.astype(np.float64)) ** 2)) > 50
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_area_resize_by_a_whole_factor_is_opencv_area(factor):
+    img = film_like(640 * factor, 512 * factor)
+    exact = cv2.resize(img, (512, 640), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(images.area_resize(img, (512, 640)), exact)
+
+
 def test_sixteen_bit_and_rgba_png_decode_to_8_bit_gray(tmp_path):
     ramp = np.tile(np.linspace(1000, 5000, 64).astype(np.uint16), (64, 1))
     cv2.imwrite(str(tmp_path / "d.png"), ramp)
@@ -109,6 +139,24 @@ def test_several_workers_give_the_same_files(tmp_path, cfg):
     m = layout.read_table(layout.manifest_csv(one.work), "separate")
     for f in m.loc[m.status == "ok", "file"]:
         assert layout.image_path(one.work, f).read_bytes() == layout.image_path(two.work, f).read_bytes()
+
+
+def test_workers_forked_while_opencv_threads_run_do_not_hang(tmp_path):
+    """A process that has used OpenCV's thread pool (as training and tests do) then stores
+    with a pool of workers: the workers must finish, in a subprocess bounded by a timeout."""
+    for k in range(4):
+        jpeg(tmp_path / f"img{k}.jpg", 300, 200, seed=k)
+    script = textwrap.dedent(f"""
+        import cv2, numpy as np
+        from kit.stages import separate
+        cv2.setNumThreads(2)
+        cv2.GaussianBlur(np.zeros((3000, 3000), np.uint8), (0, 0), 5)
+        jobs = [(f"{tmp_path}/img{{k}}.jpg", f"{tmp_path}/out/img{{k}}.jpg") for k in range(4)]
+        print([r[0] for r in separate.store_all(jobs, 64, 2)], cv2.getNumThreads())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "['written', 'written', 'written', 'written'] 2"
 
 
 def test_stored_names_cannot_escape_the_images_folder():
