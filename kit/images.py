@@ -1,10 +1,11 @@
-"""Fast grayscale decoding and shrinking of X-ray files with OpenCV.
+"""Fast grayscale decoding and shrinking of X-ray files.
 
-A chest film is 2000-3000 px a side and training wants about 512: libjpeg can decode
-straight at 1/2, 1/4 or 1/8 scale (IMREAD_REDUCED_GRAYSCALE_*), which skips most of the
-inverse DCT work, so the decoder's factor is picked from the header before decoding.
+A chest film is 2000-3000 px a side and training wants about 512: libjpeg-turbo can decode
+straight at 1/2, 1/4 or 1/8 of the size, which skips most of the inverse DCT work; the
+factor is picked from the file header. simplejpeg (libjpeg-turbo's own API) decodes to the
+same pixels as OpenCV, 30% faster at full size; where it is not installed, OpenCV decodes.
 
-`store_one` is the separate stage's unit of work; its pool workers import only this module.
+`store_one` is the separate stage's unit of work.
 """
 import os
 import shutil
@@ -16,8 +17,13 @@ from PIL import Image
 
 from kit.io import atomic_path
 
-REDUCED = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
-           (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+try:
+    import simplejpeg
+except ImportError:
+    simplejpeg = None
+
+REDUCED = {8: cv2.IMREAD_REDUCED_GRAYSCALE_8, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+           2: cv2.IMREAD_REDUCED_GRAYSCALE_2}
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 JPEG_QUALITY = 95
 JPEG_END = b"\xff\xd9"
@@ -29,13 +35,20 @@ def header_size(path) -> tuple:
         return im.size
 
 
+def reduction(size, short_side: int) -> int:
+    """The largest of 8, 4 and 2 that a JPEG of `size` can be decoded divided by while its
+    shorter side stays at least `short_side`; 1 when none can. Powers of two only: libjpeg's
+    other eighths (3/8 of 2000x2500) scale with cruder transforms that cost 1.4 dB stored."""
+    for factor in REDUCED:
+        if short_side and min(size) // factor >= short_side:
+            return factor
+    return 1
+
+
 def decode_flag(path, short_side: int) -> int:
     """The cheapest OpenCV flag whose output is still at least `short_side` on its shorter side."""
     if short_side and Path(path).suffix.lower() in JPEG_SUFFIXES:
-        shorter = min(header_size(path))
-        for factor, flag in REDUCED:
-            if shorter // factor >= short_side:
-                return flag
+        return REDUCED.get(reduction(header_size(path), short_side), cv2.IMREAD_GRAYSCALE)
     return cv2.IMREAD_GRAYSCALE
 
 
@@ -52,17 +65,40 @@ def load_gray(path, short_side: int = 0):
 
     None when the file is missing or cannot be decoded.
     """
+    img = turbo_decode(path, short_side) if Path(path).suffix.lower() in JPEG_SUFFIXES else None
+    if img is None:
+        img = opencv_decode(path, short_side)
+    if img is None:
+        return None
+    img = to_uint8(img)
+    return shrink(img, short_side) if short_side else img
+
+
+def turbo_decode(path, short_side: int):
+    """The JPEG decoded by simplejpeg at the reduction OpenCV would use, to the same pixels; None
+    without simplejpeg, or for files it refuses (damaged or truncated data, which OpenCV then
+    decodes as far as it can)."""
+    if simplejpeg is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+        factor = reduction((width, height), short_side)
+        # simplejpeg takes the smallest eighth that meets these sizes: here, 1/factor
+        return simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=-(-height // factor),
+                                      min_width=-(-width // factor))[..., 0]
+    except (OSError, ValueError):
+        return None
+
+
+def opencv_decode(path, short_side: int):
     try:
         flag = decode_flag(path, short_side)
     except (OSError, SyntaxError, ValueError):
         return None
     if flag == cv2.IMREAD_GRAYSCALE and Path(path).suffix.lower() not in JPEG_SUFFIXES:
         flag = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_GRAYSCALE
-    img = cv2.imread(str(path), flag)
-    if img is None:
-        return None
-    img = to_uint8(img)
-    return shrink(img, short_side) if short_side else img
+    return cv2.imread(str(path), flag)
 
 
 def shrink(img: np.ndarray, short_side: int) -> np.ndarray:

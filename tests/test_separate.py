@@ -86,23 +86,44 @@ def test_reduced_decode_is_used_only_when_it_stays_above_the_target(tmp_path, si
     assert images.decode_flag(path, short) == flag
 
 
-def test_reduced_decode_matches_a_full_decode_resize(tmp_path):
-    rng = np.random.default_rng(0)
-    img = cv2.GaussianBlur(rng.integers(0, 256, (2400, 2000), dtype=np.uint8), (0, 0), 6)
-    cv2.imwrite(str(tmp_path / "x.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    fast = images.load_gray(tmp_path / "x.jpg", 512).astype(float)
-    full = cv2.imread(str(tmp_path / "x.jpg"), cv2.IMREAD_GRAYSCALE)
-    reference = cv2.resize(full, (512, 614), interpolation=cv2.INTER_AREA).astype(float)
-    assert fast.shape == reference.shape
-    psnr = 10 * np.log10(255**2 / np.mean((fast - reference) ** 2))
-    assert psnr > 35
-
-
 def film_like(h, w, seed=0):
     """Smooth anatomy-like shading plus grain, the content the shrink must keep."""
     rng = np.random.default_rng(seed)
     base = cv2.resize(rng.uniform(40, 220, (12, 10)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     return np.clip(base + rng.normal(0, 6, (h, w)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(params=["simplejpeg", "opencv"])
+def decoder(request, monkeypatch):
+    """Both JPEG decoders: simplejpeg where installed, OpenCV where it is not (Kaggle's image)."""
+    if request.param == "opencv":
+        monkeypatch.setattr(images, "simplejpeg", None)
+    else:
+        assert images.simplejpeg is not None, "simplejpeg is in requirements.txt"
+    return request.param
+
+
+def test_reduced_decode_matches_a_full_decode_resize(tmp_path, decoder):
+    img = film_like(2400, 2000)
+    cv2.imwrite(str(tmp_path / "x.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    fast = images.load_gray(tmp_path / "x.jpg", 512).astype(float)
+    full = cv2.imread(str(tmp_path / "x.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    reference = cv2.resize(full, (512, 614), interpolation=cv2.INTER_AREA).astype(float)
+    assert fast.shape == reference.shape
+    assert 10 * np.log10(255**2 / np.mean((fast - reference) ** 2)) > 48
+
+
+@pytest.mark.parametrize("short,flag", [(0, cv2.IMREAD_GRAYSCALE), (600, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+                                        (300, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                                        (150, cv2.IMREAD_REDUCED_GRAYSCALE_8)])
+def test_both_decoders_give_opencvs_pixels_at_each_reduction(tmp_path, decoder, short, flag):
+    cv2.imwrite(str(tmp_path / "x.jpg"), film_like(1500, 1200), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    data = (tmp_path / "x.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    for name in ("x.jpg", "cut.jpg"):
+        expected = cv2.imread(str(tmp_path / name), flag)
+        expected = images.shrink(expected, short) if short else expected
+        assert np.array_equal(images.load_gray(tmp_path / name, short), expected), name
 
 
 @pytest.mark.parametrize("ratio", [1.05, 1.19, 1.21, 1.5, 1.95, 2.5, 3.3])
