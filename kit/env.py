@@ -98,10 +98,12 @@ def _version(package) -> str:
 
 
 def facts(cfg, torch_loaded: bool) -> str:
-    """A short block on where the run is: platform, versions, GPUs (only once torch is imported
-    anyway: data stages start without it), CPUs, folders, free disk and limits."""
+    """A short block on where the run is: platform, versions, the JPEG decoder, GPUs (only once
+    torch is imported anyway: data stages start without it), CPUs, folders, free disk and limits."""
+    turbo = _version("simplejpeg")
+    jpeg = "OpenCV (simplejpeg not installed)" if turbo == "not installed" else f"simplejpeg {turbo}"
     lines = [f"xray kit on {PLACES[platform()]} | Python {sys.version.split()[0]} | torch {_version('torch')} "
-             f"| timm {_version('timm')}"]
+             f"| timm {_version('timm')} | JPEG decoder: {jpeg}"]
     if torch_loaded:
         import torch
 

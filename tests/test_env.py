@@ -93,7 +93,8 @@ def test_the_facts_block(tmp_path, kaggle):
     text = env.facts(cfg, torch_loaded=True)
     lines = text.splitlines()
     assert lines[0] == (f"xray kit on Kaggle | Python {python_platform.python_version()} | torch "
-                        f"{importlib.metadata.version('torch')} | timm {importlib.metadata.version('timm')}")
+                        f"{importlib.metadata.version('torch')} | timm {importlib.metadata.version('timm')} "
+                        f"| JPEG decoder: simplejpeg {importlib.metadata.version('simplejpeg')}")
     import torch
 
     assert lines[1].startswith(f"  CUDA {torch.version.cuda} | GPUs: ")
@@ -101,6 +102,19 @@ def test_the_facts_block(tmp_path, kaggle):
     assert f"data: /data/x | work dir: {tmp_path / 'w'} (" in text and " GB free)" in text
     assert "time limit: 11h30m | output budget: 19GB" in text
     assert "GPUs" not in env.facts(cfg, torch_loaded=False)
+
+
+def test_the_facts_block_says_when_opencv_decodes_jpegs(tmp_path, monkeypatch):
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "simplejpeg":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    first = env.facts(Config(work_dir=str(tmp_path)), torch_loaded=False).splitlines()[0]
+    assert first.endswith("| JPEG decoder: OpenCV (simplejpeg not installed)")
 
 
 @pytest.mark.parametrize("setting, shown", [(None, "not asked (no stage needs it)"),
