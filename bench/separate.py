@@ -1,11 +1,11 @@
 """The separate stage against the usual notebook copy loop, on generated full-size films.
 
 Kit: `separate.store_all` (reduced-size grayscale decode, area shrink to --resize on the
-shorter side, grayscale JPEG quality 95, forked workers). Notebook: PIL open, convert to RGB, resize to
-600x600, save JPEG quality 95, with a multiprocessing pool of the same size. Both sides read
-the same files, take turns within each repetition and use one core per worker (OpenCV's own
-threads are off in this process). Quality: PSNR of each side's stored image against an
-area-averaged resize of the fully decoded film, at that side's output size.
+shorter side, grayscale JPEG quality 95, forked workers). Notebook: PIL open, convert to RGB,
+resize to 600x600, save JPEG quality 95, with a multiprocessing pool of the same size. Both
+sides read the same files, take turns within each repetition and use one core per worker
+(OpenCV's own threads are off in this process). Quality: PSNR of each side's stored image
+against an area-averaged resize of the fully decoded film, at that side's output size.
 
     python -m bench.separate [--images 200] [--workers 1,2] [--repeats 3]
 """
