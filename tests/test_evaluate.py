@@ -1,5 +1,7 @@
 """The evaluate stage: its report against scikit-learn on the saved predictions, its pictures,
 and bad input."""
+import contextlib
+import io
 import json
 import shutil
 
@@ -13,7 +15,7 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, c
 
 from kit import layout, plots
 from kit.errors import KitError
-from kit.stages import evaluate
+from kit.stages import evaluate, soup
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +99,25 @@ def test_weights_flag_multi_label_mode_and_an_unreadable_test_image(run, tmp_pat
     assert len(preds) == len(test) - 1 and test["image_id"][4] not in preds["image_id"].tolist()
     assert m["epoch_checkpoints_macro_auc"]["epoch 3"] == pytest.approx(m["macro_auc"], abs=1e-6)
     assert "warning: 1 test images could not be read" in capsys.readouterr().out
+
+
+def test_an_epoch_that_is_the_evaluated_weights_is_not_scored_again(cfg, monkeypatch):
+    c = cfg(workers=0, bootstrap=50, epochs=1)
+    finished_run(c.work, epochs=(1,))
+    scored = []
+
+    class Counting(evaluate.Scorer):
+        def __call__(self, ckpt, split, desc):
+            scored.append(desc)
+            return super().__call__(ckpt, split, desc)
+
+    monkeypatch.setattr(evaluate, "Scorer", Counting)
+    with contextlib.redirect_stdout(io.StringIO()):
+        soup.run(c)
+        evaluate.run(c)
+    assert scored == ["[evaluate] val", "[evaluate] test"]
+    m = json.loads((layout.reports_dir(c.work) / "test_metrics.json").read_text())
+    assert m["soup"]["epochs"] == [1] and m["epoch_checkpoints_macro_auc"] == {"epoch 1": m["macro_auc"]}
 
 
 def test_missing_soup_says_which_stage_to_run(tmp_path, cfg):

@@ -77,8 +77,12 @@ def run(cfg):
     aps = metrics.average_precision_per_class(y, p)
     sens, spec = metrics.sensitivity_specificity(y, p, thresholds)
     per_epoch = {}
+    soup_epochs = (ckpt.get("soup") or {}).get("epochs")
     for epoch, path in epochs.items():
-        e_probs, e_ok = scorer(read_weights(path), "test", f"[evaluate] test, epoch {epoch}")
+        if soup_epochs == [epoch] or path.resolve() == weights.resolve():  # the weights just scored
+            e_probs, e_ok = probs, ok
+        else:
+            e_probs, e_ok = scorer(read_weights(path), "test", f"[evaluate] test, epoch {epoch}")
         per_epoch[f"epoch {epoch}"] = _num(metrics.macro_auc(y_test[e_ok & ok], e_probs[e_ok & ok]))
 
     result = dict(
