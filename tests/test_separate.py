@@ -117,10 +117,12 @@ def test_reduced_decode_matches_a_full_decode_resize(tmp_path, decoder):
                                         (300, cv2.IMREAD_REDUCED_GRAYSCALE_4),
                                         (150, cv2.IMREAD_REDUCED_GRAYSCALE_8)])
 def test_both_decoders_give_opencvs_pixels_at_each_reduction(tmp_path, decoder, short, flag):
-    cv2.imwrite(str(tmp_path / "x.jpg"), film_like(1500, 1200), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    grey = film_like(1500, 1200)
+    cv2.imwrite(str(tmp_path / "x.jpg"), grey, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(str(tmp_path / "rgb.jpg"), np.dstack([grey, cv2.add(grey, 10), cv2.subtract(grey, 10)]))
     data = (tmp_path / "x.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
-    for name in ("x.jpg", "cut.jpg"):
+    for name in ("x.jpg", "rgb.jpg", "cut.jpg"):
         expected = cv2.imread(str(tmp_path / name), flag)
         expected = images.shrink(expected, short) if short else expected
         assert np.array_equal(images.load_gray(tmp_path / name, short), expected), name
