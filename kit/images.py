@@ -83,11 +83,13 @@ def turbo_decode(path, short_side: int):
         return None
     try:
         data = Path(path).read_bytes()
-        height, width = simplejpeg.decode_jpeg_header(data)[:2]
-        factor = reduction((width, height), short_side)
-        # simplejpeg takes the smallest eighth that meets these sizes: here, 1/factor
-        return simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=-(-height // factor),
-                                      min_width=-(-width // factor))[..., 0]
+        sizes = {}
+        if short_side:  # a stored image (training, validation) is decoded whole: no header read
+            height, width = simplejpeg.decode_jpeg_header(data)[:2]
+            factor = reduction((width, height), short_side)
+            # simplejpeg takes the smallest eighth that meets these sizes: here, 1/factor
+            sizes = dict(min_height=-(-height // factor), min_width=-(-width // factor))
+        return simplejpeg.decode_jpeg(data, colorspace="GRAY", **sizes)[..., 0]
     except (OSError, ValueError):
         return None
 
