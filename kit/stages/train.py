@@ -8,6 +8,7 @@ data-parallel (torch.distributed); only rank 0 writes files and prints.
 """
 import math
 import time
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -117,10 +118,8 @@ def plan_batches(cfg, world, model, criterion, num_classes, state):
         return state["batch"], state["accum"]
     probe = None
     if world.device.type == "cuda":
-        dtype = autocast_dtype(cfg.amp, world.device)
-
-        def probe(start):
-            return batching.probe_batch(model, criterion, cfg.img_size, num_classes, world.device, dtype, start)
+        probe = partial(batching.probe_batch, model, criterion, cfg.img_size, num_classes, world.device,
+                        autocast_dtype(cfg.amp, world.device))
     return batching.plan(cfg, world.size, probe)
 
 
