@@ -9,6 +9,9 @@ generated films), and deliver batches of augmented 448x448 images to the GPU:
   PIL to RGB and applies torchvision's Resize, RandomRotation, RandomAffine, ColorJitter,
   ToTensor and Normalize in the worker, then copies the batch to the GPU.
 
+`--aug none` measures the validation and inference input instead: the kit's decode and area
+resize, the notebook's Resize, ToTensor and Normalize.
+
 Without a GPU the kit's side ends at the uint8 batch: normalizing is the model device's work
 (bench.train_step counts it in the step), not the loader's.
 
@@ -17,7 +20,7 @@ repetition (an epoch over the images with a fresh loader, timed from its first b
 that worker start-up, paid once per training run, does not weigh on a short bench epoch), and
 the main process uses one thread, so that images/s per worker is per core.
 
-    python -m bench.loader [--images 512] [--workers 0,1,2] [--repeats 3] [--batch 32]
+    python -m bench.loader [--images 512] [--workers 0,1,2] [--repeats 3] [--batch 32] [--aug none]
 """
 import argparse
 import io
@@ -51,18 +54,14 @@ SOURCE_SHAPE, SOURCE_GRAIN = (1250, 1000), common.GRAIN / 2
 
 
 class NotebookDataset(Dataset):
-    """The study notebook's training Dataset."""
+    """The study notebook's Dataset: its training transform, or with augment=False its
+    validation one."""
 
-    def __init__(self, archive, names, targets, size, mean, std):
+    def __init__(self, archive, names, targets, size, mean, std, augment=True):
         self.archive, self.names, self.targets = archive, names, targets
-        self.transform = T.Compose([
-            T.Resize((size, size)),
-            T.RandomRotation(15),
-            T.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
-            T.ColorJitter(brightness=0.2, contrast=0.2),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ])
+        random = [T.RandomRotation(15), T.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+                  T.ColorJitter(brightness=0.2, contrast=0.2)] if augment else []
+        self.transform = T.Compose([T.Resize((size, size)), *random, T.ToTensor(), T.Normalize(mean, std)])
 
     def __len__(self):
         return len(self.names)
@@ -102,7 +101,7 @@ def steady_rate(batches, finish) -> float:
 
 
 def kit_epoch(paths, targets, args, workers, mean, std, device) -> float:
-    loader = make_loader(XrayDataset(paths, targets, args.img_size, aug="strong", seed=0),
+    loader = make_loader(XrayDataset(paths, targets, args.img_size, aug=args.aug, seed=0),
                          args.batch, shuffle=True, workers=workers)
     batches = (to_input(images, mean, std, device) if device.type == "cuda" else images
                for images, _, _, _ in loader)
@@ -110,7 +109,7 @@ def kit_epoch(paths, targets, args, workers, mean, std, device) -> float:
 
 
 def notebook_epoch(archive, names, targets, args, workers, mean, std, device) -> float:
-    loader = DataLoader(NotebookDataset(archive, names, targets, args.img_size, mean, std),
+    loader = DataLoader(NotebookDataset(archive, names, targets, args.img_size, mean, std, args.aug != "none"),
                         batch_size=args.batch, shuffle=True, num_workers=workers,
                         pin_memory=device.type == "cuda")
     batches = (images.to(device, non_blocking=True) for images, _ in loader)
@@ -133,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--img-size", type=int, default=cfg.img_size)
     ap.add_argument("--resize", type=int, default=cfg.resize, help="shorter side of the stored images")
+    ap.add_argument("--aug", default="strong", choices=("strong", "none"),
+                    help="strong: the training input; none: the validation and inference input")
     args = ap.parse_args(argv)
     if args.images < 2 * args.batch:
         ap.error("--images must hold at least two batches: the rate is timed from the first batch on")
@@ -152,8 +153,8 @@ def main(argv=None):
         kib = np.mean([p.stat().st_size for p in paths]) / 1024
         h, w = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE).shape
         print(f"bench.loader | {common.describe(mach)} | {len(paths)} stored {h}x{w} grey JPEGs "
-              f"({kib:.0f} KiB each) -> {args.img_size}x{args.img_size}, batch {args.batch}, "
-              f"batches end on the {'GPU' if device.type == 'cuda' else 'CPU'}")
+              f"({kib:.0f} KiB each) -> {args.img_size}x{args.img_size}, augmentation {args.aug}, "
+              f"batch {args.batch}, batches end on the {'GPU' if device.type == 'cuda' else 'CPU'}")
         rows, figures = [], {"kit": {}, "notebook": {}, "kit_per_worker": {}, "notebook_per_worker": {},
                              "ratio": {}}
         for workers in common.int_list(args.workers):
@@ -174,7 +175,7 @@ def main(argv=None):
                         ("ratio", "ratio"), ("kit_w", "kit img/s/worker"),
                         ("notebook_w", "notebook img/s/worker")])
     common.emit("loader", common.round_floats({
-        "images": args.images, "stored": f"{h}x{w}", "img_size": args.img_size, "batch": args.batch,
+        "images": args.images, "stored": f"{h}x{w}", "img_size": args.img_size, "aug": args.aug, "batch": args.batch,
         "repeats": args.repeats, "device": device.type, **figures}), mach)
 
 

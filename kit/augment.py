@@ -7,6 +7,8 @@ lookup table. Everything stays uint8 until the device.
 import cv2
 import numpy as np
 
+from kit.images import area_resize
+
 STRENGTH = {
     "strong": dict(rotate=15.0, scale=(0.8, 1.2), shift=0.1, flip=0.5, brightness=0.2,
                    contrast=0.2, gamma=(0.8, 1.25), clahe=0.3, dropout=0.2),
@@ -18,8 +20,8 @@ DROPOUT_HOLES, DROPOUT_SIZE = (1, 4), (0.05, 0.15)  # holes per image, side as a
 
 
 def resize(img, size):
-    """Validation and inference: a plain area-averaged resize."""
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    """Validation and inference: an area-averaged resize (see images.area_resize)."""
+    return area_resize(img, (size, size))
 
 
 def augment(img, size, rng, strength="strong"):

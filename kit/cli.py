@@ -8,7 +8,7 @@ import time
 import traceback
 import typing
 
-from kit import env, session
+from kit import env, interrupt, session
 from kit.config import STAGES, Config, fields_by_group
 from kit.errors import KitError
 from kit.io import write_json
@@ -129,6 +129,9 @@ def main(argv=None):
     except session.TimeUp as e:
         print(e)
         return 0
+    except interrupt.Interrupted as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

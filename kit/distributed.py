@@ -47,7 +47,12 @@ def relaunch_command(cfg, nproc) -> list:
 def relaunch(cfg):
     nproc = torch.cuda.device_count()
     print(f"[train] {nproc} GPUs: training data-parallel, one process each (torchrun, DDP)", flush=True)
-    code = subprocess.run(relaunch_command(cfg, nproc)).returncode
+    with subprocess.Popen(relaunch_command(cfg, nproc)) as proc:
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # torchrun has it too and passes it on: let the processes save
+            proc.wait()
+            raise
     if code:
         raise KitError(f"data-parallel training stopped (exit code {code}, see above); rerun to "
                        f"resume, or --ddp off to train on one GPU")
@@ -95,6 +100,14 @@ def gather(obj, world) -> list:
     out = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def maximum(value: torch.Tensor, world) -> torch.Tensor:
+    """The largest value of a tensor over ranks."""
+    if world.size > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
 
 
 def mean(value: torch.Tensor, world) -> torch.Tensor:

@@ -120,14 +120,18 @@ def area_resize(img: np.ndarray, size) -> np.ndarray:
     times `size` and an exact k x k box average take 0.9 ms and stay within 1-5 dB of it
     (54-58 dB against 59 dB), far above the 47-48 dB of the JPEG store that follows. k is the
     whole part of the ratio on each axis, plus one where the bilinear step would otherwise
-    shrink by more than 1.2x: beyond that it aliases more than a slight enlargement blurs."""
+    shrink by more than 1.2x: beyond that it aliases more than a slight enlargement blurs.
+
+    OpenCV's box is fast only for 2x2; a bilinear resize to exactly half a side averages each
+    pair of pixels, the same box, and is fast for 1x2 too (640x512 -> 448x448: 0.2 against
+    1.0 ms)."""
     kx, ky = _whole_factor(img.shape[1] / size[0]), _whole_factor(img.shape[0] / size[1])
-    if kx == ky == 1:
-        return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
     mid = (size[0] * kx, size[1] * ky)
     if mid != (img.shape[1], img.shape[0]):
         img = cv2.resize(img, mid, interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    if mid == size:
+        return img
+    return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR if max(kx, ky) <= 2 else cv2.INTER_AREA)
 
 
 def _whole_factor(ratio: float) -> int:

@@ -1,5 +1,5 @@
-"""checkpoints/last.pth: the whole state of a training run, written at every epoch's end and
-every few minutes within one, so that a rerun continues at the next optimizer update."""
+"""checkpoints/last.pth: the whole state of a training run, written at every epoch's end, every
+few minutes within one and when a signal stops it, so that a rerun continues from there."""
 import hashlib
 from pathlib import Path
 
@@ -10,6 +10,11 @@ from kit.errors import KitError
 # what a checkpoint is only valid for; other settings may change between sessions
 SIGNATURE = {"model": "--model", "classes": "the classes", "img_size": "--img-size",
              "splits": "the train/val split files"}
+# the settings that shape the trained weights: a finished run trained with others is not
+# the result of these (--epochs more continues it; batch size, workers and speed options do not count)
+RECIPE = ("pretrained", "drop_path", "effective_batch", "lr", "layer_decay", "weight_decay", "warmup_epochs",
+          "min_lr", "loss", "focal_weight", "focal_alpha", "focal_gamma", "pos_weight", "amp", "clip_grad",
+          "aug", "ema_decay", "ema_warmup", "seed")
 
 
 def signature(cfg, classes, split_files) -> dict:
@@ -43,3 +48,14 @@ def _short(value):
     text = ",".join(value) if isinstance(value, list) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
+
+
+def recipe(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in RECIPE}
+
+
+def recipe_changes(state, cfg) -> list:
+    """'--lr 0.0003 -> 0.001' for each recipe setting `cfg` changes from the saved state's."""
+    saved = state.get("recipe") or {}  # states written before recipes were saved: nothing to compare
+    return [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in recipe(cfg).items()
+            if k in saved and saved[k] != v]

@@ -107,18 +107,9 @@ def end():
         del os.environ[SESSION_ENV]
 
 
-def out_of_time(world=None) -> bool:
-    """Whether the time limit has come; with several processes, all agree (any one late stops all)."""
-    if _deadline is None:
-        return False
-    late = clock() >= _deadline
-    if world is not None and world.size > 1:
-        import torch
-
-        from kit import distributed
-
-        late = distributed.mean(torch.tensor(float(late), device=world.device), world).item() > 0
-    return late
+def out_of_time() -> bool:
+    """Whether the time limit has come (in training, interrupt.reason makes all processes agree)."""
+    return _deadline is not None and clock() >= _deadline
 
 
 def time_up(cfg, when) -> TimeUp:

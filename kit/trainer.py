@@ -14,7 +14,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
-from kit import batching, distributed, session
+from kit import batching, distributed, interrupt, resume, session
 from kit.data import EpochSampler, make_loader, to_input, worker_count
 from kit.errors import KitError
 from kit.model import norm_stats, save_weights
@@ -66,7 +66,7 @@ class Trainer:
                 "epoch": self.epoch, "offset": self.offset, "updates": self.updates,
                 "loss_sum": self.loss_sum, "loss_count": self.loss_count,
                 "batch": self.batch, "accum": self.accum, "world_size": self.world.size,
-                "history": self.history}
+                "history": self.history, "recipe": resume.recipe(self.cfg)}
 
     def load_state_dict(self, state):
         if state["batch"] * state["accum"] * state["world_size"] != self.effective:
@@ -114,9 +114,11 @@ class Trainer:
                     pass  # handled below, outside the except block that still holds the tensors
                 batches = self._back_off()
             self._account(loss, finite)
-            if session.out_of_time(self.world):
+            stop = interrupt.reason(self.world)
+            if stop:
                 self.save(last_path, signature)
-                raise session.time_up(self.cfg, f"in epoch {self.epoch + 1}")
+                where = f"in epoch {self.epoch + 1}"
+                raise session.time_up(self.cfg, where) if stop == "time" else interrupt.interrupted(where)
             if time.monotonic() - self.last_save >= SAVE_EVERY_S and self.offset < self.sampler.samples_per_epoch:
                 self.save(last_path, signature)
         seconds = time.perf_counter() - start

@@ -59,6 +59,14 @@ def test_separate_reports_the_quality_of_both_sides_against_a_careful_resize(fig
     assert psnr["kit"] > 35 and psnr["notebook"] > 30  # a broken resize lands far below 30 dB
 
 
+def test_loader_measures_the_validation_input_too():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        loader.main(SMALLEST[loader] + ["--aug", "none"])
+    line = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert line["aug"] == "none" and all(r > 0 and math.isfinite(r) for r in rates(line))
+
+
 def test_train_step_marks_the_kits_default_and_compares_it_with_the_best(figures):
     line = figures(train_step)
     assert line["default"]["default"] and line["default"]["batch"] == 32  # --batch-size auto on CPU

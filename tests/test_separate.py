@@ -128,13 +128,16 @@ def test_both_decoders_give_opencvs_pixels_at_each_reduction(tmp_path, decoder, 
         assert np.array_equal(images.load_gray(tmp_path / name, short), expected), name
 
 
-@pytest.mark.parametrize("shape", [(640 * r, 512 * r) for r in (1.05, 1.19, 1.21, 1.5, 1.95, 2.5, 3.3)]
-                         + [(640 * 1.95, 512 * 1.14)])
-def test_area_resize_stays_close_to_an_exact_area_average(shape):
+@pytest.mark.parametrize("shape,size", [((640 * r, 512 * r), (512, 640))
+                                        for r in (1.05, 1.19, 1.21, 1.5, 1.95, 2.5, 3.3)]
+                         + [((640 * 1.95, 512 * 1.14), (512, 640))]
+                         # validation and inference: a stored image to the model's square input
+                         + [((640, 512), (s, s)) for s in (448, 384, 224)])
+def test_area_resize_stays_close_to_an_exact_area_average(shape, size):
     img = film_like(round(shape[0]), round(shape[1]))
-    out = images.area_resize(img, (512, 640))
-    reference = cv2.resize(img.astype(np.float32), (512, 640), interpolation=cv2.INTER_AREA)
-    assert out.shape == (640, 512) and out.dtype == np.uint8
+    out = images.area_resize(img, size)
+    reference = cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    assert out.shape == size[::-1] and out.dtype == np.uint8
     assert 10 * np.log10(255**2 / np.mean((out - reference.astype(np.float64)) ** 2)) > 50
 
 

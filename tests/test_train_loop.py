@@ -15,6 +15,7 @@ from kit import trainer as trainer_module
 from kit.data import XrayDataset, make_loader
 from kit.distributed import World
 from kit.errors import KitError
+from kit.images import area_resize
 from kit.losses import FocalBCELoss, build_loss
 from kit.model import create_model, load_model, read_weights
 from kit.optim import build_optimizer, build_scheduler
@@ -44,7 +45,10 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     assert state["epoch"] == 2 and state["updates"] == 8 and state["offset"] == 0
     assert all(torch.equal(state["ema"][k], v) for k, v in ckpt["state_dict"].items())
     assert "[train] epoch 2/2 | train loss" in out and "val AUC" in out and "ETA" in out
-    assert "up to date" in run_quietly(tiny_cfg(work))
+    assert "up to date" in run_quietly(tiny_cfg(work, workers=2, keep_epochs="all"))  # not the recipe
+    with pytest.raises(KitError, match=r"finished 2 epochs with other settings \(--lr 0.001 -> 0.002, "
+                                       r"--aug strong -> light\); pass --force"):
+        run_quietly(tiny_cfg(work, lr=2e-3, aug="light"))
 
 
 def test_gradient_checkpointing_changes_memory_not_results(trained, tmp_path):
@@ -64,8 +68,8 @@ def test_checkpoint_in_plain_timm_matches_the_kit_and_the_history(trained):
     timm.models.load_checkpoint(plain, str(path))
     val, classes = layout.read_split(work, "val")
     paths = [layout.image_path(work, f) for f in val.file]
-    gray = np.stack([cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (28, 28), interpolation=cv2.INTER_AREA)
-                     for p in paths]) / 255.0
+    # the kit's resize, checked against an exact area average in test_separate
+    gray = np.stack([area_resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (28, 28)) for p in paths]) / 255.0
     x = torch.tensor(np.stack([(gray - m) / s for m, s in zip(ckpt["mean"], ckpt["std"])], 1), dtype=torch.float32)
     with torch.no_grad():
         expected = plain.eval()(x).sigmoid().numpy()
@@ -151,6 +155,14 @@ def test_batch_plan_keeps_the_effective_batch():
     assert batching.plan(auto, 1) == (32, 2)  # CPU: no probe
     assert batching.plan(auto, 2, probe=lambda start: start // 4) == (8, 4)  # 32 a GPU wanted, 8 fit
     assert batching.plan(tiny_cfg("w", batch_size="12", effective_batch=64), 2) == (12, 3)
+    # devices that do not divide it: the nearest share, not another round of accumulation
+    assert batching.plan(auto, 3, probe=lambda start: start) == (21, 1)  # 63 images, not 126
+    assert batching.plan(auto, 6, probe=lambda start: start) == (11, 1)  # 66
+    assert batching.plan(auto, 1, probe=lambda start: 24) == (21, 3)  # 63, not 24 x 3 = 72
+    for world in (1, 2, 4, 8):  # a probe halves from the even share: always exact
+        for fit in (1, 2, 4):
+            batch, accum = batching.plan(auto, world, probe=lambda start: max(1, start // fit))
+            assert batch * accum * world == 64
     assert batching.plan(tiny_cfg("w", batch_size="8", accum="3"), 1) == (8, 3)
     with pytest.raises(KitError, match="--batch-size"):
         batching.plan(tiny_cfg("w", batch_size="big"), 1)

@@ -1,6 +1,7 @@
 """Resume after a killed training process, and data-parallel training on CPU (gloo), both
 compared with one uninterrupted single-process run."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,31 @@ def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference):
     expected = [s["exp_avg_sq"] for s in reference["optimizer"]["state"].values()]
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-12) for a, b in zip(moments, expected))
     assert not list(layout.checkpoint_dir(work).glob(".*.tmp"))
+
+
+def test_ctrl_c_saves_the_state_at_the_next_update_and_the_rerun_loses_nothing(tmp_path, reference):
+    work = make_work(tmp_path)
+    cfg = tiny_cfg(work, model=MODEL, img_size=32, workers=1)
+    script = ("import sys, time; import kit.trainer as t; update = t.Trainer._update; "
+              "t.Trainer._update = lambda self, b: (time.sleep(0.5), update(self, b))[1]; "  # 2 s an epoch
+              "from kit.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", script, *config_flags(cfg, stage="train")], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_epoch = layout.epoch_checkpoint(work, 1)
+    while not first_epoch.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # early in epoch 2, whose end would be the next save
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "SIGINT in epoch 2: the training state is saved" in err
+    saved = last_state(work)
+    assert saved["epoch"] == 1 and 4 < saved["updates"] < 8
+    out = run_quietly(cfg)
+    assert f"resuming from {layout.checkpoint_dir(work) / 'last.pth'} at epoch 2, update {saved['updates'] + 1}" in out
+    state = last_state(work)
+    assert (state["epoch"], state["updates"]) == (2, 8)
+    assert_same_weights(state["model"], reference["model"], atol=1e-6)
+    assert_same_weights(state["ema"], reference["ema"], atol=1e-6)
 
 
 def test_two_gloo_processes_train_like_one(tmp_path, reference):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import batching, distributed, env, infer, layout, resume, session
+from kit import batching, distributed, env, infer, interrupt, layout, resume, session
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.io import remove_partial_writes, write_csv
@@ -52,14 +52,19 @@ def train(cfg, world):
     signature = resume.signature(cfg, classes, [layout.split_csv(cfg.work, s) for s in ("train", "val")])
     session.take_over(cfg, last_path, signature, world)
     state = resume.load(last_path, signature, cfg.force)
+    changes = resume.recipe_changes(state, cfg) if state else []
     if state and state["epoch"] >= cfg.epochs:
+        if changes:
+            raise KitError(f"{last_path} finished {state['epoch']} epochs with other settings "
+                           f"({', '.join(changes)}); pass --force to train again with the new ones, "
+                           f"or the run's own settings to use its results")
         say(f"[train] up to date: {state['epoch']} epochs done (--epochs more continues, --force retrains)")
         return
     if world.is_main:
         remove_partial_writes(layout.checkpoint_dir(cfg.work))
     if state:
         say(f"[train] resuming from {last_path} at epoch {state['epoch'] + 1}, "
-            f"update {state['updates'] + 1}")
+            f"update {state['updates'] + 1}" + (f", with other settings ({', '.join(changes)})" if changes else ""))
     elif world.is_main:
         clear_checkpoints(cfg.work)
 
@@ -88,28 +93,29 @@ def train(cfg, world):
     val_targets = val_df[classes].to_numpy(np.float32)
 
     session_start, session_epochs = time.perf_counter(), 0
-    while trainer.epoch < cfg.epochs:
-        epoch_start = time.perf_counter()
-        stats = trainer.train_epoch(last_path, signature)
-        val = validate(trainer, val_loader, val_targets, classes, cfg, world)
-        lr_high, lr_low = trainer.learning_rates()
-        epoch = trainer.epoch + 1
-        row = {"epoch": epoch, "train_loss": stats["train_loss"], **val, "lr": lr_high, "lr_lowest": lr_low,
-               "images_per_s": stats["images_per_s"], "epoch_s": time.perf_counter() - epoch_start,
-               "batch_size": trainer.batch, "accum": trainer.accum, "peak_gpu_mem_gib": peak_memory(device)}
-        trainer.end_epoch(row)
-        if world.is_main:
-            ema = checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
-                                  img_size=cfg.img_size, mean=trainer.mean, std=trainer.std, epoch=epoch,
-                                  metric=val["val_macro_auc"])
-            save_weights(ema, layout.epoch_checkpoint(cfg.work, epoch))
-        trainer.save(last_path, signature)
-        if world.is_main:
-            write_csv(pd.DataFrame(trainer.history), layout.history_csv(cfg.work))
-            prune(cfg.work, keep_rule(trainer.history))
-        session_epochs += 1
-        eta = (time.perf_counter() - session_start) / session_epochs * (cfg.epochs - epoch)
-        say(summary(row, classes, cfg.epochs, eta))
+    with interrupt.stop_after_update(say):
+        while trainer.epoch < cfg.epochs:
+            epoch_start = time.perf_counter()
+            stats = trainer.train_epoch(last_path, signature)
+            val = validate(trainer, val_loader, val_targets, classes, cfg, world)
+            lr_high, lr_low = trainer.learning_rates()
+            epoch = trainer.epoch + 1
+            row = {"epoch": epoch, "train_loss": stats["train_loss"], **val, "lr": lr_high, "lr_lowest": lr_low,
+                   "images_per_s": stats["images_per_s"], "epoch_s": time.perf_counter() - epoch_start,
+                   "batch_size": trainer.batch, "accum": trainer.accum, "peak_gpu_mem_gib": peak_memory(device)}
+            trainer.end_epoch(row)
+            if world.is_main:
+                ema = checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
+                                      img_size=cfg.img_size, mean=trainer.mean, std=trainer.std, epoch=epoch,
+                                      metric=val["val_macro_auc"])
+                save_weights(ema, layout.epoch_checkpoint(cfg.work, epoch))
+            trainer.save(last_path, signature)
+            if world.is_main:
+                write_csv(pd.DataFrame(trainer.history), layout.history_csv(cfg.work))
+                prune(cfg.work, keep_rule(trainer.history))
+            session_epochs += 1
+            eta = (time.perf_counter() - session_start) / session_epochs * (cfg.epochs - epoch)
+            say(summary(row, classes, cfg.epochs, eta))
 
 
 def plan_batches(cfg, world, model, criterion, num_classes, state):
