@@ -35,8 +35,27 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, not argparse's usage of every flag: the flag, what is wrong, where to look."""
+        self.exit(2, f"error: {message}; run.py --help lists every flag\n")
+
+
+def checked(kind, check):
+    """argparse type: `kind`, refused (saying the range) outside `check`."""
+    ok, wanted = check
+
+    def convert(text):
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range (it must be {wanted})")
+        return value
+    convert.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return convert
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="run.py",
         description="Chest X-ray classification study: "
                     + " -> ".join(STAGES) + ". Every artifact goes to --work-dir.",
@@ -54,6 +73,8 @@ def build_parser():
                           metavar=f.name.upper())
             else:
                 kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+                if f.metadata["check"]:
+                    kw["type"] = checked(kw["type"], f.metadata["check"])
                 kw["choices"] = f.metadata["choices"]
                 kw["metavar"] = None if f.metadata["choices"] else f.name.upper()
             g.add_argument(flag, **kw)
@@ -117,14 +138,24 @@ def run(cfg: Config):
         print(f"[{name}] done in {time.perf_counter() - start:.1f}s")
 
 
+def describe(e: Exception) -> str:
+    """A KitError says problem and fix; an OSError out of a stage is the machine's (permissions,
+    a full disk, a vanished mount): name it and the path."""
+    if isinstance(e, KitError):
+        return str(e)
+    where = f": {e.filename}" if e.filename else ""
+    return (f"{e.strerror or e}{where}; check that path's permissions and the free disk space, then "
+            f"rerun (finished work is kept)")
+
+
 def main(argv=None):
     cfg = parse_config(argv)
     try:
         run(resolve(cfg))
-    except KitError as e:
+    except (KitError, OSError) as e:
         if cfg.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {describe(e)}", file=sys.stderr)
         return 2
     except session.TimeUp as e:
         print(e)

@@ -13,8 +13,21 @@ STAGES = ("metadata", "separate", "split", "train", "soup", "evaluate", "predict
 TOOLS = ("synth-quality", "compare", "bundle", "push", "weights")
 
 
-def opt(default, help, group="general", choices=None, flag=None):
-    return field(default=default, metadata=dict(help=help, group=group, choices=choices, flag=flag))
+def opt(default, help, group="general", choices=None, flag=None, check=None):
+    """A setting; `check`: (predicate, what it asks) of a number, tested on the command line."""
+    return field(default=default, metadata=dict(help=help, group=group, choices=choices, flag=flag, check=check))
+
+
+def at_least(low):
+    return (lambda v: v >= low), f"at least {low}"
+
+
+def above(low):
+    return (lambda v: v > low), f"above {low}"
+
+
+def between(low, high):
+    return (lambda v: low <= v <= high), f"from {low} to {high}"
 
 
 @dataclass
@@ -25,7 +38,7 @@ class Config:
     work_dir: str = opt("", "where every artifact is written (default: /kaggle/working on Kaggle, "
                             "/content/xray-kit on Colab, ./work elsewhere)")
     force: bool = opt(False, "redo a stage even when its outputs are up to date")
-    seed: int = opt(42, "seed of the split, the data order and the weights")
+    seed: int = opt(42, "seed of the split, the data order and the weights", check=at_least(0))
     workers: int = opt(0, "CPU worker processes (0: all cores)")
     demo: bool = opt(False, "generate a small dataset in the Grand X-Ray Slam layout and run the "
                            "whole study on it with a CPU-sized model")
@@ -39,7 +52,8 @@ class Config:
     label_mode: str = opt("single", "single: exactly one finding, a target; multi: any target "
                                     "positive", "data", ("single", "multi"))
     views: str = opt("AP,PA", "view positions to keep, or 'all'", "data")
-    keep_negatives: float = opt(0.0, "multi mode: fraction of images with no target to keep", "data")
+    keep_negatives: float = opt(0.0, "multi mode: fraction of images with no target to keep", "data",
+                                check=between(0, 1))
     uncertain: str = opt("zero", "CheXpert's uncertain (-1) labels: zero, one, or drop the image",
                          "data", ("zero", "one", "drop"))
     csv: str = opt("", "csv dataset: the metadata CSV", "data")
@@ -51,7 +65,7 @@ class Config:
     view_col: str = opt("", "csv dataset: column with the view position (empty: none)", "data")
     image_root: str = opt("", "csv dataset: folder the image paths are relative to "
                               "(default: the CSV's folder)", "data")
-    resize: int = opt(512, "shorter side of stored images in pixels (0: copy originals)", "data")
+    resize: int = opt(512, "shorter side of stored images in pixels (0: copy originals)", "data", check=at_least(0))
     val_frac: float = opt(0.15, "fraction of images in the validation split", "data")
     test_frac: float = opt(0.15, "fraction of images in the test split", "data")
     split: str = opt("stratified", "stratified: patient-grouped, label-stratified; official: NIH's "
@@ -59,29 +73,30 @@ class Config:
 
     # train
     model: str = opt("eva02_base_patch14_448.mim_in22k_ft_in1k", "timm model name", "train")
-    img_size: int = opt(448, "training and inference image size", "train")
+    img_size: int = opt(448, "training and inference image size", "train", check=at_least(1))
     pretrained: str = opt("auto", "auto: find weights offline first; none: random init; or a "
                                   "weights file", "train")
-    drop_path: float = opt(0.1, "stochastic depth rate", "train")
-    epochs: int = opt(6, "training epochs", "train")
+    drop_path: float = opt(0.1, "stochastic depth rate", "train", check=between(0, 1))
+    epochs: int = opt(6, "training epochs", "train", check=at_least(1))
     batch_size: str = opt("auto", "per-device batch, or auto: the largest that fits", "train")
     accum: str = opt("auto", "gradient accumulation steps, or auto: keep --effective-batch", "train")
-    effective_batch: int = opt(64, "images per optimizer update across devices and accumulation", "train")
-    lr: float = opt(3e-4, "head learning rate; deeper layers get lr * layer_decay^depth", "train")
-    layer_decay: float = opt(0.77, "layer-wise learning-rate decay", "train")
-    weight_decay: float = opt(0.05, "AdamW weight decay", "train")
-    warmup_epochs: float = opt(1.0, "linear warmup before the cosine schedule", "train")
-    min_lr: float = opt(1e-6, "cosine schedule floor", "train")
+    effective_batch: int = opt(64, "images per optimizer update across devices and accumulation", "train",
+                               check=at_least(1))
+    lr: float = opt(3e-4, "head learning rate; deeper layers get lr * layer_decay^depth", "train", check=above(0))
+    layer_decay: float = opt(0.77, "layer-wise learning-rate decay", "train", check=above(0))
+    weight_decay: float = opt(0.05, "AdamW weight decay", "train", check=at_least(0))
+    warmup_epochs: float = opt(1.0, "linear warmup before the cosine schedule", "train", check=at_least(0))
+    min_lr: float = opt(1e-6, "cosine schedule floor", "train", check=at_least(0))
     loss: str = opt("focal_bce", "training loss", "train", ("focal_bce", "focal", "bce"))
-    focal_weight: float = opt(0.7, "weight w of focal in w*focal + (1-w)*BCE", "train")
-    focal_alpha: float = opt(0.25, "focal loss alpha", "train")
-    focal_gamma: float = opt(2.0, "focal loss gamma", "train")
+    focal_weight: float = opt(0.7, "weight w of focal in w*focal + (1-w)*BCE", "train", check=between(0, 1))
+    focal_alpha: float = opt(0.25, "focal loss alpha", "train", check=between(0, 1))
+    focal_gamma: float = opt(2.0, "focal loss gamma", "train", check=at_least(0))
     pos_weight: str = opt("none", "BCE positive weights", "train", ("none", "balanced"))
     amp: str = opt("auto", "mixed precision: auto picks bf16, else fp16 with scaling, off on CPU",
                    "train", ("auto", "bf16", "fp16", "off"))
-    clip_grad: float = opt(1.0, "gradient norm clip (0: off)", "train")
+    clip_grad: float = opt(1.0, "gradient norm clip (0: off)", "train", check=at_least(0))
     aug: str = opt("strong", "training augmentation", "train", ("strong", "light", "none"))
-    ema_decay: float = opt(0.999, "EMA decay of the weights", "train")
+    ema_decay: float = opt(0.999, "EMA decay of the weights", "train", check=between(0, 1))
     ema_warmup: bool = opt(True, "ramp the EMA decay up from 0 over the first updates", "train")
     keep_epochs: str = opt("auto", "epoch checkpoints to keep: auto (the soup's and the best), "
                                    "all, or a number of latest", "train")
@@ -95,7 +110,7 @@ class Config:
                                "val AUC first, while it does not drop", "evaluate", ("uniform", "greedy"))
     soup_epochs: str = opt("last2", "epochs to average: 5,6 or lastN (the last N, or all of a shorter run)", "evaluate")
     weights: str = opt("", "weights to evaluate and predict with (default: the soup)", "evaluate")
-    bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals", "evaluate")
+    bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals", "evaluate", check=at_least(1))
     tta: bool = opt(False, "test-time augmentation: average with the horizontal flip", "evaluate")
     predict_csv: str = opt("", "sample submission listing the images to predict", "evaluate")
     predict_dir: str = opt("", "folder of images to predict", "evaluate")
@@ -107,14 +122,16 @@ class Config:
                                  "class subfolders (DIR/Cardiomegaly/*.png) or a CSV of path,label or "
                                  "path plus 0/1 class columns", "study")
     synthetic_max_ratio: float = opt(1.0, "at most this many synthetic images per real train image of "
-                                          "their class", "study")
+                                          "their class", "study", check=at_least(0))
     synthetic_classes: str = opt("", "comma-separated classes that take synthetic images (default: all)",
                                  "study")
     near_copy: float = opt(0.1, "synth-quality: flag a synthetic image whose nearest real image is closer "
-                                "than this fraction of the median real-to-nearest-real distance", "study")
+                                "than this fraction of the median real-to-nearest-real distance", "study",
+                                check=above(0))
     runs: tuple[str, str] = opt((), "compare: the work dirs of two runs, WORK_A WORK_B (the baseline "
                                     "first), evaluated on the same test split", "study")
-    specificity: float = opt(0.9, "compare: sensitivity is reported at this specificity", "study")
+    specificity: float = opt(0.9, "compare: sensitivity is reported at this specificity", "study",
+                             check=between(0, 1))
     synthetic: bool = opt(False, "with --demo: also generate synthetic images of the two rarest classes, "
                                  "train a second run with them, judge them and compare the runs", "study")
 

@@ -6,6 +6,15 @@ import tempfile
 from pathlib import Path
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # what open() would give; mkstemp's files are private (0600)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in the same folder; rename it onto `path` only on success."""
@@ -15,6 +24,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

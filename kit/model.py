@@ -54,12 +54,15 @@ def create_model(arch, num_classes, img_size, drop_path=0.0, pretrained="none", 
                        f"such as eva02_*, vit_* or deit_*") from e
     except (RuntimeError, KeyError, ValueError, OSError) as e:
         reason = str(e).strip().splitlines()[0][:200]
+        if pretrained == "none":
+            raise KitError(f"timm cannot build {arch} at --img-size {img_size} ({reason}); try the "
+                           f"model's own size, e.g. 224 or 448") from e
         raise KitError(f"weights file {kwargs['pretrained_cfg_overlay']['file']} does not match "
                        f"{arch} ({reason}); attach this model's weights or pass --pretrained none") from e
     patch = to_2tuple(getattr(getattr(model, "patch_embed", None), "patch_size", 1))[0]
     if img_size % patch:
         raise KitError(f"--img-size {img_size} is not a multiple of {arch}'s patch size {patch}; "
-                       f"use {round(img_size / patch) * patch}")
+                       f"use {max(1, round(img_size / patch)) * patch}")
     return model
 
 

@@ -151,9 +151,6 @@ def id_prefix(used: pd.Series) -> str:
 def mix(cfg, train: pd.DataFrame, classes, used_ids: pd.Series) -> pd.DataFrame:
     """`train` with capped synthetic rows appended (source "synthetic"); `used_ids`: the image
     and patient ids of every real image, which no synthetic id may equal."""
-    if cfg.synthetic_max_ratio < 0:
-        raise KitError(f"--synthetic-max-ratio {cfg.synthetic_max_ratio} is negative; give a ratio "
-                       f"of synthetic to real train images such as 1.0")
     found = listing(cfg, classes)
     allowed = taking_classes(cfg.synthetic_classes, classes)
     outside = found[[c for c in classes if c not in allowed]].sum(axis=1) > 0

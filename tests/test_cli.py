@@ -1,4 +1,7 @@
+import dataclasses
+import errno
 import json
+import os
 import re
 
 import pandas as pd
@@ -53,6 +56,23 @@ def test_bad_inputs_are_one_line_errors_with_a_fix(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "w" / "filtered.csv").exists()
 
 
+@pytest.mark.parametrize("flag, value, wanted", [
+    ("--epochs", "0", "at least 1"), ("--lr", "-1", "above 0"), ("--keep-negatives", "2", "from 0 to 1"),
+    ("--bootstrap", "0", "at least 1"), ("--drop-path", "1.5", "from 0 to 1"), ("--clip-grad", "-1", "at least 0")])
+def test_numbers_out_of_range_are_refused_in_one_line(capsys, flag, value, wanted):
+    with pytest.raises(SystemExit) as done:
+        cli.main([flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1, err
+    assert err[0] == f"error: argument {flag}: {value} is out of range (it must be {wanted}); " \
+                     f"run.py --help lists every flag"
+
+
+def test_every_default_is_in_its_range():
+    checked = [f for f in dataclasses.fields(Config) if f.metadata["check"]]
+    assert len(checked) > 15 and all(f.metadata["check"][0](f.default) for f in checked)
+
+
 def test_a_class_too_rare_for_three_splits(tmp_path, capsys):
     rows = [(f"{k}.jpg", f"P{k}", "PA", [CLASSES[k % 4]]) for k in range(40)]
     rows += [("r1.jpg", "R1", "PA", ["Support Devices"]), ("r2.jpg", "R1", "PA", ["Support Devices"])]
@@ -61,6 +81,14 @@ def test_a_class_too_rare_for_three_splits(tmp_path, capsys):
     for stage in ("metadata", "separate"):
         assert cli.main(argv + [stage]) == 0
     fails(capsys, argv + ["split"], r"class 'Support Devices' has 1 patient\(s\): too few to put one in each of 3")
+
+
+def test_a_full_disk_or_a_forbidden_path_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    def full(cfg):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / ".last.pth.x.tmp"))
+    monkeypatch.setattr(cli, "run", full)
+    fails(capsys, ["--work-dir", str(tmp_path / "w")],
+          r"^error: No space left on device: .*\.last\.pth\.x\.tmp; check that path's permissions and the free")
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):

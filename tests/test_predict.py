@@ -91,8 +91,11 @@ def test_unreadable_images_fail_by_default_keeping_the_rest(bad_folder):
 
 def test_on_missing_fill_writes_every_row_with_the_training_prevalence(bad_folder, capsys):
     cfg, ids = bad_folder
+    with pytest.raises(KitError):
+        predict.run(cfg)  # --on-missing fail: a partial file
     cfg.on_missing = "fill"
     predict.run(cfg)
+    assert not (cfg.work / "submission_partial.csv").exists()  # no stale file beside the whole one
     sub = pd.read_csv(layout.submission_csv(cfg.work))
     assert sub["Image_name"].tolist() == ids and not sub[CLASSES].isna().any().any()
     train, _ = layout.read_split(cfg.work, "train")
@@ -100,6 +103,16 @@ def test_on_missing_fill_writes_every_row_with_the_training_prevalence(bad_folde
         np.testing.assert_allclose(sub.loc[row, CLASSES], train[CLASSES].mean())
     out = capsys.readouterr().out
     assert "warning: 2 of 5 images could not be predicted" in out and "training prevalence" in out
+
+
+@pytest.mark.parametrize("content", [b"", "Image_name,Cardiomegaly\nb\xe9b\xe9.jpg,0.5\n".encode("latin-1")])
+def test_an_unreadable_sample_submission_is_named(run, tmp_path, content):
+    cfg, _ = run
+    (tmp_path / "sample.csv").write_bytes(content)
+    cfg.predict_csv = str(tmp_path / "sample.csv")
+    cfg.predict_dir = str(layout.dataset_dir(cfg.work) / "images")
+    with pytest.raises(KitError, match=r"cannot read .*sample.csv: .*; check the file is a sample submission"):
+        predict.run(cfg)
 
 
 def test_folder_without_sample_predicts_every_image(run, tmp_path):

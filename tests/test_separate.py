@@ -43,6 +43,18 @@ def test_missing_and_corrupt_are_recorded_and_the_rest_stored(tmp_path, cfg, cap
     assert "6 written, 0 skipped (already there), 1 missing, 1 unreadable" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("resize", [64, 0])
+def test_written_files_are_as_readable_as_any_the_user_creates(tmp_path, cfg, resize):
+    """Temporary files are private (0600); once renamed into place they take the umask's mode."""
+    c = cfg(resize=resize)
+    filtered(c, tmp_path)
+    separate.run(c)
+    (tmp_path / "plain").write_text("")
+    plain = (tmp_path / "plain").stat().st_mode & 0o777
+    stored = layout.image_path(c.work, layout.read_table(layout.manifest_csv(c.work), "separate")["file"][0])
+    assert {p.stat().st_mode & 0o777 for p in (stored, layout.manifest_csv(c.work))} == {plain}
+
+
 def test_restart_skips_done_images_and_redoes_a_damaged_one(tmp_path, cfg, capsys):
     c = cfg(resize=64)
     filtered(c, tmp_path)

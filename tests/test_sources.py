@@ -27,6 +27,17 @@ def test_gxs_table(tmp_path, cfg):
     assert t.loc[1, ["Pneumothorax", "Support Devices", "Cardiomegaly"]].tolist() == [1, 1, 0]
 
 
+@pytest.mark.parametrize("value", ["yes", "2", "-1"])
+def test_gxs_labels_other_than_0_1_are_refused_not_dropped(tmp_path, cfg, value):
+    csv_path = gxs_dataset(tmp_path, [("a.jpg", "P1", "PA", ["Cardiomegaly"]), ("b.jpg", "P2", "PA", ["Edema"])])
+    df = pd.read_csv(csv_path, dtype=str)
+    df.loc[1, "Cardiomegaly"] = value
+    df.to_csv(csv_path, index=False)
+    with pytest.raises(KitError, match=rf"label column\(s\) 'Cardiomegaly' hold values other than 0/1 "
+                                       rf"\(in 'Cardiomegaly': {value}\); labels must be 1, 0 or empty$"):
+        read(tmp_path, cfg(data_dir=str(tmp_path)))
+
+
 def test_gxs_missing_column_is_named(tmp_path, cfg):
     csv_path = gxs_dataset(tmp_path, [("a.jpg", "P1", "PA", ["Cardiomegaly"])])
     pd.read_csv(csv_path).drop(columns="Patient_ID").to_csv(csv_path, index=False)

@@ -16,6 +16,7 @@ from kit.data import XrayDataset, make_loader
 from kit.distributed import World
 from kit.errors import KitError
 from kit.images import area_resize
+from kit.io import write_csv
 from kit.losses import FocalBCELoss, build_loss
 from kit.model import create_model, load_model, read_weights
 from kit.optim import build_optimizer, build_scheduler
@@ -49,6 +50,23 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     with pytest.raises(KitError, match=r"finished 2 epochs with other settings \(--lr 0.001 -> 0.002, "
                                        r"--aug strong -> light\); pass --force"):
         run_quietly(tiny_cfg(work, lr=2e-3, aug="light"))
+
+
+def test_a_run_killed_at_the_end_of_an_epoch_leaves_no_short_history(tmp_path, monkeypatch):
+    work = make_work(tmp_path)
+    written = []
+
+    def killed_at_the_second(df, path):  # the process dies while epoch 2's history is written
+        written.append(len(df))
+        if len(written) == 2:
+            raise SystemExit("killed")
+        write_csv(df, path)
+    monkeypatch.setattr(train, "write_csv", killed_at_the_second)
+    with pytest.raises(SystemExit):
+        run_quietly(tiny_cfg(work))
+    monkeypatch.setattr(train, "write_csv", write_csv)
+    assert "resuming from" in run_quietly(tiny_cfg(work))
+    assert pd.read_csv(layout.history_csv(work)).epoch.tolist() == [1, 2]
 
 
 def test_gradient_checkpointing_changes_memory_not_results(trained, tmp_path):

@@ -7,6 +7,8 @@ resolved inside its adapter; nothing downstream knows which dataset it came from
 """
 from pathlib import Path
 
+import pandas as pd
+
 from kit.errors import KitError
 from kit.sources import chexpert, csvtable, gxs, nih
 from kit.sources.common import finding_columns, normalize_name, resolve_classes
@@ -67,7 +69,14 @@ def read(adapter, path, cfg):
     table["image_id"] = table["image_id"].astype(str)
     table["patient_id"] = table["patient_id"].fillna("").astype(str)
     findings = finding_columns(table)
-    table[findings] = table[findings].fillna(0).astype(int)
+    labels = table[findings].apply(pd.to_numeric, errors="coerce").where(table[findings].notna(), 0)
+    bad = [c for c in findings if not labels[c].isin([0, 1]).all()]
+    if bad:
+        found = pd.unique(table.loc[~labels[bad[0]].isin([0, 1]), bad[0]])[:3]
+        raise KitError(f"{Path(path).name}: label column(s) {', '.join(map(repr, bad))} hold values other than "
+                       f"0/1 (in {bad[0]!r}: {', '.join(map(str, found))}); labels must be 1, 0 or empty"
+                       + ("; a column of class names goes to --labels-col" if adapter is csvtable else ""))
+    table[findings] = labels.astype(int)
     duplicated = table["image_id"].duplicated()
     if duplicated.any():
         print(f"[metadata] warning: {int(duplicated.sum())} rows repeat an image id "

@@ -20,12 +20,12 @@ def finding_columns(table) -> list:
     return [c for c in table.columns if c not in fixed]
 
 
-def read_csv_checked(path: Path, required, **kwargs) -> pd.DataFrame:
-    """Read a metadata CSV, naming any missing required column and the columns found."""
+def read_csv_checked(path: Path, required, what="the dataset's metadata CSV", **kwargs) -> pd.DataFrame:
+    """Read a CSV (by default a metadata CSV), naming any missing required column and the columns found."""
     try:
         df = pd.read_csv(path, **kwargs)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise KitError(f"cannot read {path}: {e}; check the file is the dataset's metadata CSV") from e
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise KitError(f"cannot read {path}: {e}; check the file is {what}") from e
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise KitError(f"{path.name} lacks column(s) {', '.join(map(repr, missing))}; "

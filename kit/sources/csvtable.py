@@ -20,12 +20,7 @@ DEFAULT_CLASSES = ()
 def _labels(df: pd.DataFrame, cfg) -> pd.DataFrame:
     if cfg.label_cols:
         cols = [c.strip() for c in cfg.label_cols.split(",") if c.strip()]
-        labels = df[cols].apply(lambda col: pd.to_numeric(col.str.strip().replace("", "0"), errors="coerce"))
-        bad = [c for c in cols if not labels[c].isin([0, 1]).all()]
-        if bad:
-            raise KitError(f"label column(s) {', '.join(map(repr, bad))} hold values other than 0/1; "
-                           f"use --labels-col for a column of names")
-        return labels.astype(int)
+        return df[cols].apply(lambda col: col.str.strip().mask(col.str.strip() == ""))  # sources.read checks 0/1
     if cfg.labels_col:
         names = df[cfg.labels_col].fillna("").astype(str)
         return names.str.get_dummies(sep=cfg.labels_sep).rename(columns=str.strip)

@@ -18,6 +18,7 @@ from kit.io import write_csv
 from kit.model import read_weights
 from kit.scoring import Scorer
 from kit.sources import normalize_name
+from kit.sources.common import read_csv_checked
 from kit.stages.evaluate import weights_path
 
 SAMPLE_NAMES = ("sample_submission_1.csv", "sample_submission_2.csv")
@@ -115,7 +116,8 @@ def run(cfg):
     classes = list(ckpt["classes"])
     index = index_images(folder)
     if csv:
-        sample = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        sample = read_csv_checked(csv, (), "a sample submission (image ids, then one column per class)",
+                                  dtype=str, keep_default_na=False)
         id_col, asked = sample.columns[0], list(sample.columns[1:])
         columns = match_classes(asked, classes)
         ids = sample[id_col].tolist()
@@ -140,17 +142,16 @@ def run(cfg):
     submission = pd.DataFrame({id_col: ids})
     submission[asked] = probs[:, columns]
 
+    partial, listed = cfg.work / "submission_partial.csv", cfg.work / "predict_unreadable.csv"
     if not ok.all():
         bad = pd.DataFrame({id_col: np.array(ids)[~ok], "path": np.array(paths, dtype=str)[~ok]})
         bad["problem"] = ["missing" if not Path(p).exists() else "unreadable" for p in bad["path"]]
-        listed = cfg.work / "predict_unreadable.csv"
         write_csv(bad, listed)
         shown = ", ".join(bad[id_col][:SHOWN]) + (" ..." if len(bad) > SHOWN else "")
         if not ok.any():
             raise KitError(f"none of the {len(ids)} images could be read ({shown}; all in {listed}); "
                            f"check that --predict-dir points at the test images")
         if cfg.on_missing == "fail":
-            partial = cfg.work / "submission_partial.csv"
             write_csv(submission[ok], partial)
             moved = ""
             if out.exists():  # an earlier run's file must not pass for this run's (Kaggle submits it)
@@ -164,5 +165,8 @@ def run(cfg):
         print(f"warning: {len(bad)} of {len(ids)} images could not be predicted ({shown}; all in {listed}); "
               f"their rows are filled with {how} (--on-missing fill)")
     write_csv(submission, out)
+    partial.unlink(missing_ok=True)  # an earlier failed run's: this run wrote the whole file
+    if ok.all():
+        listed.unlink(missing_ok=True)
     stamps.record(cfg, "predict", settings, inputs)
     print(f"[predict] {out}: {len(submission)} rows, columns {id_col}, {', '.join(asked)}")

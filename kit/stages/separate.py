@@ -63,8 +63,6 @@ def _reset_if_resized(work: Path, resize: int):
 
 
 def run(cfg):
-    if cfg.resize < 0:
-        raise KitError(f"--resize {cfg.resize} is negative; give a shorter side in pixels, or 0 to copy")
     filtered_csv, manifest_csv = layout.filtered_csv(cfg.work), layout.manifest_csv(cfg.work)
     settings = {"resize": cfg.resize}
     if stamps.up_to_date(cfg, "separate", settings, [filtered_csv], [manifest_csv]):

@@ -109,10 +109,10 @@ def train(cfg, world):
                                       img_size=cfg.img_size, mean=trainer.mean, std=trainer.std, epoch=epoch,
                                       metric=val["val_macro_auc"])
                 save_weights(ema, layout.epoch_checkpoint(cfg.work, epoch))
-            trainer.save(last_path, signature)
-            if world.is_main:
                 write_csv(pd.DataFrame(trainer.history), layout.history_csv(cfg.work))
                 prune(cfg.work, keep_rule(trainer.history))
+            # last: a run killed before this redoes the epoch and rewrites all of the above
+            trainer.save(last_path, signature)
             session_epochs += 1
             eta = (time.perf_counter() - session_start) / session_epochs * (cfg.epochs - epoch)
             say(summary(row, classes, cfg.epochs, eta))
