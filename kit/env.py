@@ -49,6 +49,8 @@ def cpu_count() -> int:
 
 
 def ensure_writable(folder: Path):
+    if folder.exists() and not folder.is_dir():
+        raise KitError(f"work dir {folder} is a file; pass a folder with --work-dir")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # a unique name: several ranks of one run probe the same folder at once

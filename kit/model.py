@@ -168,6 +168,9 @@ def read_weights(path) -> dict:
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         raise KitError(f"{path} is not a readable weights file ({type(e).__name__}); "
                        f"point --weights at a checkpoint written by this kit") from e
+    if isinstance(ckpt, dict) and "optimizer" in ckpt and "ema" in ckpt:
+        raise KitError(f"{path} is a training state, not weights; point --weights at the soup "
+                       f"or at checkpoints/epoch_NN.pth")
     if not isinstance(ckpt, dict) or not all(k in ckpt for k in CHECKPOINT_KEYS):
         raise KitError(f"{path} is not a kit weights file (needs {', '.join(CHECKPOINT_KEYS)}); "
                        f"point --weights at a checkpoint written by this kit")

@@ -3,6 +3,7 @@ few minutes within one and when a signal stops it, so that a rerun continues fro
 import hashlib
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from kit.errors import KitError
@@ -18,9 +19,12 @@ RECIPE = ("pretrained", "drop_path", "effective_batch", "lr", "layer_decay", "we
 
 
 def signature(cfg, classes, split_files) -> dict:
+    """The split files enter without their source paths: the same images, labels and stored
+    files under another --data-dir (a Kaggle input mounted elsewhere) are the same split."""
     digest = hashlib.sha256()
     for f in split_files:
-        digest.update(Path(f).read_bytes())
+        table = pd.read_csv(f, dtype=str, keep_default_na=False)
+        digest.update(table.drop(columns="path", errors="ignore").to_csv(index=False).encode())
     return {"model": cfg.model, "classes": list(classes), "img_size": cfg.img_size,
             "splits": digest.hexdigest()[:16]}
 

@@ -77,11 +77,15 @@ def output_budget(cfg) -> "float | None":
 
 
 def resolve(cfg, where):
-    """Fill --time-limit and --output-budget auto for this platform; refuse a malformed one."""
+    """Fill --time-limit and --output-budget auto for this platform; refuse a malformed one, and
+    a --resume path that is not there."""
     cfg.time_limit = _auto(cfg.time_limit, KAGGLE_TIME_LIMIT, where)
     cfg.output_budget = _auto(cfg.output_budget, KAGGLE_OUTPUT_BUDGET, where)
     time_limit(cfg)
     output_budget(cfg)
+    if cfg.resume not in ("auto", "none") and not Path(cfg.resume).exists():
+        raise KitError(f"--resume {cfg.resume} does not exist; pass the folder (or last.pth) of the run "
+                       f"to continue, auto to search the inputs, or none")
 
 
 def start(cfg) -> bool:

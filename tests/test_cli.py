@@ -83,6 +83,26 @@ def test_a_class_too_rare_for_three_splits(tmp_path, capsys):
     fails(capsys, argv + ["split"], r"class 'Support Devices' has 1 patient\(s\): too few to put one in each of 3")
 
 
+def test_a_file_where_a_folder_belongs_and_the_reverse_are_named(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    work = ["--work-dir", str(tmp_path / "w")]
+    fails(capsys, ["--data-dir", str(tmp_path / "file"), *work, "--stage", "metadata"],
+          r"--data-dir .*file is a file; pass the folder holding the dataset")
+    fails(capsys, ["--work-dir", str(tmp_path / "file"), "--stage", "metadata"], r"work dir .*file is a file")
+    fails(capsys, ["--weights", str(tmp_path), *work, "--stage", "evaluate"], r"--weights .* is a folder; pass a")
+    torch.save({"model": {}, "ema": {}, "optimizer": {}}, tmp_path / "last.pth")
+    fails(capsys, ["--weights", str(tmp_path / "last.pth"), *work, "--stage", "predict", "--predict-dir",
+                   str(tmp_path)], r"last.pth is a training state, not weights; point --weights at the soup")
+    pd.DataFrame({"file": ["a.jpg"], "A": [1], "B": [0]}).to_csv(tmp_path / "m.csv", index=False)
+    fails(capsys, ["--csv", str(tmp_path / "m.csv"), "--label-cols", "A,B", *work, "--stage", "metadata"],
+          r"m.csv lacks column\(s\) 'image' \(--image-col\); columns found: file, A, B")
+    fails(capsys, ["--resume", str(tmp_path / "nowhere"), *work, "--stage", "train"],
+          r"--resume .*nowhere does not exist")
+
+
 def test_a_full_disk_or_a_forbidden_path_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
     def full(cfg):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / ".last.pth.x.tmp"))

@@ -38,6 +38,12 @@ def test_gxs_labels_other_than_0_1_are_refused_not_dropped(tmp_path, cfg, value)
         read(tmp_path, cfg(data_dir=str(tmp_path)))
 
 
+def test_a_csv_saved_with_a_byte_order_mark_is_found_and_read(tmp_path, cfg):
+    csv_path = gxs_dataset(tmp_path, [("a.jpg", "P1", "PA", ["Cardiomegaly"])])
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())  # as Excel saves "CSV UTF-8"
+    assert read(tmp_path, cfg(data_dir=str(tmp_path)))["image_id"].tolist() == ["a.jpg"]
+
+
 def test_gxs_missing_column_is_named(tmp_path, cfg):
     csv_path = gxs_dataset(tmp_path, [("a.jpg", "P1", "PA", ["Cardiomegaly"])])
     pd.read_csv(csv_path).drop(columns="Patient_ID").to_csv(csv_path, index=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from train_fixtures import last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
-from kit import layout
+from kit import layout, resume
 from kit.cli import parse_config
 from kit.distributed import RUN_PY, config_flags, relaunch_command
 
@@ -40,6 +40,18 @@ def test_config_flags_rebuild_the_config():
     command = relaunch_command(cfg, 2)
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert command[5] == str(RUN_PY) and "--no-demo" in command and "--stage=train" in command
+
+
+def test_the_same_split_under_another_data_dir_has_the_same_signature(tmp_path):
+    cfg = tiny_cfg(tmp_path / "w")
+    split = pd.DataFrame({"image_id": ["a.jpg", "b.jpg"], "path": ["/kaggle/input/v1/a.jpg", "/kaggle/input/v1/b.jpg"],
+                          "file": ["images/a.jpg", "images/b.jpg"], "Alpha": [1, 0], "Beta": [0, 1]})
+    variants = {"same": split, "moved": split.assign(path=split.path.str.replace("v1", "v2")),
+                "relabelled": split.assign(Alpha=[1, 1])}
+    for name, table in variants.items():
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+    sig = {name: resume.signature(cfg, ["Alpha", "Beta"], [tmp_path / f"{name}.csv"]) for name in variants}
+    assert sig["same"] == sig["moved"] != sig["relabelled"]
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference):

@@ -20,7 +20,7 @@ SEARCH_DEPTH = 4
 
 
 def _header(path: Path) -> list:
-    with open(path, newline="", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # Excel writes a BOM
         return [c.strip().strip('"') for c in f.readline().split(",")]
 
 
@@ -52,7 +52,8 @@ def locate(cfg, roots):
             raise KitError(f"--csv {cfg.csv} does not exist; pass the path of your metadata CSV")
         return csvtable, Path(cfg.csv)
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
-        raise KitError(f"--data-dir {cfg.data_dir} does not exist; pass the folder holding the dataset")
+        found = "is a file" if Path(cfg.data_dir).exists() else "does not exist"
+        raise KitError(f"--data-dir {cfg.data_dir} {found}; pass the folder holding the dataset")
     search = [Path(cfg.data_dir)] if cfg.data_dir else list(roots)
     adapter, path = discover(search, cfg.dataset)
     if adapter is None:

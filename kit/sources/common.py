@@ -27,8 +27,9 @@ def read_csv_checked(path: Path, required, what="the dataset's metadata CSV", **
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise KitError(f"cannot read {path}: {e}; check the file is {what}") from e
     missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise KitError(f"{path.name} lacks column(s) {', '.join(map(repr, missing))}; "
+    if missing:  # required: column names, or a dict of them to the flags that name them
+        named = [f"{c!r}" + (f" ({required[c]})" if isinstance(required, dict) else "") for c in missing]
+        raise KitError(f"{path.name} lacks column(s) {', '.join(named)}; "
                        f"columns found: {', '.join(map(str, df.columns))}")
     return df
 

@@ -28,8 +28,9 @@ def _labels(df: pd.DataFrame, cfg) -> pd.DataFrame:
 
 
 def load(csv_path: Path, cfg):
-    required = [cfg.image_col] + [c for c in (cfg.patient_col, cfg.view_col, cfg.labels_col) if c]
-    required += [c.strip() for c in cfg.label_cols.split(",") if c.strip()]
+    flags = {cfg.image_col: "--image-col", cfg.patient_col: "--patient-col", cfg.view_col: "--view-col",
+             cfg.labels_col: "--labels-col", **{c.strip(): "--label-cols" for c in cfg.label_cols.split(",")}}
+    required = {c: flag for c, flag in flags.items() if c}
     df = read_csv_checked(csv_path, required, dtype=str, keep_default_na=False)
     root = Path(cfg.image_root) if cfg.image_root else csv_path.parent
     labels = _labels(df, cfg)

@@ -24,7 +24,9 @@ def weights_path(cfg) -> Path:
     if cfg.weights:
         path = Path(cfg.weights)
         if not path.is_file():
-            raise KitError(f"--weights {path} not found; pass an existing weights file")
+            found = "is a folder" if path.is_dir() else "not found"
+            raise KitError(f"--weights {path} {found}; pass a weights file (the soup, or "
+                           f"checkpoints/epoch_NN.pth)")
         return path
     path = layout.soup_weights(cfg.work)
     if not path.is_file():
