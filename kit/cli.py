@@ -2,6 +2,7 @@
 import argparse
 import dataclasses
 import importlib
+import os
 import shlex
 import sys
 import time
@@ -138,6 +139,11 @@ def run(cfg: Config):
         print(f"[{name}] done in {time.perf_counter() - start:.1f}s")
 
 
+def first_process() -> bool:
+    """Not one of torchrun's other ranks: a stop that all of them share is told once."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def describe(e: Exception) -> str:
     """A KitError says problem and fix; an OSError out of a stage is the machine's (permissions,
     a full disk, a vanished mount): name it and the path."""
@@ -158,10 +164,12 @@ def main(argv=None):
         print(f"error: {describe(e)}", file=sys.stderr)
         return 2
     except session.TimeUp as e:
-        print(e)
+        if first_process():
+            print(e)
         return 0
     except interrupt.Interrupted as e:
-        print(e, file=sys.stderr)
+        if first_process():
+            print(e, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
