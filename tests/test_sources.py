@@ -44,6 +44,13 @@ def test_a_csv_saved_with_a_byte_order_mark_is_found_and_read(tmp_path, cfg):
     assert read(tmp_path, cfg(data_dir=str(tmp_path)))["image_id"].tolist() == ["a.jpg"]
 
 
+@pytest.mark.parametrize("content", ["", "image,patient\na.jpg,P1\n"])
+def test_the_named_dataset_with_a_broken_header_is_named_not_reported_missing(tmp_path, cfg, content):
+    (tmp_path / "train1.csv").write_text(content)
+    with pytest.raises(KitError, match=r"train1.csv has no 'Image_name' column in its first line .*--dataset gxs"):
+        read(tmp_path, cfg(data_dir=str(tmp_path), dataset="gxs"))
+
+
 def test_gxs_missing_column_is_named(tmp_path, cfg):
     csv_path = gxs_dataset(tmp_path, [("a.jpg", "P1", "PA", ["Cardiomegaly"])])
     pd.read_csv(csv_path).drop(columns="Patient_ID").to_csv(csv_path, index=False)

@@ -56,6 +56,14 @@ def locate(cfg, roots):
         raise KitError(f"--data-dir {cfg.data_dir} {found}; pass the folder holding the dataset")
     search = [Path(cfg.data_dir)] if cfg.data_dir else list(roots)
     adapter, path = discover(search, cfg.dataset)
+    if adapter is None and cfg.dataset != "auto":
+        wanted = ADAPTERS[cfg.dataset]
+        near = next((p for root in search if Path(root).is_dir() for m in wanted.MARKERS
+                     for p in _candidates(Path(root), m)), None)
+        if near:
+            raise KitError(f"{near} has no {wanted.SIGNATURE!r} column in its first line "
+                           f"({','.join(_header(near))[:120] or 'an empty file'}); check that it is the "
+                           f"--dataset {cfg.dataset} metadata CSV, whole")
     if adapter is None:
         looked = ", ".join(str(p) for p in search)
         names = ", ".join(m for a in ADAPTERS.values() for m in a.MARKERS)
