@@ -9,8 +9,8 @@ generated films), and deliver batches of augmented 448x448 images to the GPU:
   PIL to RGB and applies torchvision's Resize, RandomRotation, RandomAffine, ColorJitter,
   ToTensor and Normalize in the worker, then copies the batch to the GPU.
 
-`--aug none` measures the validation and inference input instead: the kit's decode and area
-resize, the notebook's Resize, ToTensor and Normalize.
+`--pipeline validation` measures the validation and inference input instead: the kit's decode
+and area resize, the notebook's Resize, ToTensor and Normalize.
 
 Without a GPU the kit's side ends at the uint8 batch: normalizing is the model device's work
 (bench.train_step counts it in the step), not the loader's.
@@ -20,7 +20,7 @@ repetition (an epoch over the images with a fresh loader, timed from its first b
 that worker start-up, paid once per training run, does not weigh on a short bench epoch), and
 the main process uses one thread, so that images/s per worker is per core.
 
-    python -m bench.loader [--images 512] [--workers 0,1,2] [--repeats 3] [--batch 32] [--aug none]
+    python -m bench.loader [--images 512] [--workers 0,1,2] [--repeats 3] [--batch 32] [--pipeline validation]
 """
 import argparse
 import io
@@ -101,7 +101,8 @@ def steady_rate(batches, finish) -> float:
 
 
 def kit_epoch(paths, targets, args, workers, mean, std, device) -> float:
-    loader = make_loader(XrayDataset(paths, targets, args.img_size, aug=args.aug, seed=0),
+    aug = "strong" if args.pipeline == "training" else None
+    loader = make_loader(XrayDataset(paths, targets, args.img_size, aug=aug, seed=0),
                          args.batch, shuffle=True, workers=workers)
     batches = (to_input(images, mean, std, device) if device.type == "cuda" else images
                for images, _, _, _ in loader)
@@ -109,8 +110,8 @@ def kit_epoch(paths, targets, args, workers, mean, std, device) -> float:
 
 
 def notebook_epoch(archive, names, targets, args, workers, mean, std, device) -> float:
-    loader = DataLoader(NotebookDataset(archive, names, targets, args.img_size, mean, std, args.aug != "none"),
-                        batch_size=args.batch, shuffle=True, num_workers=workers,
+    notebook = NotebookDataset(archive, names, targets, args.img_size, mean, std, args.pipeline == "training")
+    loader = DataLoader(notebook, batch_size=args.batch, shuffle=True, num_workers=workers,
                         pin_memory=device.type == "cuda")
     batches = (images.to(device, non_blocking=True) for images, _ in loader)
     return steady_rate(batches, finish=lambda: synchronize(device))
@@ -132,8 +133,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--img-size", type=int, default=cfg.img_size)
     ap.add_argument("--resize", type=int, default=cfg.resize, help="shorter side of the stored images")
-    ap.add_argument("--aug", default="strong", choices=("strong", "none"),
-                    help="strong: the training input; none: the validation and inference input")
+    ap.add_argument("--pipeline", default="training", choices=("training", "validation"),
+                    help="training: strong augmentation; validation: the validation and inference input")
     args = ap.parse_args(argv)
     if args.images < 2 * args.batch:
         ap.error("--images must hold at least two batches: the rate is timed from the first batch on")
@@ -153,7 +154,7 @@ def main(argv=None):
         kib = np.mean([p.stat().st_size for p in paths]) / 1024
         h, w = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE).shape
         print(f"bench.loader | {common.describe(mach)} | {len(paths)} stored {h}x{w} grey JPEGs "
-              f"({kib:.0f} KiB each) -> {args.img_size}x{args.img_size}, augmentation {args.aug}, "
+              f"({kib:.0f} KiB each) -> {args.img_size}x{args.img_size}, {args.pipeline} input, "
               f"batch {args.batch}, batches end on the {'GPU' if device.type == 'cuda' else 'CPU'}")
         rows, figures = [], {"kit": {}, "notebook": {}, "kit_per_worker": {}, "notebook_per_worker": {},
                              "ratio": {}}
@@ -175,7 +176,8 @@ def main(argv=None):
                         ("ratio", "ratio"), ("kit_w", "kit img/s/worker"),
                         ("notebook_w", "notebook img/s/worker")])
     common.emit("loader", common.round_floats({
-        "images": args.images, "stored": f"{h}x{w}", "img_size": args.img_size, "aug": args.aug, "batch": args.batch,
+        "images": args.images, "stored": f"{h}x{w}", "img_size": args.img_size, "pipeline": args.pipeline,
+        "batch": args.batch,
         "repeats": args.repeats, "device": device.type, **figures}), mach)
 
 

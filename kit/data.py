@@ -21,15 +21,16 @@ _reported = set()  # unreadable files already logged by this process
 class XrayDataset(Dataset):
     """Items: (image uint8 [1,S,S], target float32 [C] (empty without targets), index, ok).
 
-    Training (aug != "none") draws each image's augmentation from a generator seeded by
-    (seed, epoch, index), so the stream is the same whatever the workers, ranks or restarts;
-    index the dataset with (index, epoch) to pick the epoch. An unreadable training image is
-    logged and replaced by another sample. Without augmentation an unreadable image gives a
-    blank image and ok=False, so predictions keep their rows. `shorter_side` reads files that
+    Training (`aug` strong, light or none) draws each image's augmentation from a generator
+    seeded by (seed, epoch, index), so the stream is the same whatever the workers, ranks or
+    restarts; index the dataset with (index, epoch) to pick the epoch. An unreadable training
+    image is logged and replaced by another sample, never learned as a blank one with its
+    labels. Evaluation (`aug` None) resizes each image plainly; an unreadable one gives a blank
+    image and ok=False, so predictions keep their rows. `shorter_side` reads files that
     the separate stage did not store (a competition's test films) the way it stores them:
     decoded at reduced size where the JPEG allows, then area-averaged to that shorter side."""
 
-    def __init__(self, paths, targets, img_size, aug="none", seed=0, shorter_side=0):
+    def __init__(self, paths, targets, img_size, aug=None, seed=0, shorter_side=0):
         self.paths = [str(p) for p in paths]
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
         self.img_size, self.aug, self.seed, self.shorter_side = img_size, aug, seed, shorter_side
@@ -39,14 +40,15 @@ class XrayDataset(Dataset):
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        if self.aug == "none":
+        if self.aug is None:
             img = load_gray(self.paths[index], self.shorter_side)
             ok = img is not None
             img = resize(img, self.img_size) if ok else np.zeros((self.img_size,) * 2, np.uint8)
         else:
             rng = np.random.default_rng((self.seed, epoch, index))
             index, img = self._readable(index, rng)
-            img, ok = augment(img, self.img_size, rng, self.aug), True
+            img = resize(img, self.img_size) if self.aug == "none" else augment(img, self.img_size, rng, self.aug)
+            ok = True
         target = self.targets[index] if self.targets is not None else np.zeros(0, np.float32)
         return torch.from_numpy(np.ascontiguousarray(img))[None], torch.from_numpy(target), index, ok
 

@@ -46,6 +46,8 @@ class Trainer:
         self.history = []
         if state:
             self.load_state_dict(state)
+        self.scheduler.step_update(max(self.updates - 1, 0))
+        self.last_lrs = self.learning_rates()  # of the update before: an epoch resumed at its end reports it
         self.scheduler.step_update(self.updates)
         self.ddp = None
         if world.size > 1:
@@ -153,6 +155,7 @@ class Trainer:
         self.updates += 1
         self.offset += self.effective
         self.ema.update(self.model, step=self.updates)
+        self.last_lrs = self.learning_rates()  # (highest, lowest) this update ran at, for the history
         self.scheduler.step_update(self.updates)
         if math.isfinite(loss):
             self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1

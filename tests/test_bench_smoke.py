@@ -62,9 +62,9 @@ def test_separate_reports_the_quality_of_both_sides_against_a_careful_resize(fig
 def test_loader_measures_the_validation_input_too():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        loader.main(SMALLEST[loader] + ["--aug", "none"])
+        loader.main(SMALLEST[loader] + ["--pipeline", "validation"])
     line = json.loads(out.getvalue().strip().splitlines()[-1])
-    assert line["aug"] == "none" and all(r > 0 and math.isfinite(r) for r in rates(line))
+    assert line["pipeline"] == "validation" and all(r > 0 and math.isfinite(r) for r in rates(line))
 
 
 def test_train_step_marks_the_kits_default_and_compares_it_with_the_best(figures):

@@ -38,6 +38,13 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     assert {"train_loss", "val_loss", "val_macro_auc", "lr", "lr_lowest", "images_per_s", "val_accuracy",
             "val_macro_f1", *(f"val_auc_{c}" for c in CLASSES)} <= set(history.columns)
     assert (history.lr_lowest < history.lr).all()  # layer-wise decay reaches the history
+    cfg = tiny_cfg(work)
+    optimizer = build_optimizer(create_model(cfg.model, len(CLASSES), 28), cfg)
+    build_scheduler(optimizer, cfg, updates_per_epoch=4).step_update(7)  # the 8th and last update
+    last_update_lr = max(g["lr"] for g in optimizer.param_groups)
+    assert history.lr.iloc[-1] == pytest.approx(last_update_lr) and last_update_lr > 10 * cfg.min_lr
+    # timm's warmup, 1 - (1 + t)^(-2/3) with t = 0 at the first update: t = 3 and 7 at the epochs' ends
+    assert history.ema_decay.tolist() == pytest.approx([1 - 4 ** (-2 / 3), 1 - 8 ** (-2 / 3)])
     kept = layout.epoch_checkpoints(work)
     assert 2 in kept and set(kept) <= {1, 2}  # the soup's last epoch and the best one
     ckpt = read_weights(kept[2])

@@ -98,9 +98,10 @@ def train(cfg, world):
             epoch_start = time.perf_counter()
             stats = trainer.train_epoch(last_path, signature)
             val = validate(trainer, val_loader, val_targets, classes, cfg, world)
-            lr_high, lr_low = trainer.learning_rates()
+            lr_high, lr_low = trainer.last_lrs
             epoch = trainer.epoch + 1
             row = {"epoch": epoch, "train_loss": stats["train_loss"], **val, "lr": lr_high, "lr_lowest": lr_low,
+                   "ema_decay": trainer.ema.get_decay(trainer.updates),
                    "images_per_s": stats["images_per_s"], "epoch_s": time.perf_counter() - epoch_start,
                    "batch_size": trainer.batch, "accum": trainer.accum, "peak_gpu_mem_gib": peak_memory(device)}
             trainer.end_epoch(row)
