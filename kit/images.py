@@ -54,10 +54,13 @@ def decode_flag(path, short_side: int) -> int:
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
-    """16-bit films (some PNG and DICOM exports) scaled to 8 bits over their own range."""
+    """16-bit films (some PNG and DICOM exports) scaled to 8 bits over their own range; floating
+    point images in [0, 1] (some generators' output) as 0-255."""
     if img.dtype == np.uint8:
         return img
     lo, hi = float(img.min()), float(img.max())
+    if img.dtype.kind == "f" and 0 <= lo and hi <= 1:
+        return np.rint(img * 255).astype(np.uint8)
     return ((img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
 
 

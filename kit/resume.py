@@ -43,8 +43,8 @@ def load(path, expected, force) -> "dict | None":
     changed = [f"{SIGNATURE[k]} ({_short(saved.get(k))} -> {_short(v)})"
                for k, v in expected.items() if saved.get(k) != v]
     if changed:
-        raise KitError(f"{path} is from a run with other {', '.join(changed)}; pass the same "
-                       f"settings to resume it, or --force to train from scratch")
+        raise KitError(f"{path} is from another run; changed since: {', '.join(changed)}; pass the "
+                       f"same settings to resume it, or --force to train from scratch")
     return state
 
 

@@ -80,8 +80,10 @@ def _from_folder(root: Path, classes) -> pd.DataFrame:
 def _from_csv(path: Path, classes) -> pd.DataFrame:
     df = _read_csv(path)
     if "label" in df.columns:
-        names = df["label"].str.get_dummies(sep="|").rename(columns=str.strip)
-        targets = pd.DataFrame({_class_of(n, classes, f"listed in {path}"): names[n] for n in names.columns})
+        names = df["label"].str.get_dummies(sep="|")
+        # "Pneumothorax | cardiomegaly": spellings of one class fold into its column
+        owner = [_class_of(n.strip(), classes, f"listed in {path}") for n in names.columns]
+        targets = names.T.groupby(owner).max().T
     else:
         targets = pd.DataFrame(index=df.index)
         known = {normalize_name(c) for c in classes}
@@ -118,8 +120,13 @@ def taking_classes(spec: str, classes) -> list:
     """The classes --synthetic-classes lets take synthetic images (default: all)."""
     if not spec.strip():
         return list(classes)
-    return list(dict.fromkeys(_class_of(n.strip(), classes, "asked for by --synthetic-classes")
-                              for n in spec.split(",") if n.strip()))
+    by_norm = {normalize_name(c): c for c in classes}
+    asked = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in asked if normalize_name(n) not in by_norm]
+    if unknown:
+        raise KitError(f"--synthetic-classes names {', '.join(map(repr, unknown))}, not a target class "
+                       f"({', '.join(classes)})")
+    return list(dict.fromkeys(by_norm[normalize_name(n)] for n in asked))
 
 
 def within_cap(targets, room, candidates) -> list:

@@ -167,6 +167,9 @@ def test_sixteen_bit_and_rgba_png_decode_to_8_bit_gray(tmp_path):
     assert gray.dtype == np.uint8 and gray.min() == 0 and gray.max() == 255
     cv2.imwrite(str(tmp_path / "rgba.png"), np.full((8, 8, 4), 100, np.uint8))
     assert images.load_gray(tmp_path / "rgba.png").shape == (8, 8)
+    unit = np.tile(np.linspace(0.2, 0.8, 64, dtype=np.float32), (64, 1))  # a generator's [0, 1] output
+    cv2.imwrite(str(tmp_path / "f.tiff"), unit)
+    assert np.array_equal(images.load_gray(tmp_path / "f.tiff"), np.rint(unit * 255).astype(np.uint8))
 
 
 def test_several_workers_give_the_same_files(tmp_path, cfg):

@@ -121,8 +121,29 @@ def test_a_synthetic_image_of_another_class_is_a_clear_error(cfg, tmp_path):
     pd.DataFrame({"path": ["A/000.png"], "label": ["Pneumonia"]}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(KitError, match="'Pneumonia', not a target class"):
         synthetic.listing(cfg(synthetic_dir=str(tmp_path / "s.csv")), CLASSES)
-    with pytest.raises(KitError, match="'Pneumonia', not a target class"):
+    with pytest.raises(KitError, match=r"^--synthetic-classes names 'Pneumonia', not a target class \(A, B, C\)$"):
         synthetic.taking_classes("A,Pneumonia", CLASSES)
+
+
+def test_label_lists_with_spaces_and_other_case_keep_every_label(cfg, tmp_path):
+    folder = synthetic_folder(tmp_path / "syn", {"A": 3})
+    labels = ["A | c", "a", "C|A"]  # the spellings a hand-written CSV has
+    pd.DataFrame({"path": [f"A/{k:03d}.png" for k in range(3)], "label": labels}).to_csv(tmp_path / "s.csv", index=False)
+    got = synthetic.listing(cfg(synthetic_dir=str(tmp_path / "s.csv")), CLASSES)
+    assert got[CLASSES].to_numpy().tolist() == [[1, 0, 1], [1, 0, 0], [1, 0, 1]]
+
+
+def test_agreement_calls_a_scarce_class_at_its_val_threshold_not_by_argmax():
+    """Synthetic C images score C 0.3 and the common A 0.6: an argmax never calls them C, the
+    threshold evaluate picks on val (where C positives score 0.3, negatives 0.1) always does."""
+    val_c = np.array([1, 1, 0, 0, 0, 0])
+    images = pd.DataFrame({"source": ["real"] * 6 + ["synthetic"] * 3, "split": ["val"] * 6 + ["train"] * 3,
+                           "A": list(1 - val_c) + [0] * 3, "B": 0, "C": list(val_c) + [1] * 3})
+    probs = np.column_stack([np.full(9, 0.6), np.full(9, 0.05), np.r_[np.where(val_c, 0.3, 0.1), [0.3] * 3]])
+    thresholds = synth_quality.val_thresholds(images, CLASSES, probs)
+    assert thresholds[2] == pytest.approx(0.3)
+    assert synth_quality.agreement(probs, np.arange(6, 9), 2, thresholds[2]) == pytest.approx((1.0, 0.3))
+    assert (probs[6:].argmax(axis=1) == 2).mean() == 0  # what the argmax rule gave
 
 
 def test_ids_avoid_any_real_id_prefix():

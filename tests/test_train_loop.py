@@ -57,6 +57,9 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     with pytest.raises(KitError, match=r"finished 2 epochs with other settings \(--lr 0.001 -> 0.002, "
                                        r"--aug strong -> light\); pass --force"):
         run_quietly(tiny_cfg(work, lr=2e-3, aug="light"))
+    with pytest.raises(KitError, match=r"last.pth is from another run; changed since: --img-size \(28 -> 56\); "
+                                       r"pass the same settings to resume it, or --force"):
+        run_quietly(tiny_cfg(work, img_size=56))
 
 
 def test_a_run_killed_at_the_end_of_an_epoch_leaves_no_short_history(tmp_path, monkeypatch):

@@ -9,13 +9,14 @@ features beside the real split-half distance (the noise floor), k-NN precision a
 and each synthetic image's nearest real image (train, val or test) with its distance relative
 to the real images' own nearest-neighbour distances; a near-copy of a val or test image would
 leak the test set into training. In the model's space: the share of synthetic images of a class
-that the judge calls that class, beside the same share on real test images.
+that the judge calls that class (at the threshold evaluate chose on val), beside the same share
+on real test images.
 """
 import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from kit import env, features, fidelity, layout, stamps, study_plots
+from kit import env, features, fidelity, layout, metrics, stamps, study_plots
 from kit.errors import KitError
 from kit.images import load_gray
 from kit.io import write_csv
@@ -70,16 +71,23 @@ def embed(cfg, ckpt, paths):
     return spaces, expit(logits), ok
 
 
-def agreement(probs, rows, k, single):
+def val_thresholds(images, classes, probs) -> np.ndarray:
+    """Per class, the threshold evaluate uses (Youden's J on real val images): a class is
+    called where its probability reaches it, in either label mode. An argmax would never call
+    a scarce class while a common one scores higher."""
+    val = ((images["source"] != "synthetic") & (images["split"] == "val")).to_numpy()
+    return metrics.youden_thresholds(images.loc[val, classes].to_numpy(), probs[val])
+
+
+def agreement(probs, rows, k, threshold):
     """(share of `rows` the judge calls class k, mean probability of k) - NaN without rows."""
     if not len(rows):
         return float("nan"), float("nan")
-    p = probs[rows]
-    called = p.argmax(axis=1) == k if single else p[:, k] >= 0.5
-    return float(called.mean()), float(p[:, k].mean())
+    p = probs[rows, k]
+    return float((p >= threshold).mean()), float(p.mean())
 
 
-def judge_class(images, k, c, spaces, probs, cfg):
+def judge_class(images, k, c, spaces, probs, threshold, cfg):
     """(quality rows, nearest-real rows) of class c, one quality row per feature space."""
     synthetic = (images["source"] == "synthetic").to_numpy()
     positive = (images[c] == 1).to_numpy()
@@ -102,10 +110,9 @@ def judge_class(images, k, c, spaces, probs, cfg):
                "nn_ratio_median": float(np.median(ratio)), "near_copies": int(copy.sum()),
                "near_copies_of_val_test": int((copy & (split[neighbour] != "train")).sum())}
         if space == "model":
-            single = cfg.label_mode == "single"
             test_rows = np.flatnonzero(~synthetic & positive & (split == "test"))
-            row["agreement"], row["agreement_confidence"] = agreement(probs, fake_rows, k, single)
-            row["agreement_real_test"], _ = agreement(probs, test_rows, k, single)
+            row["agreement"], row["agreement_confidence"] = agreement(probs, fake_rows, k, threshold)
+            row["agreement_real_test"], _ = agreement(probs, test_rows, k, threshold)
         quality.append(row)
         nearest.append(pd.DataFrame({
             "class": c, "features": space, "image_id": images["image_id"].to_numpy()[fake_rows],
@@ -133,7 +140,7 @@ def run(cfg):
     weights = weights_path(cfg)
     outputs = [reports / n for n in OUTPUTS]
     settings = dict(weights=str(weights), seed=cfg.seed, near_copy=cfg.near_copy, pretrained=cfg.pretrained,
-                    label_mode=cfg.label_mode, amp=cfg.amp)
+                    amp=cfg.amp)
     inputs = [weights, *(layout.split_csv(work, s) for s in layout.SPLITS)]
     if stamps.up_to_date(cfg, "synth-quality", settings, inputs, outputs):
         return
@@ -151,9 +158,10 @@ def run(cfg):
     spaces, probs = {s: x[ok] for s, x in spaces.items()}, probs[ok]
 
     quality, nearest = [], []
+    thresholds = val_thresholds(images, classes, probs)
     for k, c in enumerate(classes):
         if ((images["source"] == "synthetic") & (images[c] == 1)).any():
-            rows, pairs = judge_class(images, k, c, spaces, probs, cfg)
+            rows, pairs = judge_class(images, k, c, spaces, probs, thresholds[k], cfg)
             quality += rows
             nearest += pairs
     table = pd.DataFrame(quality)
