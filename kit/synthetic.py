@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from kit import layout
+from kit.config import Config
 from kit.errors import KitError
 from kit.sources.common import normalize_name, read_csv_checked
 from kit.stages.separate import store_all, stored_name
@@ -25,6 +26,15 @@ STORED = ("written", "skipped")
 
 def settings(cfg) -> dict:
     return {k: getattr(cfg, k) for k in ("synthetic_dir", "synthetic_max_ratio", "synthetic_classes")}
+
+
+def warn_unused(cfg):
+    """The caps were set, but there are no synthetic images for them to cap."""
+    defaults = Config()
+    unused = [f"--{k.replace('_', '-')}" for k in ("synthetic_max_ratio", "synthetic_classes")
+              if getattr(cfg, k) != getattr(defaults, k)]
+    if unused:
+        print(f"[split] warning: {' and '.join(unused)} do nothing without --synthetic-dir")
 
 
 def _images(folder: Path) -> list:

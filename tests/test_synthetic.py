@@ -146,6 +146,12 @@ def test_agreement_calls_a_scarce_class_at_its_val_threshold_not_by_argmax():
     assert (probs[6:].argmax(axis=1) == 2).mean() == 0  # what the argmax rule gave
 
 
+def test_caps_without_synthetic_images_are_warned_about(cfg, capsys):
+    run_split(cfg, manifest(), synthetic_classes="C", synthetic_max_ratio=0.5)
+    assert ("[split] warning: --synthetic-max-ratio and --synthetic-classes do nothing without --synthetic-dir"
+            in capsys.readouterr().out)
+
+
 def test_ids_avoid_any_real_id_prefix():
     assert synthetic.id_prefix(pd.Series(["p1", "x"])) == "synthetic/"
     assert synthetic.id_prefix(pd.Series(["synthetic/1", "_synthetic/2"])) == "__synthetic/"

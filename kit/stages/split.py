@@ -127,6 +127,8 @@ def run(cfg):
     check_disjoint(parts)
     if cfg.synthetic_dir:
         parts["train"] = synthetic.mix(cfg, parts["train"], classes, pd.concat([df["image_id"], df["patient_id"]]))
+    else:
+        synthetic.warn_unused(cfg)
     table = summary(parts, classes)
     for name, part in parts.items():
         write_csv(part.drop(columns="_group"), layout.split_csv(cfg.work, name))
