@@ -24,6 +24,20 @@ def autocast_dtype(amp: str, device) -> "torch.dtype | None":
     return torch.bfloat16
 
 
+class Autocast(torch.nn.Module):
+    """`model` under autocast from within its own forward. DataParallel runs each replica in a
+    thread and passes on only whether autocast is on, not its dtype
+    (torch/nn/parallel/parallel_apply.py): a bf16 model would run in CUDA's default, fp16."""
+
+    def __init__(self, model, dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.model(x)
+
+
 def grad_scaler(dtype, device) -> torch.amp.GradScaler:
     """float16 needs loss scaling against underflow; bfloat16 and float32 do not."""
     return torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)

@@ -8,6 +8,7 @@ from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.infer import predict
 from kit.model import load_model
+from kit.precision import Autocast, autocast_dtype
 
 GPU_BATCH, CPU_BATCH = 64, 32
 
@@ -61,7 +62,7 @@ class Scorer:
         NaN rows where ok is False."""
         model = self._load(ckpt)
         if torch.cuda.device_count() > 1:
-            model = torch.nn.DataParallel(model)
+            model = torch.nn.DataParallel(Autocast(model, autocast_dtype(self.cfg.amp, self.device)))
         start = time.perf_counter()
         probs, ok = predict(model, self.loaders[images], self.device, ckpt["mean"], ckpt["std"],
                             amp=self.cfg.amp, tta=self.cfg.tta, progress=desc)

@@ -52,7 +52,8 @@ class Trainer:
         self.ddp = None
         if world.size > 1:
             gpu = [world.device.index] if world.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(model, device_ids=gpu)
+            # gradients as views of the all-reduce buckets: no second copy of them in GPU memory
+            self.ddp = DistributedDataParallel(model, device_ids=gpu, gradient_as_bucket_view=True)
         net = self.ddp or model
         self.net = torch.compile(net) if cfg.compile else net
         self.sampler = EpochSampler(len(train_set), self.updates_per_epoch * self.effective,
@@ -110,11 +111,12 @@ class Trainer:
         for _ in todo:
             while True:
                 try:
-                    loss, finite = self._update(batches)
+                    total = self._accumulate(batches)
                     break
                 except torch.OutOfMemoryError:
                     pass  # handled below, outside the except block that still holds the tensors
                 batches = self._back_off()
+            loss, finite = self._step(total)
             self._account(loss, finite)
             stop = interrupt.reason(self.world)
             if stop:
@@ -127,8 +129,9 @@ class Trainer:
         return {"train_loss": self.loss_sum / max(self.loss_count, 1),
                 "images_per_s": (self.offset - start_offset) / max(seconds, 1e-9)}
 
-    def _update(self, batches):
-        """One optimizer update over `accum` micro-batches; (mean loss, gradients finite)."""
+    def _accumulate(self, batches):
+        """Forward and backward over `accum` micro-batches: the gradients of one update and the
+        summed loss. Out of memory here, the update can be redone at a smaller batch."""
         seed = np.random.SeedSequence((self.cfg.seed, self.world.rank, self.updates)).generate_state(1)[0]
         torch.manual_seed(int(seed))  # drop-path masks: a function of the position, like the data
         device, total = self.world.device, torch.zeros((), device=self.world.device)
@@ -142,11 +145,21 @@ class Trainer:
                     loss = self.criterion(self.net(x), y) / self.accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
-        self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad or math.inf)
-        finite = bool(torch.isfinite(norm))  # gradients are all-reduced, so every rank agrees
-        if finite or self.scaler.is_enabled():  # the scaler skips a non-finite step by itself
-            self.scaler.step(self.optimizer)
+        return total
+
+    def _step(self, total):
+        """Unscale, clip and step; (mean loss, gradients finite). Out of memory here is final: the
+        scaler has unscaled and fused AdamW may have stepped some parameter groups already."""
+        try:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad or math.inf)
+            finite = bool(torch.isfinite(norm))  # gradients are all-reduced, so every rank agrees
+            if finite or self.scaler.is_enabled():  # the scaler skips a non-finite step by itself
+                self.scaler.step(self.optimizer)
+        except torch.OutOfMemoryError:
+            raise KitError(f"out of GPU memory in the optimizer step (batch {self.batch}); rerun with "
+                           f"--grad-checkpointing or --batch-size {max(1, self.batch // 2)} (training "
+                           f"resumes from the last checkpoint)") from None
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return distributed.mean(total, self.world).item(), finite

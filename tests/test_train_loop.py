@@ -20,7 +20,7 @@ from kit.io import write_csv
 from kit.losses import FocalBCELoss, build_loss
 from kit.model import create_model, load_model, read_weights
 from kit.optim import build_optimizer, build_scheduler
-from kit.precision import autocast_dtype, grad_scaler
+from kit.precision import Autocast, autocast_dtype, grad_scaler
 from kit.stages import train
 from kit.trainer import Trainer
 
@@ -112,6 +112,23 @@ def test_checkpoint_in_plain_timm_matches_the_kit_and_the_history(trained):
         assert history[f"val_auc_{c}"].iloc[-1] == pytest.approx(roc_auc_score(val[c], probs[:, k]), abs=1e-6)
 
 
+def test_autocast_wrapper_keeps_its_dtype_in_a_replica_thread():
+    """DataParallel's replica threads enter autocast with only enabled=True, as here: without the
+    wrapper they would run in the device's default dtype (bfloat16 on CPU, float16 on CUDA)."""
+    import threading
+
+    linear, x, got = torch.nn.Linear(8, 4), torch.randn(2, 8), {}
+
+    def replica(name, module):
+        with torch.autocast("cpu", enabled=True):
+            got[name] = module(x).dtype
+    for name, module in (("plain", linear), ("wrapped", Autocast(linear, torch.float16))):
+        thread = threading.Thread(target=replica, args=(name, module))
+        thread.start()
+        thread.join()
+    assert got == {"plain": torch.bfloat16, "wrapped": torch.float16}
+
+
 def test_llrd_covers_every_parameter_and_the_schedule_scales_each_group():
     cfg = tiny_cfg("unused", lr=3e-4, layer_decay=0.77, epochs=2, warmup_epochs=0.5, min_lr=1e-6)
     model = create_model(cfg.model, 3, 28)
@@ -153,7 +170,7 @@ def test_ema_averages_the_weights_with_the_warmup_decay(tmp_path, warmup):
     trainer = Trainer(cfg, World(), model, build_loss(cfg, targets), data, 4, 2)
     batches, expected = iter(trainer.loader), None
     for step in range(1, 5):
-        trainer._account(*trainer._update(batches))
+        trainer._account(*trainer._step(trainer._accumulate(batches)))
         weights = model.head.weight.detach().clone()
         decay = 0.0 if step == 1 else (min(0.5, 1 - step ** (-2 / 3)) if warmup else 0.5)
         expected = weights if expected is None else decay * expected + (1 - decay) * weights
@@ -228,7 +245,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tmp_path, 
     reference = make_work(tmp_path / "reference")
     run_quietly(tiny_cfg(reference, epochs=1, batch_size="4"))
     work = make_work(tmp_path / "work")
-    original, calls = Trainer._update, []
+    original, calls = Trainer._accumulate, []
 
     def out_of_memory_once(self, batches):
         calls.append(self.batch)
@@ -237,13 +254,23 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tmp_path, 
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(self, batches)
 
-    monkeypatch.setattr(Trainer, "_update", out_of_memory_once)
+    monkeypatch.setattr(Trainer, "_accumulate", out_of_memory_once)
     out = run_quietly(tiny_cfg(work, epochs=1, batch_size="8"))
     assert "out of GPU memory at batch 8: continuing with batch 4 x 2" in out
     state, ref = last_state(work), last_state(reference)
     assert (state["batch"], state["accum"], state["updates"]) == (4, 2, ref["updates"])
     for k, v in ref["ema"].items():
         assert torch.allclose(state["ema"][k], v, atol=1e-5), k
+
+
+def test_out_of_memory_in_the_optimizer_step_is_not_redone(tmp_path, monkeypatch):
+    """Past unscale_ a redone update would unscale twice, and AdamW may have stepped some groups."""
+    def clip(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    with pytest.raises(KitError, match=r"out of GPU memory in the optimizer step \(batch 4\); rerun with "
+                                       r"--grad-checkpointing or --batch-size 2"):
+        run_quietly(tiny_cfg(make_work(tmp_path), epochs=1))
 
 
 def test_a_nan_update_is_skipped_and_a_run_of_them_stops_keeping_the_checkpoint(tmp_path, monkeypatch):

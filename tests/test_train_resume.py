@@ -81,8 +81,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference):
 def test_ctrl_c_saves_the_state_at_the_next_update_and_the_rerun_loses_nothing(tmp_path, reference):
     work = make_work(tmp_path)
     cfg = tiny_cfg(work, model=MODEL, img_size=32, workers=1)
-    script = ("import sys, time; import kit.trainer as t; update = t.Trainer._update; "
-              "t.Trainer._update = lambda self, b: (time.sleep(0.5), update(self, b))[1]; "  # 2 s an epoch
+    script = ("import sys, time; import kit.trainer as t; update = t.Trainer._accumulate; "
+              "t.Trainer._accumulate = lambda self, b: (time.sleep(0.5), update(self, b))[1]; "  # 2 s an epoch
               "from kit.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", script, *config_flags(cfg, stage="train")], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -123,10 +123,13 @@ def plan_batches(cfg, world, model, criterion, num_classes, state):
     """(batch, accum): the state's after an out-of-memory back-off, else probed or given."""
     if state and cfg.batch_size == "auto" and state["world_size"] == world.size:
         return state["batch"], state["accum"]
-    probe = None
-    if world.device.type == "cuda":
-        probe = partial(batching.probe_batch, model, criterion, cfg.img_size, num_classes, world.device,
-                        autocast_dtype(cfg.amp, world.device))
+    if world.device.type != "cuda":
+        return batching.plan(cfg, world.size)
+    fits = partial(batching.probe_batch, model, criterion, cfg.img_size, num_classes, world.device,
+                   autocast_dtype(cfg.amp, world.device))
+
+    def probe(start):  # every rank takes the smallest: equal batches, equal updates per epoch
+        return int(-distributed.maximum(torch.tensor(-fits(start), device=world.device), world).item())
     return batching.plan(cfg, world.size, probe)
 
 
