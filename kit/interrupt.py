@@ -49,7 +49,8 @@ def stop_after_update(say=print):
         elif once:
             raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, ask) for s in SIGNALS}
+    # a signal this process was started to ignore (a background job's SIGINT) stays ignored
+    previous = {s: signal.signal(s, ask) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
