@@ -17,9 +17,9 @@ API_HOST = "api.kaggle.com"
 # --dataset -> (kind, Kaggle name) of the data fetched by --download
 KAGGLE_SOURCES = {"gxs": ("competition", "grand-xray-slam-division-a"), "nih": ("dataset", "nih-chest-xrays/data")}
 SECRETS = (("KAGGLE_USERNAME", "KAGGLE_KEY"), ("KAGGLE_API_TOKEN",))
-HOW_TO = ("create a token at kaggle.com > Settings > API and save it as ~/.kaggle/kaggle.json, or set "
-          "KAGGLE_USERNAME and KAGGLE_KEY (on Colab: store both as secrets and copy them into os.environ "
-          "in a cell before !python run.py)")
+HOW_TO = ("generate a token at kaggle.com > Settings > API and set KAGGLE_API_TOKEN or save it as "
+          "~/.kaggle/access_token (a legacy kaggle.json or KAGGLE_USERNAME and KAGGLE_KEY work too; on "
+          "Colab: store it as a secret and copy it into os.environ in a cell before !python run.py)")
 
 
 def _config_dir() -> Path:

@@ -119,6 +119,40 @@ def test_push_without_credentials_says_so_in_one_line(tmp_path, capsys, monkeypa
     assert "id still starts with YOUR_KAGGLE_USERNAME" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("answer, expected", [
+    (dict(error="Competition grand-xray-slam-division-a: you must accept the rules"),
+     r"^error: Kaggle refused the push: Competition grand-xray-slam-division-a: you must accept the rules"),
+    (dict(invalidCompetitionSources=["grand-xray-slam-division-a"]),
+     r"^error: Kaggle pushed https://k/v without its competition sources \['grand-xray-slam-division-a'\]"),
+    (dict(), None)])
+def test_push_fails_when_kaggle_refuses_or_drops_a_data_source(tmp_path, capsys, monkeypatch, answer, expected):
+    """The kaggle CLI prints these and exits 0; the kit's push is an error for each."""
+    from kit.stages import push
+
+    result = {"error": "", "invalidCompetitionSources": [], "invalidDatasetSources": [],
+              "invalidKernelSources": [], "url": "https://k/v", "versionNumber": 3, **answer}
+    pushed = []
+    api = type("Api", (), {"kernels_push": lambda self, folder: pushed.append(folder) or type("R", (), result)()})
+    monkeypatch.setattr(push, "kaggle_api", lambda action: api())
+    template = tmp_path / kaggle_meta.FILE
+    template.write_text((ROOT / kaggle_meta.FILE).read_text().replace("YOUR_KAGGLE_USERNAME", "someone"))
+    argv = ["--stage", "push", "--out", str(tmp_path / "dist"), "--work-dir", str(tmp_path / "w"),
+            "--kernel-metadata", str(template), "--", "--stage", "all", "--epochs", "3"]
+    assert cli.main(argv) == (2 if expected else 0) and pushed == [str(tmp_path / "dist")]
+    captured = capsys.readouterr()
+    if expected:
+        assert re.search(expected, captured.err.strip()), captured.err
+    else:
+        assert "[push] version 3 is running: https://k/v" in captured.out
+    assert "push it: python run.py --stage push -- --stage all --epochs 3" in captured.out  # the args kept
+
+
+def test_a_kernel_cannot_download(tmp_path, capsys):
+    assert cli.main(["--stage", "bundle", "--out", str(tmp_path / "dist"), "--work-dir", str(tmp_path / "w"),
+                     "--", "--stage", "all", "--download"]) == 2
+    assert "a kernel cannot --download" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(importlib.util.find_spec("kaggle") is None, reason="the kaggle CLI is not installed")
 def test_the_kaggle_cli_takes_the_bundle_and_fails_only_at_the_connection(tmp_path):
     out = bundled(tmp_path, "--stage", "all")

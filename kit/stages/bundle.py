@@ -34,6 +34,9 @@ def kernel_args(cfg) -> list:
     if parsed.stage in NOT_IN_A_KERNEL:
         raise KitError(f"a kernel cannot run --stage {parsed.stage}; pass the study's stages after --, "
                        f"e.g. -- --stage all")
+    if parsed.download:
+        raise KitError("a kernel cannot --download (Kaggle mounts the data instead): drop it after -- and "
+                       "list the data in kernel-metadata.json's competition_sources or dataset_sources")
     return args
 
 
@@ -56,5 +59,6 @@ def run(cfg) -> Path:
     if kaggle_meta.placeholder_owner(meta):
         print(f"[bundle] before pushing, put your Kaggle username in place of "
               f"{kaggle_meta.PLACEHOLDER_OWNER} in {template}")
-    print(f"[bundle] push it: python run.py --stage push, or kaggle kernels push -p {out}")
+    again = shlex.join(["python", "run.py", "--stage", "push", *(["--", *args] if args else [])])
+    print(f"[bundle] push it: {again}, or kaggle kernels push -p {out}")
     return out

@@ -1,15 +1,16 @@
-"""Push stage: bundle the kernel, then upload and start it with the kaggle CLI's own push.
+"""Push stage: bundle the kernel, then upload and start it with the kaggle package's own push.
 
 Credentials and the network are checked first, so that their absence is one line here rather
-than a traceback from the CLI.
+than a traceback. The push runs in-process because the CLI exits 0 when Kaggle refuses it or
+drops a data source (it only prints the reason); here either is an error.
 """
-import subprocess
-import sys
-
 from kit import kaggle_meta
-from kit.download import kaggle_api
+from kit.download import kaggle_api, kaggle_errors
 from kit.errors import KitError
 from kit.stages import bundle
+
+DROPPED = {"competition": "invalidCompetitionSources", "dataset": "invalidDatasetSources",
+           "kernel": "invalidKernelSources"}
 
 
 def run(cfg):
@@ -19,9 +20,17 @@ def run(cfg):
     if kaggle_meta.placeholder_owner(meta):
         raise KitError(f"{kaggle_meta.FILE}: id still starts with {kaggle_meta.PLACEHOLDER_OWNER}; put your "
                        f"Kaggle username there (kaggle.com > your profile's URL) and push again")
-    kaggle_api("--stage push")
+    api = kaggle_api("--stage push")
     print(f"[push] kaggle kernels push -p {folder}", flush=True)
-    code = subprocess.run([sys.executable, "-m", "kaggle", "kernels", "push", "-p", str(folder)]).returncode
-    if code:
-        raise KitError(f"kaggle kernels push failed (exit code {code}, its message is above); the bundle "
-                       f"is in {folder}")
+    with kaggle_errors("--stage push", f"access denied: is {meta['id']} yours?"):
+        result = api.kernels_push(str(folder))
+    if result is None or result.error:
+        reason = result.error if result is not None else "no answer"
+        raise KitError(f"Kaggle refused the push: {reason}; the bundle is in {folder}")
+    dropped = [f"{kind} sources {getattr(result, field)}" for kind, field in DROPPED.items()
+               if getattr(result, field, None)]
+    if dropped:
+        raise KitError(f"Kaggle pushed {result.url} without its {', '.join(dropped)}: the kernel will not find "
+                       f"that data; accept the competition's rules or fix the slugs in {kaggle_meta.FILE}, "
+                       f"then push again")
+    print(f"[push] version {result.versionNumber} is running: {result.url}")
