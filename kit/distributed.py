@@ -102,18 +102,15 @@ def gather(obj, world) -> list:
     return out
 
 
-def maximum(value: torch.Tensor, world) -> torch.Tensor:
-    """The largest value of a tensor over ranks."""
+def reduced(value: torch.Tensor, world, op="sum") -> torch.Tensor:
+    """A tensor combined over ranks: their sum, "max" or "min" (itself without torch.distributed)."""
     if world.size > 1:
         value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        dist.all_reduce(value, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+                                   "min": dist.ReduceOp.MIN}[op])
     return value
 
 
 def mean(value: torch.Tensor, world) -> torch.Tensor:
     """The mean of a tensor over ranks."""
-    if world.size > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= world.size
-    return value
+    return reduced(value, world) / world.size

@@ -70,7 +70,7 @@ def reason(world) -> "str | None":
 
         from kit import distributed
 
-        code = distributed.maximum(torch.tensor(float(code), device=world.device), world).item()
+        code = distributed.reduced(torch.tensor(float(code), device=world.device), world, "max").item()
     return {0: None, 1: "time", 2: "signal"}[int(code)]
 
 

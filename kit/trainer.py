@@ -46,8 +46,6 @@ class Trainer:
         self.history = []
         if state:
             self.load_state_dict(state)
-        self.scheduler.step_update(max(self.updates - 1, 0))
-        self.last_lrs = self.learning_rates()  # of the update before: an epoch resumed at its end reports it
         self.scheduler.step_update(self.updates)
         self.ddp = None
         if world.size > 1:
@@ -168,7 +166,6 @@ class Trainer:
         self.updates += 1
         self.offset += self.effective
         self.ema.update(self.model, step=self.updates)
-        self.last_lrs = self.learning_rates()  # (highest, lowest) this update ran at, for the history
         self.scheduler.step_update(self.updates)
         if math.isfinite(loss):
             self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
@@ -198,6 +195,9 @@ class Trainer:
         self.epoch += 1
         self.offset, self.loss_sum, self.loss_count = 0, 0.0, 0
 
-    def learning_rates(self):
+    def last_update_lrs(self):
+        """(highest, lowest) learning rate the last update ran at: the schedule one step back."""
+        self.scheduler.step_update(max(self.updates - 1, 0))
         lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scheduler.step_update(self.updates)
         return max(lrs), min(lrs)

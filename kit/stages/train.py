@@ -98,7 +98,7 @@ def train(cfg, world):
             epoch_start = time.perf_counter()
             stats = trainer.train_epoch(last_path, signature)
             val = validate(trainer, val_loader, val_targets, classes, cfg, world)
-            lr_high, lr_low = trainer.last_lrs
+            lr_high, lr_low = trainer.last_update_lrs()
             epoch = trainer.epoch + 1
             row = {"epoch": epoch, "train_loss": stats["train_loss"], **val, "lr": lr_high, "lr_lowest": lr_low,
                    "ema_decay": trainer.ema.get_decay(trainer.updates),
@@ -129,7 +129,7 @@ def plan_batches(cfg, world, model, criterion, num_classes, state):
                    autocast_dtype(cfg.amp, world.device))
 
     def probe(start):  # every rank takes the smallest: equal batches, equal updates per epoch
-        return int(-distributed.maximum(torch.tensor(-fits(start), device=world.device), world).item())
+        return int(distributed.reduced(torch.tensor(fits(start), device=world.device), world, "min").item())
     return batching.plan(cfg, world.size, probe)
 
 
