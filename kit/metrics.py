@@ -2,7 +2,6 @@
 import warnings
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score, roc_auc_score,
                              roc_curve)
 
@@ -64,17 +63,28 @@ def sensitivity_specificity(y_true, y_prob, thresholds):
     return sens, spec
 
 
-def _rank_auc(y, p):
-    """ROC AUC along the last axis as the Mann-Whitney U statistic (ties count one half).
+def _tie_groups(scores):
+    """(order sorting `scores`, tie group of each sorted position, last position of each group)."""
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    first = np.r_[True, ranked[1:] != ranked[:-1]]
+    return order, np.cumsum(first) - 1, np.r_[np.flatnonzero(first)[1:] - 1, len(ranked) - 1]
 
-    Equal to roc_auc_score, but one vectorized call over many bootstrap resamples instead of
-    thousands of calls that each pay scikit-learn's input validation.
+
+def _weighted_auc(weights, y_sorted, group, last):
+    """ROC AUC for each row of `weights` [draws, n], the images' multiplicities in score order
+    (`_tie_groups`): each positive counts the negatives below it and half of those tied with it,
+    the Mann-Whitney U statistic. NaN where a row has no positive or no negative.
+
+    A bootstrap draw then costs cumulative sums, not a sort of the resampled scores.
     """
-    ranks = rankdata(p, axis=-1)
-    n_pos = y.sum(-1)
-    n_neg = y.shape[-1] - n_pos
+    pos, neg = weights * y_sorted, weights * (1 - y_sorted)
+    upto = np.cumsum(neg, axis=1)[:, last]  # negatives up to the end of each tie group
+    below = np.c_[np.zeros(len(weights)), upto[:, :-1]]
+    beaten = (below + 0.5 * (upto - below))[:, group]
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * y).sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        auc = (pos * beaten).sum(1) / (n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
@@ -86,13 +96,24 @@ def bootstrap_auc_draws(y_true, y_probs, resamples=1000, seed=0, chunk=100) -> n
     y_true = np.asarray(y_true, dtype=float)
     y_probs = [np.asarray(p, dtype=float) for p in y_probs]
     n, n_classes = y_true.shape
+    sorted_scores = []  # per table, per class: sorted once for every draw
+    for p in y_probs:
+        per_class = []
+        for k in range(n_classes):
+            order, group, last = _tie_groups(p[:, k])
+            per_class.append((order, y_true[order, k], group, last))
+        sorted_scores.append(per_class)
     rng = np.random.default_rng(seed)
     aucs = np.empty((len(y_probs), resamples, n_classes))
     for start in range(0, resamples, chunk):
         idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-        for k in range(n_classes):
-            for t, y_prob in enumerate(y_probs):
-                aucs[t, start:start + len(idx), k] = _rank_auc(y_true[idx, k], y_prob[idx, k])
+        draws = len(idx)
+        # how often each draw picked each image
+        weights = np.bincount((idx + n * np.arange(draws)[:, None]).ravel(),
+                              minlength=draws * n).reshape(draws, n).astype(float)
+        for t, table in enumerate(sorted_scores):
+            for k, (order, y_sorted, group, last) in enumerate(table):
+                aucs[t, start:start + draws, k] = _weighted_auc(weights[:, order], y_sorted, group, last)
     return aucs
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from bench import loader, predict, separate, train_step
+from bench import bootstrap, loader, predict, separate, train_step
 
 SMALLEST = {
     separate: ["--images", "2", "--height", "300", "--width", "240", "--workers", "1", "--repeats", "1",
@@ -21,6 +21,7 @@ SMALLEST = {
                  "--repeats", "1"],
     predict: ["--images", "2", "--height", "120", "--width", "100", "--img-size", "28", "--batch-sizes", "",
               "--workers", "", "--repeats", "1"],
+    bootstrap: ["--images", "300", "--classes", "3", "--resamples", "20", "--repeats", "1"],
 }
 
 
@@ -41,7 +42,7 @@ def figures():
 
 def rates(figures) -> list:
     """Every images/s figure of a bench's JSON line."""
-    if figures["bench"] in ("separate", "loader"):
+    if figures["bench"] in ("separate", "loader", "bootstrap"):
         return [v for side in ("kit", "notebook") for v in figures[side].values()]
     return [r["images_per_s"] for r in figures["rows"]]
 

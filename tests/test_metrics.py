@@ -30,11 +30,30 @@ def test_per_class_auc_ap_and_micro_match_sklearn(arrays):
     assert metrics.micro_auc(y, p) == pytest.approx(roc_auc_score(y, p, average="micro"))
 
 
-def test_rank_auc_equals_sklearn_with_ties(arrays):
+def test_weighted_auc_equals_sklearn_with_sample_weights_and_ties(arrays):
     y, p = arrays
+    w = np.random.default_rng(2).integers(0, 4, size=(5, len(y))).astype(float)
     for k in range(3):
-        assert metrics._rank_auc(y[:, k].astype(float), p[:, k]) == pytest.approx(
-            roc_auc_score(y[:, k], p[:, k]), abs=1e-12)
+        order, group, last = metrics._tie_groups(p[:, k])
+        got = metrics._weighted_auc(w[:, order], y[order, k].astype(float), group, last)
+        for row, weights in zip(got, w):
+            assert row == pytest.approx(roc_auc_score(y[:, k], p[:, k], sample_weight=weights), abs=1e-12)
+    order, group, last = metrics._tie_groups(p[:, 3])
+    assert np.isnan(metrics._weighted_auc(w[:, order], y[order, 3].astype(float), group, last)).all()
+
+
+def test_each_bootstrap_draw_is_sklearns_auc_of_that_resampled_test_set(arrays):
+    y, p = arrays
+    p_other = np.round(p[::-1], 1)
+    draws = metrics.bootstrap_auc_draws(y, [p, p_other], resamples=20, seed=5, chunk=20)
+    idx = np.random.default_rng(5).integers(0, len(y), size=(20, len(y)))  # the same draws
+    for t, table in enumerate([p, p_other]):
+        for r in range(20):
+            for k in range(3):
+                yk = y[idx[r], k]
+                want = roc_auc_score(yk, table[idx[r], k]) if 0 < yk.sum() < len(yk) else np.nan
+                np.testing.assert_allclose(draws[t, r, k], want, atol=1e-12)
+    assert np.isnan(draws[:, :, 3]).all()
 
 
 def test_youden_threshold_maximizes_j_over_every_cut(arrays):
