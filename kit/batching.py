@@ -5,7 +5,6 @@ size, halving from the largest useful batch until it fits with room left for the
 state and the EMA. Out of memory later on, `back_off` halves the batch (or less) and multiplies
 the accumulation to match, so the effective batch (and the learning-rate schedule) stays the same.
 """
-import math
 
 import torch
 

@@ -126,7 +126,7 @@ def test_a_synthetic_image_of_another_class_is_a_clear_error(cfg, tmp_path):
 
 
 def test_label_lists_with_spaces_and_other_case_keep_every_label(cfg, tmp_path):
-    folder = synthetic_folder(tmp_path / "syn", {"A": 3})
+    synthetic_folder(tmp_path, {"A": 3})  # the files the CSV names
     labels = ["A | c", "a", "C|A"]  # the spellings a hand-written CSV has
     pd.DataFrame({"path": [f"A/{k:03d}.png" for k in range(3)], "label": labels}).to_csv(tmp_path / "s.csv", index=False)
     got = synthetic.listing(cfg(synthetic_dir=str(tmp_path / "s.csv")), CLASSES)
