@@ -66,7 +66,7 @@ def main(argv=None):
     kit = metrics.bootstrap_auc_draws(y, [p], args.resamples, seed=0, chunk=CHUNK)[0]
     notebook = notebook_draws(y, p, args.resamples, seed=0)
     np.testing.assert_allclose(kit, notebook, atol=1e-12, err_msg="the two sides disagree")
-    kit_rates = common.rates(lambda: metrics.bootstrap_auc_draws(y, [p], args.resamples, 0, CHUNK),
+    kit_rates = common.rates(lambda: metrics.bootstrap_auc_draws(y, [p], args.resamples, seed=0, chunk=CHUNK),
                              args.resamples, args.repeats)
     notebook_rates = common.rates(lambda: notebook_draws(y, p, args.resamples, 0), args.resamples, args.repeats)
     k, n = common.median(kit_rates), common.median(notebook_rates)

@@ -6,6 +6,7 @@ per target class, in class order; everything that is not bookkeeping is a class.
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kit.errors import KitError
@@ -55,6 +56,13 @@ def read_table(path, stage_to_run) -> pd.DataFrame:
     if not path.exists():
         raise KitError(f"{path} not found: run --stage {stage_to_run} first (or --stage all)")
     return pd.read_csv(path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
+
+
+def patient_keys(df) -> np.ndarray:
+    """One key per image that is equal for the images of one patient; an image without a
+    patient id is a patient of its own."""
+    missing = df["patient_id"] == ""
+    return np.where(missing, "image:" + df["image_id"], "patient:" + df["patient_id"])
 
 
 def read_split(work, name):

@@ -88,49 +88,70 @@ def _weighted_auc(weights, y_sorted, group, last):
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
-def bootstrap_auc_draws(y_true, y_probs, resamples=1000, seed=0, chunk=100) -> np.ndarray:
+def bootstrap_auc_draws(y_true, y_probs, resamples=1000, seed=0, groups=None, chunk=100) -> np.ndarray:
     """Each class's AUC on resampled test sets, for each probability table of `y_probs`:
-    [len(y_probs), resamples, C]. Every table is scored on the same draws of images, so the
-    differences between tables are paired. NaN where a draw holds no positive of a class.
+    [len(y_probs), resamples, C]. Every table is scored on the same draws, so the differences
+    between tables are paired. NaN where a draw holds no positive or no negative of a class.
+
+    `groups` (a key per image, such as its patient) makes it a cluster bootstrap: a draw
+    resamples groups with replacement and takes every image of each drawn group, because
+    films of one patient are not independent; without it every image is a group of its own.
     """
     y_true = np.asarray(y_true, dtype=float)
     y_probs = [np.asarray(p, dtype=float) for p in y_probs]
     n, n_classes = y_true.shape
+    if groups is None:
+        group_of, n_groups = np.arange(n), n
+    else:
+        keys, group_of = np.unique(np.asarray(groups), return_inverse=True)
+        n_groups = len(keys)
     sorted_scores = []  # per table, per class: sorted once for every draw
     for p in y_probs:
         per_class = []
         for k in range(n_classes):
-            order, group, last = _tie_groups(p[:, k])
-            per_class.append((order, y_true[order, k], group, last))
+            order, tie_group, last = _tie_groups(p[:, k])
+            per_class.append((group_of[order], y_true[order, k], tie_group, last))
         sorted_scores.append(per_class)
     rng = np.random.default_rng(seed)
     aucs = np.empty((len(y_probs), resamples, n_classes))
     for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        idx = rng.integers(0, n_groups, size=(min(chunk, resamples - start), n_groups))
         draws = len(idx)
-        # how often each draw picked each image
-        weights = np.bincount((idx + n * np.arange(draws)[:, None]).ravel(),
-                              minlength=draws * n).reshape(draws, n).astype(float)
+        # how often each draw picked each group
+        picks = np.bincount((idx + n_groups * np.arange(draws)[:, None]).ravel(),
+                            minlength=draws * n_groups).reshape(draws, n_groups).astype(float)
         for t, table in enumerate(sorted_scores):
-            for k, (order, y_sorted, group, last) in enumerate(table):
-                aucs[t, start:start + draws, k] = _weighted_auc(weights[:, order], y_sorted, group, last)
+            for k, (groups_sorted, y_sorted, tie_group, last) in enumerate(table):
+                aucs[t, start:start + draws, k] = _weighted_auc(picks[:, groups_sorted], y_sorted, tie_group, last)
     return aucs
 
 
-def bootstrap_auc(y_true, y_prob, resamples=1000, seed=0, level=0.95, chunk=100):
+def macro_of_draws(aucs, scored) -> np.ndarray:
+    """Each draw's mean AUC over the classes `scored` on the whole test set; NaN for a draw that
+    lacks one of them, so that every macro figure averages the same classes."""
+    aucs = aucs[:, scored]
+    if not aucs.shape[1]:
+        return np.full(len(aucs), np.nan)
+    return np.where(np.isfinite(aucs).all(axis=1), aucs.mean(axis=1), np.nan)
+
+
+def bootstrap_auc(y_true, y_prob, resamples=1000, seed=0, level=0.95, groups=None):
     """Percentile bootstrap confidence intervals of each class's AUC and of the macro AUC.
 
-    Images are resampled with replacement, the same draw for every class, so the macro
-    interval is that of one resampled test set. Returns (per_class [C, 2], macro [2]).
+    Each draw resamples the test set once for every class (by `groups`, see
+    `bootstrap_auc_draws`). A class's interval uses the draws that hold both of its labels; the
+    macro's, the draws that hold both labels of every class the test set scores. Returns
+    (per_class [C, 2], macro [2], draws used per class and for the macro [C + 1]).
     """
-    aucs = bootstrap_auc_draws(y_true, [y_prob], resamples, seed, chunk)[0]
+    aucs = bootstrap_auc_draws(y_true, [y_prob], resamples, seed, groups)[0]
+    macro = macro_of_draws(aucs, np.isfinite(auc_per_class(y_true, y_prob)))
     tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    # A draw may hold no positive of a rare class: that class is NaN in that draw only.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # all-NaN columns: a class no draw can score
         warnings.simplefilter("ignore", RuntimeWarning)
         per_class = np.nanpercentile(aucs, tails, axis=0).T
-        macro = np.nanpercentile(np.nanmean(aucs, axis=1), tails)
-    return per_class, macro
+        macro_ci = np.nanpercentile(macro, tails)
+    used = np.append(np.isfinite(aucs).sum(axis=0), np.isfinite(macro).sum())
+    return per_class, macro_ci, used
 
 
 def single_label_report(y_true, y_prob) -> dict:

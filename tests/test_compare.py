@@ -56,7 +56,8 @@ def test_identical_runs_show_no_difference(cfg, tmp_path):
 
 def test_paired_bootstrap_is_reproducible_and_matches_a_plain_loop():
     a, b = predictions(n=80, signal=0.5, seed=4), predictions(n=80, signal=0.8, seed=5)
-    y, p_a, p_b = compare.paired(a, CLASSES, b, CLASSES)
+    y, p_a, p_b, groups = compare.paired(a, CLASSES, b, CLASSES)
+    assert groups.tolist() == ("patient:" + a["patient_id"]).tolist()
     first = compare.paired_bootstrap(y, p_a, p_b, resamples=40, seed=7)
     again = compare.paired_bootstrap(y, p_a, p_b, resamples=40, seed=7)
     other = compare.paired_bootstrap(y, p_a, p_b, resamples=40, seed=8)
@@ -69,8 +70,23 @@ def test_paired_bootstrap_is_reproducible_and_matches_a_plain_loop():
     assert np.allclose(first[0][:3], np.percentile(diffs, [2.5, 97.5], axis=0).T)
     macro = diffs.mean(axis=1)
     assert np.allclose(first[0][3], np.percentile(macro, [2.5, 97.5]))
-    far = min((macro <= 0).sum(), (macro >= 0).sum())
+    far = min((macro < 0).sum(), (macro > 0).sum()) + (macro == 0).sum() / 2
     assert first[1][3] == pytest.approx(min(1, 2 * (far + 1) / 41))
+
+
+def test_draws_without_a_difference_count_half_to_each_side_of_zero():
+    """195 draws favour B, 5 show none (one of them by a rounding error of -1e-16): B is
+    better with p = 2 * (2.5 + 1) / 201, not 2 * (5 + 1) / 201 as if all five favoured A."""
+    diffs = np.array([0.0] * 4 + [-1.1e-16] + [0.01] * 195)
+    assert compare.two_sided_p(diffs) == pytest.approx(7 / 201)
+    assert compare.two_sided_p(-diffs) == pytest.approx(7 / 201)
+    assert compare.two_sided_p(np.zeros(50)) == 1.0
+
+
+def test_the_macro_row_has_no_positives_count(cfg, tmp_path):
+    table = run_compare(cfg, tmp_path, predictions(seed=1), predictions(seed=2), bootstrap=50)
+    assert table.loc[CLASSES, "positives"].tolist() == predictions()[CLASSES].sum().tolist()
+    assert pd.isna(table.loc["macro", "positives"])
 
 
 def test_sensitivity_at_specificity_against_brute_force():

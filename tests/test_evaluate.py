@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from eval_fixtures import CLASSES, evaluated_run, finished_run
+from eval_fixtures import CLASSES, evaluated_run, finished_run, write_checkpoints, write_splits
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, confusion_matrix,
                              roc_auc_score)
 
-from kit import layout, plots
+from kit import layout, metrics, plots
 from kit.errors import KitError
 from kit.stages import evaluate, soup
 
@@ -22,9 +22,9 @@ from kit.stages import evaluate, soup
 def run(tmp_path_factory):
     cfg, printed = evaluated_run(tmp_path_factory)
     reports = layout.reports_dir(cfg.work)
-    metrics = json.loads((reports / "test_metrics.json").read_text())
+    report = json.loads((reports / "test_metrics.json").read_text())
     preds = pd.read_csv(reports / "test_predictions.csv", dtype={"image_id": str, "patient_id": str})
-    return cfg, printed, metrics, preds
+    return cfg, printed, report, preds
 
 
 def test_report_matches_sklearn_on_the_saved_predictions(run):
@@ -118,6 +118,42 @@ def test_an_epoch_that_is_the_evaluated_weights_is_not_scored_again(cfg, monkeyp
     assert scored == ["[evaluate] val", "[evaluate] test"]
     m = json.loads((layout.reports_dir(c.work) / "test_metrics.json").read_text())
     assert m["soup"]["epochs"] == [1] and m["epoch_checkpoints_macro_auc"] == {"epoch 1": m["macro_auc"]}
+
+
+def test_another_runs_one_epoch_soup_is_not_taken_for_this_runs_epoch(cfg, tmp_path, monkeypatch):
+    other = cfg(work_dir=str(tmp_path / "other"), workers=0, bootstrap=50, epochs=1)
+    write_splits(other.work)
+    write_checkpoints(other.work, epochs=(1,), seed=1)  # other weights, same epoch number
+    with contextlib.redirect_stdout(io.StringIO()):
+        soup.run(other)
+    c = cfg(workers=0, bootstrap=50, epochs=1, weights=str(layout.soup_weights(other.work)))
+    finished_run(c.work, epochs=(1,))
+    scored = []
+
+    class Counting(evaluate.Scorer):
+        def __call__(self, ckpt, split, desc):
+            scored.append(desc)
+            return super().__call__(ckpt, split, desc)
+
+    monkeypatch.setattr(evaluate, "Scorer", Counting)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluate.run(c)
+    assert scored == ["[evaluate] val", "[evaluate] test", "[evaluate] test, epoch 1"]
+    m = json.loads((layout.reports_dir(c.work) / "test_metrics.json").read_text())
+    assert m["epoch_checkpoints_macro_auc"]["epoch 1"] != m["macro_auc"]
+
+
+def test_intervals_resample_patients_and_say_so(run):
+    _, _, m, preds = run
+    assert m["bootstrap"]["patients"] == preds["patient_id"].nunique() == len(preds) // 2
+    assert "patients resampled" in m["bootstrap"]["method"]
+    y, p = preds[CLASSES].to_numpy(), preds[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    per_class, macro, used = metrics.bootstrap_auc(y, p, 200, m["bootstrap"]["seed"], 0.95,
+                                                   layout.patient_keys(preds))
+    np.testing.assert_allclose([m["classes"][c]["auc_ci"] for c in CLASSES], per_class, atol=1e-6)
+    np.testing.assert_allclose(m["macro_auc_ci"], macro, atol=1e-6)
+    assert [m["classes"][c]["auc_ci_draws"] for c in CLASSES] == used[:-1].tolist()
+    assert m["bootstrap"]["macro_draws"] == used[-1] <= min(used[:-1])
 
 
 def test_missing_soup_says_which_stage_to_run(tmp_path, cfg):

@@ -72,16 +72,16 @@ def test_youden_threshold_maximizes_j_over_every_cut(arrays):
 
 def test_bootstrap_interval_holds_estimate_and_is_seeded(arrays):
     y, p = arrays
-    per_class, macro = metrics.bootstrap_auc(y, p, resamples=300, seed=3)
+    per_class, macro, used = metrics.bootstrap_auc(y, p, resamples=300, seed=3)
     auc = metrics.auc_per_class(y, p)
     for k in range(3):
         lo, hi = per_class[k]
         assert lo < auc[k] < hi and hi - lo < 0.5
     assert macro[0] < metrics.macro_auc(y, p) < macro[1]
-    assert np.isnan(per_class[3]).all()
+    assert np.isnan(per_class[3]).all() and used[3] == 0 and used[-1] <= used[:3].min()
     again = metrics.bootstrap_auc(y, p, resamples=300, seed=3)
-    np.testing.assert_array_equal(per_class, again[0])
-    np.testing.assert_array_equal(macro, again[1])
+    for a, b in zip((per_class, macro, used), again):
+        np.testing.assert_array_equal(a, b)
     other = metrics.bootstrap_auc(y, p, resamples=300, seed=4)
     assert not np.array_equal(per_class[:3], other[0][:3])
 
@@ -96,6 +96,53 @@ def test_bootstrap_interval_narrows_with_more_images():
         return hi - lo
 
     assert width(2000) < width(100)
+
+
+def test_a_cluster_draw_takes_every_image_of_each_drawn_patient():
+    rng = np.random.default_rng(1)
+    patients = np.repeat([f"p{i:02d}" for i in range(30)], rng.integers(1, 5, 30))
+    y = (rng.random((len(patients), 2)) < [0.4, 0.2]).astype(int)
+    p = np.round(rng.random(y.shape) + 0.3 * y, 1)
+    draws = metrics.bootstrap_auc_draws(y, [p], resamples=15, seed=2, groups=patients, chunk=15)[0]
+    keys = np.unique(patients)  # the draws index the sorted patient keys
+    for r, picked in enumerate(np.random.default_rng(2).integers(0, len(keys), size=(15, len(keys)))):
+        rows = np.concatenate([np.flatnonzero(patients == keys[i]) for i in picked])
+        for k in range(2):
+            yk = y[rows, k]
+            want = roc_auc_score(yk, p[rows, k]) if 0 < yk.sum() < len(yk) else np.nan
+            np.testing.assert_allclose(draws[r, k], want, atol=1e-12)
+
+
+def test_patient_intervals_are_wider_than_image_intervals_when_a_patients_films_agree():
+    """Four copies of each patient's film add no information: resampling patients gives the
+    interval of one film per patient, resampling images one about half as wide."""
+    rng = np.random.default_rng(3)
+    y1 = (rng.random((60, 1)) < 0.4).astype(int)
+    p1 = 0.4 * y1 + rng.random((60, 1))
+    y, p, patients = np.repeat(y1, 4, axis=0), np.repeat(p1, 4, axis=0), np.repeat(np.arange(60), 4)
+
+    def width(**kw):
+        lo, hi = metrics.bootstrap_auc(kw.pop("y", y), kw.pop("p", p), 500, seed=0, **kw)[0][0]
+        return hi - lo
+
+    one_film = width(y=y1, p=p1)
+    assert width(groups=patients) == pytest.approx(one_film, abs=1e-12)
+    assert width() < 0.6 * one_film
+
+
+def test_the_macro_interval_uses_only_draws_that_score_every_class():
+    """A class with 2 positives in 40 images is missing from many draws; averaging the others
+    alone in those draws would mix macro AUCs of different classes."""
+    rng = np.random.default_rng(4)
+    y = np.zeros((40, 2), int)
+    y[:16, 0], y[[0, 20], 1] = 1, 1
+    p = np.column_stack([0.5 * y[:, 0] + rng.random(40), 0.2 * y[:, 1] + rng.random(40)])
+    draws = metrics.bootstrap_auc_draws(y, [p], 400, seed=0)[0]
+    complete = np.isfinite(draws).all(axis=1)
+    assert 0.1 < 1 - complete.mean() < 0.9  # the rare class is missing from some draws
+    _, macro, used = metrics.bootstrap_auc(y, p, 400, seed=0)
+    np.testing.assert_allclose(macro, np.percentile(draws[complete].mean(axis=1), [2.5, 97.5]))
+    assert used.tolist() == [400, complete.sum(), complete.sum()]
 
 
 def test_single_label_report_matches_sklearn():

@@ -2,7 +2,7 @@
 synthetic images) on the same test images -> reports/compare.csv and compare.png.
 
 Both runs' evaluate stage saved reports/test_predictions.csv. The difference of AUC per class
-and of the macro AUC gets a paired bootstrap: each draw resamples test images once and scores
+and of the macro AUC gets a paired bootstrap: each draw resamples test patients once and scores
 both runs on it, so the interval reflects how the runs differ on the same images, not how
 noisy each is alone. A verdict says "better" or "worse" only when the 95% interval excludes 0.
 """
@@ -20,6 +20,7 @@ LEVEL = 0.95
 PREDICTIONS = "test_predictions.csv"
 PROB = "prob_"
 SHOWN = 3
+TIE = 1e-12
 
 
 def predictions_csv(work) -> Path:
@@ -33,8 +34,8 @@ def read_predictions(work):
         raise KitError(f"{path} not found: run --stage evaluate with --work-dir {work} first")
     df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
     classes = [c[len(PROB):] for c in df.columns if c.startswith(PROB)]
-    if not classes or "image_id" not in df.columns or any(c not in df.columns for c in classes):
-        raise KitError(f"{path} is not a test predictions table (image_id, one column per class and "
+    if not classes or {"image_id", "patient_id"} - set(df.columns) or any(c not in df.columns for c in classes):
+        raise KitError(f"{path} is not a test predictions table (image_id, patient_id, one column per class and "
                        f"one {PROB}<class> column per class); rerun --stage evaluate --force there")
     return df, classes
 
@@ -45,8 +46,8 @@ def _examples(ids) -> str:
 
 
 def paired(a, classes_a, b, classes_b):
-    """(targets, probabilities of A, probabilities of B) on the same images in the same order;
-    a clear error when the two runs were not tested on the same test set."""
+    """(targets, probabilities of A, probabilities of B, patient keys) on the same images in the
+    same order; a clear error when the two runs were not tested on the same test set."""
     if classes_a != classes_b:
         raise KitError(f"the runs predict different classes ({', '.join(classes_a)} vs "
                        f"{', '.join(classes_b)}); compare runs trained on the same classes")
@@ -63,15 +64,16 @@ def paired(a, classes_a, b, classes_b):
                        f"{_examples(a.loc[relabelled, 'image_id'])}); make both runs with the same "
                        f"--label-mode and --classes")
     probs = [PROB + c for c in classes]
-    return y, a[probs].to_numpy(float), b[probs].to_numpy(float)
+    return y, a[probs].to_numpy(float), b[probs].to_numpy(float), layout.patient_keys(a)
 
 
-def paired_bootstrap(y, p_a, p_b, resamples=1000, seed=0, level=LEVEL):
+def paired_bootstrap(y, p_a, p_b, groups=None, resamples=1000, seed=0, level=LEVEL):
     """AUC difference B - A per class and of the macro AUC (last entry): (interval [C+1, 2],
-    two-sided p-value [C+1]). The p-value is the bootstrap share of draws on the far side of 0,
-    doubled, with the (count + 1) / (draws + 1) correction that keeps it above 0."""
-    draws = metrics.bootstrap_auc_draws(y, [p_a, p_b], resamples, seed)
-    macro = [_nanmean_rows(d) for d in draws]
+    two-sided p-value [C+1]). Draws resample `groups` (patients) as evaluate does; the macro
+    difference uses the draws that score every class the test set scores."""
+    draws = metrics.bootstrap_auc_draws(y, [p_a, p_b], resamples, seed, groups)
+    scored = np.isfinite(metrics.auc_per_class(y, p_a))
+    macro = [metrics.macro_of_draws(d, scored) for d in draws]
     diffs = np.column_stack([draws[1] - draws[0], macro[1] - macro[0]])
     tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     interval = np.full((diffs.shape[1], 2), np.nan)
@@ -80,15 +82,17 @@ def paired_bootstrap(y, p_a, p_b, resamples=1000, seed=0, level=LEVEL):
         d = d[np.isfinite(d)]
         if len(d):
             interval[j] = np.percentile(d, tails)
-            far_side = min((d <= 0).sum(), (d >= 0).sum())
-            p_value[j] = min(1.0, 2 * (far_side + 1) / (len(d) + 1))
+            p_value[j] = two_sided_p(d)
     return interval, p_value
 
 
-def _nanmean_rows(d):
-    """Row means ignoring NaN; NaN for an all-NaN row, without numpy's warning."""
-    counts = np.isfinite(d).sum(axis=1)
-    return np.where(counts > 0, np.nansum(d, axis=1) / np.maximum(counts, 1), np.nan)
+def two_sided_p(diffs) -> float:
+    """Bootstrap p-value of a difference of 0: twice the share of draws on the far side of 0,
+    a draw without a difference counting half to each side, with the (count + 1) / (draws + 1)
+    correction that keeps it above 0."""
+    same = np.abs(diffs) < TIE  # equal AUCs, up to the rounding of their division
+    far_side = min((diffs[~same] < 0).sum(), (diffs[~same] > 0).sum()) + same.sum() / 2
+    return min(1.0, 2 * (far_side + 1) / (len(diffs) + 1))
 
 
 def sensitivity_at_specificity(y, p, specificity) -> np.ndarray:
@@ -108,15 +112,15 @@ def verdict(low, high) -> str:
     return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
 
 
-def comparison(y, p_a, p_b, classes, resamples, seed, specificity) -> pd.DataFrame:
+def comparison(y, p_a, p_b, groups, classes, resamples, seed, specificity) -> pd.DataFrame:
     """One row per class and one for the macro AUC."""
     auc_a = np.append(metrics.auc_per_class(y, p_a), metrics.macro_auc(y, p_a))
     auc_b = np.append(metrics.auc_per_class(y, p_b), metrics.macro_auc(y, p_b))
-    interval, p_value = paired_bootstrap(y, p_a, p_b, resamples, seed)
+    interval, p_value = paired_bootstrap(y, p_a, p_b, groups, resamples, seed)
     sens_a = np.append(sensitivity_at_specificity(y, p_a, specificity), np.nan)
     sens_b = np.append(sensitivity_at_specificity(y, p_b, specificity), np.nan)
     return pd.DataFrame({
-        "class": [*classes, "macro"], "positives": [*y.sum(axis=0).astype(int), len(y)],
+        "class": [*classes, "macro"], "positives": pd.array([*y.sum(axis=0), pd.NA], dtype="Int64"),
         "auc_a": auc_a, "auc_b": auc_b, "auc_diff": auc_b - auc_a,
         "ci_low": interval[:, 0], "ci_high": interval[:, 1], "p_value": p_value,
         "specificity": specificity, "sens_a": sens_a, "sens_b": sens_b, "sens_diff": sens_b - sens_a,
@@ -141,8 +145,8 @@ def run(cfg):
     if stamps.up_to_date(cfg, "compare", settings, inputs, outputs):
         return
     (a, classes_a), (b, classes_b) = read_predictions(run_a), read_predictions(run_b)
-    y, p_a, p_b = paired(a, classes_a, b, classes_b)
-    table = comparison(y, p_a, p_b, classes_a, cfg.bootstrap, cfg.seed, cfg.specificity)
+    y, p_a, p_b, groups = paired(a, classes_a, b, classes_b)
+    table = comparison(y, p_a, p_b, groups, classes_a, cfg.bootstrap, cfg.seed, cfg.specificity)
     table.insert(0, "run_b", str(run_b))
     table.insert(0, "run_a", str(run_a))
     write_csv(table, outputs[0])

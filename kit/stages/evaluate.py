@@ -1,8 +1,9 @@
 """Evaluate stage: the final model's honest report on the held-out test split (reports/).
 
 Thresholds are chosen on val (Youden's J) and only applied to test; confidence intervals
-come from a seeded bootstrap over test images; every epoch checkpoint still on disk is
-scored on test too, so the soup's gain is measured where it was not selected.
+come from a seeded bootstrap over test patients (all films of a drawn patient, since films of
+one patient are not independent); every epoch checkpoint still on disk is scored on test too,
+so the soup's gain is measured where it was not selected.
 """
 from pathlib import Path
 
@@ -75,11 +76,13 @@ def run(cfg):
     y, p = y_test[ok], probs[ok]
 
     aucs = metrics.auc_per_class(y, p)
-    ci, macro_ci = metrics.bootstrap_auc(y, p, cfg.bootstrap, cfg.seed, LEVEL)
+    patients = layout.patient_keys(test[ok])
+    ci, macro_ci, draws_used = metrics.bootstrap_auc(y, p, cfg.bootstrap, cfg.seed, LEVEL, patients)
     aps = metrics.average_precision_per_class(y, p)
     sens, spec = metrics.sensitivity_specificity(y, p, thresholds)
     per_epoch = {}
-    soup_epochs = (ckpt.get("soup") or {}).get("epochs")
+    own_soup = weights.resolve() == layout.soup_weights(work).resolve()
+    soup_epochs = (ckpt.get("soup") or {}).get("epochs") if own_soup else None
     for epoch, path in epochs.items():
         if soup_epochs == [epoch] or path.resolve() == weights.resolve():  # the weights just scored
             e_probs, e_ok = probs, ok
@@ -93,12 +96,16 @@ def run(cfg):
         macro_auc=_num(metrics.macro_auc(y, p)), macro_auc_ci=[_num(v) for v in macro_ci],
         micro_auc=_num(metrics.micro_auc(y, p)),
         classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]],
+                         auc_ci_draws=int(draws_used[k]),
                          average_precision=_num(aps[k]), threshold=_num(thresholds[k]),
                          sensitivity=_num(sens[k]), specificity=_num(spec[k]))
                  for k, c in enumerate(classes)},
         threshold_rule="Youden's J (sensitivity + specificity - 1) maximized on val, applied to test",
-        bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, level=LEVEL,
-                       method="percentile, test images resampled"),
+        bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, level=LEVEL, patients=int(len(set(patients))),
+                       macro_draws=int(draws_used[-1]),
+                       method="percentile; test patients resampled with all their images; a class's "
+                              "interval from the draws holding both its labels, the macro's from the "
+                              "draws holding both labels of every class"),
         epoch_checkpoints_macro_auc=per_epoch,
     )
     if single:
@@ -124,8 +131,9 @@ def _fmt(x, digits=3):
 
 
 def _print(result, unreadable, reports):
-    print(f"[evaluate] {result['weights']} on {result['test_images']} test images"
-          f"{' (with flip TTA)' if result['tta'] else ''}:")
+    print(f"[evaluate] {result['weights']} on {result['test_images']} test images of "
+          f"{result['bootstrap']['patients']} patients{' (with flip TTA)' if result['tta'] else ''}; "
+          f"intervals resample patients:")
     rows = [(c, str(m["positives"]), f"{_fmt(m['auc'])} [{_fmt(m['auc_ci'][0])}, {_fmt(m['auc_ci'][1])}]",
              _fmt(m["sensitivity"]), _fmt(m["specificity"])) for c, m in result["classes"].items()]
     rows.append(("macro", str(result["test_images"]),

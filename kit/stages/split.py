@@ -58,7 +58,7 @@ def patient_groups(df: pd.DataFrame) -> np.ndarray:
               "images of one patient may land in two splits")
     elif missing.any():
         print(f"[split] warning: {int(missing.sum())} images have no patient id; each is its own group")
-    return np.where(missing, "image:" + df["image_id"], "patient:" + df["patient_id"])
+    return layout.patient_keys(df)
 
 
 def check_enough(df: pd.DataFrame, classes, groups, n_splits: int):
