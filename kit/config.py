@@ -73,7 +73,7 @@ class Config:
 
     # train
     model: str = opt("eva02_base_patch14_448.mim_in22k_ft_in1k", "timm model name", "train")
-    img_size: int = opt(448, "training and inference image size", "train", check=at_least(1))
+    img_size: int = opt(448, "training image size (evaluate and predict use the checkpoint's)", "train", check=at_least(1))
     pretrained: str = opt("auto", "auto: find weights offline first; none: random init; or a "
                                   "weights file", "train")
     drop_path: float = opt(0.1, "stochastic depth rate", "train", check=between(0, 1))

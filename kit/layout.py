@@ -65,6 +65,12 @@ def patient_keys(df) -> np.ndarray:
     return np.where(missing, "image:" + df["image_id"], "patient:" + df["patient_id"])
 
 
+def patient_hashes(df) -> np.ndarray:
+    """Sorted 64-bit hashes of the patients of `df` (`patient_keys`): what a checkpoint keeps
+    of the patients it was trained and selected on, a few bytes each."""
+    return np.unique(pd.util.hash_array(patient_keys(df).astype(object)).view(np.int64))
+
+
 def read_split(work, name):
     """(table, classes) of one split."""
     df = read_table(split_csv(work, name), "split")

@@ -136,8 +136,10 @@ def norm_stats(model):
     return tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
 
 
-def checkpoint_dict(state_dict, *, arch, classes, img_size, mean, std, epoch, metric) -> dict:
-    return {
+def checkpoint_dict(state_dict, *, arch, classes, img_size, mean, std, epoch, metric, seen_patients=None) -> dict:
+    """Weights and what it takes to use them; `seen_patients` (`layout.patient_hashes` of the
+    train and val splits) lets evaluate refuse a test split the weights have seen."""
+    ckpt = {
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "arch": arch,
         "classes": list(classes),
@@ -147,6 +149,9 @@ def checkpoint_dict(state_dict, *, arch, classes, img_size, mean, std, epoch, me
         "epoch": int(epoch),
         "metric": float(metric),
     }
+    if seen_patients is not None:
+        ckpt["seen_patients"] = torch.as_tensor(seen_patients)
+    return ckpt
 
 
 def save_weights(ckpt, path):

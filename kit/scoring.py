@@ -2,8 +2,10 @@
 soup, evaluate and predict stages."""
 import time
 
+import numpy as np
 import torch
 
+from kit import layout
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.infer import predict
@@ -29,6 +31,19 @@ def check_classes(ckpt, classes, split):
     if list(ckpt["classes"]) != list(classes):
         raise KitError(f"the weights know classes {ckpt['classes']} but splits/{split}.csv has "
                        f"{classes}; rerun --stage train on this split, or point --work-dir at its run")
+
+
+def check_unseen(ckpt, weights, test):
+    """Weights trained or selected on some of the test split's patients would score them too
+    well: refuse them (weights saved without the record pass)."""
+    seen = ckpt.get("seen_patients")
+    if seen is None:
+        return
+    shared = np.isin(layout.patient_hashes(test), seen.numpy())
+    if shared.any():
+        raise KitError(f"{weights} was trained or selected on {int(shared.sum())} of the {len(shared)} "
+                       f"patients of this run's test split, so its test figures would be optimistic; "
+                       f"evaluate it with the --work-dir of the run that trained it")
 
 
 class Scorer:

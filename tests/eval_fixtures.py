@@ -58,7 +58,8 @@ def initial_weights(arch, n_classes, img_size, seed):
     return model.state_dict(), *norm_stats(model)
 
 
-def write_checkpoints(work: Path, epochs=(1, 2, 3), classes=CLASSES, arch=ARCH, img_size=IMG_SIZE, seed=0):
+def write_checkpoints(work: Path, epochs=(1, 2, 3), classes=CLASSES, arch=ARCH, img_size=IMG_SIZE, seed=0,
+                      seen_patients=None):
     """Epoch checkpoints of one 'run': shared weights plus a per-epoch drift; returns {epoch: path}."""
     base, mean, std = initial_weights(arch, len(classes), img_size, seed)
     paths = {}
@@ -67,7 +68,7 @@ def write_checkpoints(work: Path, epochs=(1, 2, 3), classes=CLASSES, arch=ARCH, 
         sd = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
               for k, v in base.items()}
         ckpt = checkpoint_dict(sd, arch=arch, classes=classes, img_size=img_size, mean=mean, std=std,
-                               epoch=epoch, metric=0.5)
+                               epoch=epoch, metric=0.5, seen_patients=seen_patients)
         paths[epoch] = layout.epoch_checkpoint(work, epoch)
         save_weights(ckpt, paths[epoch])
     history = pd.DataFrame({"epoch": list(epochs), "train_loss": [0.5 / e for e in epochs],
@@ -81,8 +82,9 @@ def write_checkpoints(work: Path, epochs=(1, 2, 3), classes=CLASSES, arch=ARCH, 
 
 
 def finished_run(work: Path, epochs=(1, 2, 3), arch=ARCH, img_size=IMG_SIZE):
-    write_splits(work)
-    return write_checkpoints(work, epochs, arch=arch, img_size=img_size)
+    tables = write_splits(work)
+    seen = layout.patient_hashes(pd.concat([tables["train"], tables["val"]]))
+    return write_checkpoints(work, epochs, arch=arch, img_size=img_size, seen_patients=seen)
 
 
 _evaluated = {}

@@ -1,6 +1,7 @@
 """The evaluate stage: its report against scikit-learn on the saved predictions, its pictures,
 and bad input."""
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -9,12 +10,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from eval_fixtures import CLASSES, evaluated_run, finished_run, write_checkpoints, write_splits
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, confusion_matrix,
                              roc_auc_score)
 
 from kit import layout, metrics, plots
 from kit.errors import KitError
+from kit.model import read_weights, save_weights
 from kit.stages import evaluate, soup
 
 
@@ -141,6 +144,24 @@ def test_another_runs_one_epoch_soup_is_not_taken_for_this_runs_epoch(cfg, tmp_p
     assert scored == ["[evaluate] val", "[evaluate] test", "[evaluate] test, epoch 1"]
     m = json.loads((layout.reports_dir(c.work) / "test_metrics.json").read_text())
     assert m["epoch_checkpoints_macro_auc"]["epoch 1"] != m["macro_auc"]
+
+
+def test_weights_that_saw_test_patients_are_refused(cfg, tmp_path):
+    c = cfg(workers=0, bootstrap=20, epochs=3)
+    finished_run(c.work)
+    with contextlib.redirect_stdout(io.StringIO()):
+        soup.run(c)
+    own = read_weights(layout.soup_weights(c.work))
+    seen = pd.concat([layout.read_split(c.work, s)[0] for s in ("train", "val")])
+    assert own["seen_patients"].tolist() == layout.patient_hashes(seen).tolist()  # the soup keeps the record
+    test, _ = layout.read_split(c.work, "test")
+    leaky = {**own, "seen_patients": torch.as_tensor(layout.patient_hashes(test.iloc[:6]))}  # 3 test patients
+    save_weights(leaky, tmp_path / "leaky.pth")
+    with pytest.raises(KitError, match=r"leaky.pth was trained or selected on 3 of the 12 patients of this "
+                                       r"run's test split, so its test figures would be optimistic"):
+        evaluate.run(dataclasses.replace(c, weights=str(tmp_path / "leaky.pth")))
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluate.run(c)  # its own soup saw none of them
 
 
 def test_intervals_resample_patients_and_say_so(run):

@@ -1,6 +1,7 @@
 """The predict stage: a submission shaped like the sample, the same probabilities as evaluate,
 and every row accounted for when images are bad."""
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -89,20 +90,51 @@ def test_unreadable_images_fail_by_default_keeping_the_rest(bad_folder):
     assert listed["problem"].tolist() == ["unreadable", "missing"]
 
 
-def test_on_missing_fill_writes_every_row_with_the_training_prevalence(bad_folder, capsys):
+def test_on_missing_fill_writes_every_row_with_the_real_training_prevalence(bad_folder, capsys):
     cfg, ids = bad_folder
     with pytest.raises(KitError):
         predict.run(cfg)  # --on-missing fail: a partial file
+    real, _ = layout.read_split(cfg.work, "train")
+    synthetic = real.assign(**{c: int(c == CLASSES[0]) for c in CLASSES}, source="synthetic")
+    pd.concat([real.assign(source="real"), synthetic]).to_csv(layout.split_csv(cfg.work, "train"), index=False)
     cfg.on_missing = "fill"
     predict.run(cfg)
     assert not (cfg.work / "submission_partial.csv").exists()  # no stale file beside the whole one
     sub = pd.read_csv(layout.submission_csv(cfg.work))
     assert sub["Image_name"].tolist() == ids and not sub[CLASSES].isna().any().any()
-    train, _ = layout.read_split(cfg.work, "train")
     for row in (1, 4):
-        np.testing.assert_allclose(sub.loc[row, CLASSES], train[CLASSES].mean())
+        np.testing.assert_allclose(sub.loc[row, CLASSES], real[CLASSES].mean())
     out = capsys.readouterr().out
     assert "warning: 2 of 5 images could not be predicted" in out and "training prevalence" in out
+
+
+def test_an_image_replaced_in_place_is_predicted_again(bad_folder, capsys):
+    cfg, ids = bad_folder
+    cfg.on_missing = "fill"
+    predict.run(cfg)
+    first = pd.read_csv(layout.submission_csv(cfg.work))
+    predict.run(cfg)
+    assert "up to date" in capsys.readouterr().out
+    folder = Path(cfg.predict_csv).parent / "test1"
+    shutil.copy(folder / ids[0], folder / ids[2])  # the folder's own time does not change
+    predict.run(cfg)
+    assert "up to date" not in capsys.readouterr().out
+    again = pd.read_csv(layout.submission_csv(cfg.work))
+    np.testing.assert_allclose(again.loc[2, CLASSES], first.loc[0, CLASSES])
+    assert not np.allclose(first.loc[2, CLASSES], first.loc[0, CLASSES])
+
+
+def test_an_id_repeated_in_the_sample_is_warned_about_and_kept(run, tmp_path, capsys):
+    cfg, test = run
+    ids = [*test["image_id"][:3], test["image_id"][0]]
+    cfg.predict_csv = str(_sample(tmp_path / "sample.csv", ids, CLASSES))
+    cfg.predict_dir = str(layout.dataset_dir(cfg.work) / "images")
+    _own_work(cfg, tmp_path)
+    predict.run(cfg)
+    sub = pd.read_csv(layout.submission_csv(cfg.work))
+    assert sub["Image_name"].tolist() == ids
+    np.testing.assert_allclose(sub.loc[3, CLASSES], sub.loc[0, CLASSES])
+    assert f"warning: 1 ids appear more than once in {cfg.predict_csv} (first: {ids[0]})" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content", [b"", "Image_name,Cardiomegaly\nb\xe9b\xe9.jpg,0.5\n".encode("latin-1")])

@@ -49,6 +49,8 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     assert 2 in kept and set(kept) <= {1, 2}  # the soup's last epoch and the best one
     ckpt = read_weights(kept[2])
     assert ckpt["epoch"] == 2 and ckpt["metric"] == pytest.approx(history.val_macro_auc[1])
+    seen = pd.concat([layout.read_split(work, s)[0] for s in ("train", "val")])
+    assert ckpt["seen_patients"].tolist() == layout.patient_hashes(seen).tolist()
     state = last_state(work)
     assert state["epoch"] == 2 and state["updates"] == 8 and state["offset"] == 0
     assert all(torch.equal(state["ema"][k], v) for k, v in ckpt["state_dict"].items())

@@ -14,7 +14,7 @@ from kit import layout, metrics, plots, stamps
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
-from kit.scoring import Scorer, check_classes
+from kit.scoring import Scorer, check_classes, check_unseen
 
 LEVEL = 0.95
 SHOWN = 5
@@ -64,6 +64,7 @@ def run(cfg):
 
     ckpt = read_weights(weights)
     check_classes(ckpt, classes, "test")
+    check_unseen(ckpt, weights, test)
     scorer = Scorer({split: [layout.image_path(work, f) for f in df["file"]] for split, df in
                      (("val", val), ("test", test))}, ckpt["img_size"], cfg)
     p_val, ok_val = scorer(ckpt, "val", "[evaluate] val")

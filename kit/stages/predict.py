@@ -91,11 +91,14 @@ def match_classes(asked, known) -> list:
 
 
 def _fill_values(cfg, classes, probs, ok):
-    """(values, how): the training prevalence of each class, or the mean prediction without it."""
+    """(values, how): the prevalence of each class among the real training images, or the mean
+    prediction without them."""
     train_csv = layout.split_csv(cfg.work, "train")
     if train_csv.exists():
         train, train_classes = layout.read_split(cfg.work, "train")
-        if list(train_classes) == list(classes):
+        if "source" in train:  # synthetic images inflate the scarce classes on purpose
+            train = train[train["source"] != "synthetic"]
+        if list(train_classes) == list(classes) and len(train):
             return train[classes].to_numpy().mean(0), "the training prevalence"
     return probs[ok].mean(0), "the mean prediction over the readable images (no splits/train.csv)"
 
@@ -108,19 +111,24 @@ def run(cfg):
     stored = layout.stored_resize(cfg.work, cfg.resize)
     settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=cfg.tta, amp=cfg.amp,
                     on_missing=cfg.on_missing, shorter_side=stored)
-    inputs = [weights, folder] + ([csv] if csv else [])
+    index = index_images(folder)
+    # every image, not the folder: a file copied over another leaves the folder's time as it was
+    inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
     if stamps.up_to_date(cfg, "predict", settings, inputs, [out]):
         return
 
     ckpt = read_weights(weights)
     classes = list(ckpt["classes"])
-    index = index_images(folder)
     if csv:
         sample = read_csv_checked(csv, (), "a sample submission (image ids, then one column per class)",
                                   dtype=str, keep_default_na=False)
         id_col, asked = sample.columns[0], list(sample.columns[1:])
         columns = match_classes(asked, classes)
         ids = sample[id_col].tolist()
+        repeated = sample[id_col][sample[id_col].duplicated()].unique()
+        if len(repeated):
+            print(f"warning: {len(repeated)} ids appear more than once in {csv} (first: {repeated[0]}); "
+                  f"each row gets the image's prediction, as the sample asks")
     else:
         id_col, asked, columns = FOLDER_ID_COLUMN, classes, list(range(len(classes)))
         ids = sorted({p.relative_to(folder).as_posix() for p in index.values()})

@@ -79,7 +79,7 @@ def run(cfg):
 
     final = checkpoint_dict(soup.uniform_average([ingredients[e] for e in kept]), arch=last["arch"],
                             classes=classes, img_size=last["img_size"], mean=last["mean"], std=last["std"],
-                            epoch=max(kept), metric=best)
+                            epoch=max(kept), metric=best, seen_patients=last.get("seen_patients"))
     final["soup"] = {"method": cfg.soup, "epochs": kept}
     save_weights(final, out)
 

@@ -91,6 +91,7 @@ def train(cfg, world):
         f"{str(trainer.dtype).replace('torch.', '') if trainer.dtype else 'off'}")
     val_loader = make_val_loader(cfg, world, val_df, classes, batch)
     val_targets = val_df[classes].to_numpy(np.float32)
+    seen_patients = layout.patient_hashes(pd.concat([train_df, val_df]))
 
     session_start, session_epochs = time.perf_counter(), 0
     with interrupt.stop_after_update(say):
@@ -108,7 +109,7 @@ def train(cfg, world):
             if world.is_main:
                 ema = checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
                                       img_size=cfg.img_size, mean=trainer.mean, std=trainer.std, epoch=epoch,
-                                      metric=val["val_macro_auc"])
+                                      metric=val["val_macro_auc"], seen_patients=seen_patients)
                 save_weights(ema, layout.epoch_checkpoint(cfg.work, epoch))
                 write_csv(pd.DataFrame(trainer.history), layout.history_csv(cfg.work))
                 prune(cfg.work, keep_rule(trainer.history))
