@@ -137,6 +137,8 @@ def run(cfg: Config):
         start = time.perf_counter()
         module.run(cfg)
         print(f"[{name}] done in {time.perf_counter() - start:.1f}s")
+        if name == "metadata" and "predict" in modules and modules["predict"].wanted(cfg):
+            modules["predict"].check_ahead(cfg)  # before hours of training, not after
 
 
 def first_process() -> bool:

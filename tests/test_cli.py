@@ -134,6 +134,17 @@ def test_resolved_config_and_skip_on_rerun(tmp_path, capsys):
     assert "up to date" not in capsys.readouterr().out
 
 
+def test_a_sample_submission_asking_for_other_classes_stops_the_run_before_training(tmp_path, capsys):
+    root = dataset(tmp_path / "d").parent
+    (root / "test1").mkdir()
+    pd.DataFrame({"Image_name": ["t.jpg"], "No Finding": [0.5], **{c: [0.5] for c in CLASSES}}).to_csv(
+        root / "sample_submission_1.csv", index=False)
+    argv = ["--data-dir", str(root), "--work-dir", str(tmp_path / "w"), "--stage", "all"]
+    fails(capsys, argv, r"the submission asks for classes .*unknown: No Finding\); train on the classes the "
+                        r"competition scores: --classes \"No Finding,Pneumothorax,Cardiomegaly,")
+    assert (tmp_path / "w" / "filtered.csv").exists() and not (tmp_path / "w" / "dataset").exists()
+
+
 def test_a_real_process_exits_2_without_traceback(tmp_path, kit_cli):
     result = kit_cli("--stage", "metadata", "--work-dir", tmp_path / "w", cwd=tmp_path)
     assert result.returncode == 2

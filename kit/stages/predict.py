@@ -86,8 +86,22 @@ def match_classes(asked, known) -> list:
     if unknown or not asked:
         raise KitError(f"the submission asks for classes {list(asked)} but the model knows {list(known)} "
                        f"({'unknown: ' + ', '.join(unknown) if unknown else 'no class column'}); train on "
-                       f"the classes the competition scores (--classes all for every finding)")
+                       f"the classes the competition scores: --classes \"{','.join(asked)}\"")
     return [by_name[normalize_name(c)] for c in asked]
+
+
+def _read_sample(csv, **kwargs) -> pd.DataFrame:
+    return read_csv_checked(csv, (), "a sample submission (image ids, then one column per class)",
+                            dtype=str, keep_default_na=False, **kwargs)
+
+
+def check_ahead(cfg):
+    """For --stage all once the metadata stage has chosen the targets: a sample submission that
+    asks for other classes stops the run now, not after training."""
+    csv, _ = find_inputs(cfg)
+    if csv:
+        targets = layout.class_columns(pd.read_csv(layout.filtered_csv(cfg.work), nrows=0))
+        match_classes(list(_read_sample(csv, nrows=0).columns[1:]), targets)
 
 
 def _fill_values(cfg, classes, probs, ok):
@@ -120,8 +134,7 @@ def run(cfg):
     ckpt = read_weights(weights)
     classes = list(ckpt["classes"])
     if csv:
-        sample = read_csv_checked(csv, (), "a sample submission (image ids, then one column per class)",
-                                  dtype=str, keep_default_na=False)
+        sample = _read_sample(csv)
         id_col, asked = sample.columns[0], list(sample.columns[1:])
         columns = match_classes(asked, classes)
         ids = sample[id_col].tolist()
