@@ -112,6 +112,12 @@ def test_csv_with_label_columns_and_with_a_labels_column(tmp_path, cfg):
         read(tmp_path, cfg(csv=str(tmp_path / "m.csv"), image_col="file", label_cols="tags"))
 
 
+def test_paths_under_a_root_match_pathlib_and_keep_absolute_names(tmp_path):
+    names = pd.Series(["a.jpg", "sub/b.png", str(tmp_path / "elsewhere" / "c.jpg"), "d e.jpg"])
+    got = sources.common.paths_under(tmp_path / "root", names)
+    assert got.tolist() == [str(tmp_path / "root" / n) for n in names]  # pathlib: an absolute name wins
+
+
 @pytest.mark.parametrize("requested,expected", [
     ("pleural_thickening, EFFUSION", ["Pleural_Thickening", "Effusion"]),
     ("all", [f for f in nih.FINDINGS if f != "No Finding"]),

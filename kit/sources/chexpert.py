@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from kit.errors import KitError
-from kit.sources.common import STUDY_CLASSES, read_csv_checked, resolve_classes
+from kit.sources.common import STUDY_CLASSES, paths_under, read_csv_checked, resolve_classes
 
 NAME = "chexpert"
 MARKERS = ("train.csv",)
@@ -62,7 +62,7 @@ def load(csv_path: Path, cfg):
     view = df["AP/PA"].fillna("").astype(str).str.strip().str.upper().where(frontal, "LATERAL")
     table = labels.astype(int)
     table.insert(0, "image_id", df["Path"])
-    table.insert(1, "path", [str(root / p) for p in df["Path"]])
+    table.insert(1, "path", paths_under(root, df["Path"]))
     table.insert(2, "patient_id", df["Path"].str.extract(PATIENT, expand=False))
     table.insert(3, "view", view)
     return table[keep.to_numpy()].reset_index(drop=True)

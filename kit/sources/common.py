@@ -1,4 +1,5 @@
 """Helpers every dataset adapter shares."""
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,13 @@ STUDY_CLASSES = ("Pneumothorax", "Cardiomegaly", "Lung Opacity", "Pleural Effusi
 def normalize_name(name: str) -> str:
     """Class names compare case-insensitively with `_`, `-` and spaces folded."""
     return re.sub(r"[\s_\-]+", " ", str(name)).strip().lower()
+
+
+def paths_under(root, names: pd.Series) -> pd.Series:
+    """Each name's path under `root`, as a string; an absolute name stays as it is. One string
+    operation for the column, where a Path per row costs seconds at 200k rows."""
+    names = names.astype(str)
+    return names.where(names.map(os.path.isabs), os.path.join(str(root), "") + names)
 
 
 def finding_columns(table) -> list:

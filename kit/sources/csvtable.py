@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from kit.errors import KitError
-from kit.sources.common import read_csv_checked
+from kit.sources.common import paths_under, read_csv_checked
 
 NAME = "csv"
 MARKERS = ()
@@ -36,7 +36,7 @@ def load(csv_path: Path, cfg):
     labels = _labels(df, cfg)
     table = labels.reset_index(drop=True)
     table.insert(0, "image_id", df[cfg.image_col])
-    table.insert(1, "path", [str(root / p) for p in df[cfg.image_col]])
+    table.insert(1, "path", paths_under(root, df[cfg.image_col]))
     table.insert(2, "patient_id", df[cfg.patient_col] if cfg.patient_col else "")
     table.insert(3, "view", df[cfg.view_col].str.strip().str.upper() if cfg.view_col else "")
     return table

@@ -4,9 +4,10 @@ Data_Entry_2017.csv has pipe-separated `Finding Labels` over 14 findings and No 
 (on Kaggle also an empty trailing column); the PNGs are spread over images_001/images/ ...
 images_012/images/; train_val_list.txt and test_list.txt give the official split.
 """
+import os
 from pathlib import Path
 
-from kit.sources.common import read_csv_checked
+from kit.sources.common import paths_under, read_csv_checked
 
 NAME = "nih"
 MARKERS = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -19,8 +20,10 @@ DEFAULT_CLASSES = ("Pneumothorax", "Cardiomegaly", "Effusion", "Infiltration", "
 
 
 def _image_index(root: Path) -> dict:
-    """Image file name -> path, wherever under the dataset folder the PNG lies."""
-    return {p.name: p for p in root.rglob("*.png")}
+    """Image file name -> path, wherever under the dataset folder the PNG lies (strings: 112k
+    Path objects cost seconds)."""
+    return {name: os.path.join(folder, name)
+            for folder, _, names in os.walk(root) for name in names if name.endswith(".png")}
 
 
 def _official_split(root: Path, image_ids):
@@ -43,7 +46,7 @@ def load(csv_path: Path, cfg):
         print(f"[metadata] warning: ignoring labels not in ChestX-ray14's list: {', '.join(unknown)}")
     ids = df["Image Index"]
     table.insert(0, "image_id", ids)
-    table.insert(1, "path", [str(index.get(i, root / "images" / i)) for i in ids])
+    table.insert(1, "path", ids.map(index).fillna(paths_under(root / "images", ids)))
     table.insert(2, "patient_id", df["Patient ID"])
     table.insert(3, "view", df["View Position"].astype(str).str.strip().str.upper())
     official = _official_split(root, ids)
