@@ -104,17 +104,23 @@ def test_weights_flag_multi_label_mode_and_an_unreadable_test_image(run, tmp_pat
     assert "warning: 1 test images could not be read" in capsys.readouterr().out
 
 
-def test_an_epoch_that_is_the_evaluated_weights_is_not_scored_again(cfg, monkeypatch):
-    c = cfg(workers=0, bootstrap=50, epochs=1)
-    finished_run(c.work, epochs=(1,))
-    scored = []
+@pytest.fixture
+def scored(monkeypatch):
+    """What evaluate scores, in order: one line per call of its Scorer."""
+    calls = []
 
     class Counting(evaluate.Scorer):
         def __call__(self, ckpt, split, desc):
-            scored.append(desc)
+            calls.append(desc)
             return super().__call__(ckpt, split, desc)
 
     monkeypatch.setattr(evaluate, "Scorer", Counting)
+    return calls
+
+
+def test_an_epoch_that_is_the_evaluated_weights_is_not_scored_again(cfg, scored):
+    c = cfg(workers=0, bootstrap=50, epochs=1)
+    finished_run(c.work, epochs=(1,))
     with contextlib.redirect_stdout(io.StringIO()):
         soup.run(c)
         evaluate.run(c)
@@ -123,7 +129,7 @@ def test_an_epoch_that_is_the_evaluated_weights_is_not_scored_again(cfg, monkeyp
     assert m["soup"]["epochs"] == [1] and m["epoch_checkpoints_macro_auc"] == {"epoch 1": m["macro_auc"]}
 
 
-def test_another_runs_one_epoch_soup_is_not_taken_for_this_runs_epoch(cfg, tmp_path, monkeypatch):
+def test_another_runs_one_epoch_soup_is_not_taken_for_this_runs_epoch(cfg, tmp_path, scored):
     other = cfg(work_dir=str(tmp_path / "other"), workers=0, bootstrap=50, epochs=1)
     write_splits(other.work)
     write_checkpoints(other.work, epochs=(1,), seed=1)  # other weights, same epoch number
@@ -131,14 +137,6 @@ def test_another_runs_one_epoch_soup_is_not_taken_for_this_runs_epoch(cfg, tmp_p
         soup.run(other)
     c = cfg(workers=0, bootstrap=50, epochs=1, weights=str(layout.soup_weights(other.work)))
     finished_run(c.work, epochs=(1,))
-    scored = []
-
-    class Counting(evaluate.Scorer):
-        def __call__(self, ckpt, split, desc):
-            scored.append(desc)
-            return super().__call__(ckpt, split, desc)
-
-    monkeypatch.setattr(evaluate, "Scorer", Counting)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluate.run(c)
     assert scored == ["[evaluate] val", "[evaluate] test", "[evaluate] test, epoch 1"]
