@@ -8,11 +8,12 @@ import sys
 import time
 import traceback
 import typing
+from pathlib import Path
 
 from kit import env, interrupt, session
 from kit.config import STAGES, Config, fields_by_group
 from kit.errors import KitError
-from kit.io import write_json
+from kit.io import remove_partial_writes, write_json
 
 # stages that never import timm: they start at once, without asking whether the hub answers
 MODEL_FREE = ("metadata", "separate", "split", "compare", "bundle", "push")
@@ -123,6 +124,9 @@ def run(cfg: Config):
 
         download.fetch(cfg)
     env.ensure_writable(cfg.work)
+    if first_process():  # torchrun's other ranks may already be writing
+        for folder in {cfg.work, *([Path(cfg.data_dir)] if cfg.demo else [])}:
+            remove_partial_writes(folder)
     write_json(dataclasses.asdict(cfg), cfg.work / "run_config.json")
     if set(stage_list(cfg.stage)) - set(MODEL_FREE):
         env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub

@@ -1,8 +1,11 @@
 """Atomic file writes: a file under its final name is always complete."""
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -23,7 +26,12 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as e:
+            if e.filename is None:  # a failed write (a full disk) names no file: name the one written
+                raise OSError(e.errno, e.strerror, str(path)) from e
+            raise
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
@@ -55,10 +63,28 @@ def save_torch(obj, path):
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            # torch's zip writer reports a failed write as "unexpected pos" (seen on a full disk)
+            if "unexpected pos" not in str(e):
+                raise
+            code = errno.ENOSPC if shutil.disk_usage(tmp.parent).free < LOW_DISK else errno.EIO
+            raise OSError(code, os.strerror(code)) from e
 
 
-def remove_partial_writes(folder):
-    """Delete the temporary files of writes that a killed process left unfinished."""
-    for tmp in Path(folder).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+LOW_DISK = 1 << 30  # bytes free below which a failed checkpoint write is put down to a full disk
+STARTED = time.time()
+
+
+def remove_partial_writes(folder) -> int:
+    """Delete, anywhere under `folder`, the temporary files that writes of a killed earlier
+    process left (last changed before this process started); how many there were."""
+    removed = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            tmp = os.path.join(root, name)
+            if name.startswith(".") and name.endswith(".tmp") and os.path.getmtime(tmp) < STARTED:
+                os.unlink(tmp)
+                removed += 1
+    return removed

@@ -149,3 +149,14 @@ def test_a_real_process_exits_2_without_traceback(tmp_path, kit_cli):
     result = kit_cli("--stage", "metadata", "--work-dir", tmp_path / "w", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: no dataset found") and "Traceback" not in result.stderr
+
+
+def test_a_run_clears_the_temporary_files_a_killed_run_left(tmp_path):
+    root = dataset(tmp_path / "d").parent
+    left = [tmp_path / "w" / ".filtered.csv.k1.tmp", tmp_path / "w" / "reports" / ".roc_curves.png.k2.tmp"]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (0, 0))  # written by an earlier process
+    assert cli.main(["--data-dir", str(root), "--work-dir", str(tmp_path / "w"), "--stage", "metadata"]) == 0
+    assert not any(p.exists() for p in left)

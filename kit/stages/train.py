@@ -17,7 +17,7 @@ import torch
 from kit import batching, distributed, env, infer, interrupt, layout, resume, session
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
-from kit.io import remove_partial_writes, write_csv
+from kit.io import write_csv
 from kit.losses import build_loss
 from kit.metrics import auc_per_class, macro_auc, single_label_report
 from kit.model import checkpoint_dict, create_model, save_weights
@@ -60,8 +60,6 @@ def train(cfg, world):
                            f"or the run's own settings to use its results")
         say(f"[train] up to date: {state['epoch']} epochs done (--epochs more continues, --force retrains)")
         return
-    if world.is_main:
-        remove_partial_writes(layout.checkpoint_dir(cfg.work))
     if state:
         say(f"[train] resuming from {last_path} at epoch {state['epoch'] + 1}, "
             f"update {state['updates'] + 1}" + (f", with other settings ({', '.join(changes)})" if changes else ""))
