@@ -1,5 +1,7 @@
 """Resume after a killed training process, and data-parallel training on CPU (gloo), both
 compared with one uninterrupted single-process run."""
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -11,7 +13,7 @@ import pytest
 import torch
 from train_fixtures import last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
-from kit import layout, resume
+from kit import cli, layout, resume
 from kit.cli import parse_config
 from kit.distributed import RUN_PY, config_flags, relaunch_command
 
@@ -54,7 +56,7 @@ def test_the_same_split_under_another_data_dir_has_the_same_signature(tmp_path):
     assert sig["same"] == sig["moved"] != sig["relabelled"]
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference):
+def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference, monkeypatch):
     work = make_work(tmp_path)
     cfg = tiny_cfg(work, model=MODEL, img_size=32, workers=1)
     script = ("import sys; import kit.trainer; kit.trainer.SAVE_EVERY_S = 0; "  # a resume point every update
@@ -66,8 +68,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference):
         time.sleep(0.01)
     proc.kill()  # somewhere in epoch 2, perhaps in the middle of writing last.pth
     proc.wait()
-    out = run_quietly(cfg)
-    assert "resuming from" in out
+    (layout.checkpoint_dir(work) / ".last.pth.killed.tmp").write_bytes(b"half")  # what a kill in a save leaves
+    monkeypatch.setattr("kit.io.STARTED", time.time())  # the rerun is a new process, as run.py is
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(config_flags(cfg, stage="train")) == 0
+    assert "resuming from" in out.getvalue()
     state = last_state(work)
     assert (state["epoch"], state["updates"]) == (reference["epoch"], reference["updates"]) == (2, 8)
     assert_same_weights(state["model"], reference["model"], atol=1e-6)
