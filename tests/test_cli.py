@@ -105,10 +105,10 @@ def test_a_file_where_a_folder_belongs_and_the_reverse_are_named(tmp_path, capsy
 
 def test_a_full_disk_or_a_forbidden_path_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
     def full(cfg):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / ".last.pth.x.tmp"))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / "checkpoints" / "last.pth"))
     monkeypatch.setattr(cli, "run", full)
     fails(capsys, ["--work-dir", str(tmp_path / "w")],
-          r"^error: No space left on device: .*\.last\.pth\.x\.tmp; check that path's permissions and the free")
+          r"^error: No space left on device: .*checkpoints/last\.pth; check that path's permissions and the free")
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
