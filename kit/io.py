@@ -16,6 +16,8 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()  # what open() would give; mkstemp's files are private (0600)
+LOW_DISK = 1 << 30  # bytes free below which a failed checkpoint write is put down to a full disk
+STARTED = time.time()  # temporary files older than this were left by a killed earlier process
 
 
 @contextlib.contextmanager
@@ -71,10 +73,6 @@ def save_torch(obj, path):
                 raise
             code = errno.ENOSPC if shutil.disk_usage(tmp.parent).free < LOW_DISK else errno.EIO
             raise OSError(code, os.strerror(code)) from e
-
-
-LOW_DISK = 1 << 30  # bytes free below which a failed checkpoint write is put down to a full disk
-STARTED = time.time()
 
 
 def remove_partial_writes(folder) -> int:
