@@ -5,9 +5,10 @@ and normalized there, forward and loss under autocast, backward (scaled for floa
 gradient clipping, AdamW with layer decay, the EMA update and the schedule. The batches come
 ready-made from memory (decoding is bench.loader's part), through the kit's own loader.
 
-First every batch size at every precision the device supports; then, at the fastest of those,
---compile and --grad-checkpointing on. The kit's defaults (--amp auto, the batch that
---batch-size auto picks, no compile, no checkpointing) are compared with the best. On a GPU,
+First every batch size at every precision the device supports, neither compiled nor
+checkpointed; then, at the kit's default precision and batch, --compile and
+--grad-checkpointing each way. The kit's defaults (--amp auto, the batch that --batch-size auto
+picks, --compile auto: on for GPUs, no checkpointing) are compared with the best. On a GPU,
 MFU = FLOPs of one step (counted with torch.utils.flop_counter) x steps/s / the device's
 dense peak at that precision (a small table of known GPUs, or --peak-tflops). On a CPU it
 runs EVA-02 tiny at 56 px, without compiling (minutes on two cores: --compile off,on).
@@ -37,7 +38,7 @@ from kit.losses import build_loss
 from kit.model import create_model
 from kit.precision import allow_tf32, autocast_dtype
 from kit.stages.train import plan_batches
-from kit.trainer import Trainer
+from kit.trainer import Trainer, compiles
 
 CLASSES = 5
 DISTINCT_IMAGES = 64
@@ -135,7 +136,7 @@ def measure(base, world, precision, batch, compile, checkpointing, args, tmp) ->
     """One configuration: median images/s of `args.repeats` epochs after one warm-up epoch, and
     the peak GPU memory. 'out of memory' when the step does not fit at this batch."""
     row = {"precision": precision, "batch": batch, "compile": compile, "ckpt": checkpointing}
-    cfg = Config(**{**base.to_dict(), "amp": AMP[precision], "compile": compile,
+    cfg = Config(**{**base.to_dict(), "amp": AMP[precision], "compile": "on" if compile else "off",
                     "grad_checkpointing": checkpointing, "effective_batch": batch})
     trainer = None
     try:
@@ -205,7 +206,8 @@ def parse_args(argv, device):
 
 
 def kit_default(base, world):
-    """(precision, batch) the train stage would pick here, and the FLOPs of one image's step."""
+    """(precision, batch, compiled) the train stage would pick here, and the FLOPs of one
+    image's step."""
     dtype = autocast_dtype(base.amp, world.device)
     model = create_model(base.model, CLASSES, base.img_size, 0.0, "none").to(world.device)
     criterion = build_loss(base, torch.zeros(1, CLASSES).numpy()).to(world.device)
@@ -213,11 +215,12 @@ def kit_default(base, world):
     flops = step_flops(model, criterion, base.img_size, world.device, dtype)
     del model
     free(world.device)
-    return precision_name(dtype), batch, flops
+    return precision_name(dtype), batch, compiles(base.compile, world.device), flops
 
 
-def sweep(base, world, batches, args) -> list:
-    """Every batch size at every precision; then compile and checkpointing at the fastest."""
+def sweep(base, world, batches, default, args) -> list:
+    """Every batch size at every precision; then compile and checkpointing at the default
+    (precision, batch)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
         tmp = Path(tmp)
@@ -226,13 +229,11 @@ def sweep(base, world, batches, args) -> list:
                 for batch in batches:
                     rows.append(measure(base, world, precision, batch, False, False, args, tmp))
                     say(rows[-1])
-        fitted = [r for r in rows if "images_per_s" in r]
-        best = max(fitted, key=lambda r: r["images_per_s"]) if fitted else dict(
-            precision=args.precisions[0], batch=batches[0])
+        precision, batch = default
         for compile in args.compile:
             for ckpt in args.grad_checkpointing:
                 if compile or ckpt:
-                    rows.append(measure(base, world, best["precision"], best["batch"], compile, ckpt, args, tmp))
+                    rows.append(measure(base, world, precision, batch, compile, ckpt, args, tmp))
                     say(rows[-1])
     return rows
 
@@ -257,13 +258,14 @@ def main(argv=None):
     world = World(device=device)
     base = Config(model=args.model, img_size=args.img_size, pretrained="none", workers=1, seed=0)
     mach = common.machine()
-    default_precision, default_batch, flops = kit_default(base, world)
+    default_precision, default_batch, default_compile, flops = kit_default(base, world)
     print(f"bench.train_step | {common.describe(mach)} | {args.model} at {args.img_size}px, {CLASSES} classes, "
           f"{flops / 1e9:.2f} GFLOPs per image per step | kit default: {default_precision}, batch "
-          f"{default_batch}, no compile, no checkpointing")
+          f"{default_batch}, {'compiled' if default_compile else 'not compiled'}, no checkpointing")
 
-    rows = sweep(base, world, sorted(set(common.int_list(args.batch_sizes)) | {default_batch}), args)
-    score(rows, (default_precision, default_batch, False, False), flops, device, args.peak_tflops)
+    rows = sweep(base, world, sorted(set(common.int_list(args.batch_sizes)) | {default_batch}),
+                 (default_precision, default_batch), args)
+    score(rows, (default_precision, default_batch, default_compile, False), flops, device, args.peak_tflops)
     table = [{**r, "compile": "on" if r["compile"] else "off", "ckpt": "on" if r["ckpt"] else "off",
               "mfu": 100 * r["mfu"] if "mfu" in r else None, "default": "<- default" if r["default"] else "",
               "note": r.get("note", "")}

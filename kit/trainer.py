@@ -26,6 +26,16 @@ SAVE_EVERY_S = 600  # mid-epoch resume points: a session can end at any moment
 MAX_BAD_UPDATES = 10  # non-finite gradients in a row before giving up
 
 
+def compiles(setting, device) -> bool:
+    """--compile auto: on GPUs that Triton generates code for (compute capability 7.0 and newer,
+    so not the P100), where EVA-02's many small elementwise operations fuse; off on CPU, where
+    compiling takes minutes of a short run."""
+    if setting != "auto":
+        return setting == "on"
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
+
+
 class Trainer:
     def __init__(self, cfg, world, model, criterion, train_set, batch, accum, state=None):
         self.cfg, self.world, self.model, self.criterion = cfg, world, model, criterion
@@ -53,7 +63,8 @@ class Trainer:
             # gradients as views of the all-reduce buckets: no second copy of them in GPU memory
             self.ddp = DistributedDataParallel(model, device_ids=gpu, gradient_as_bucket_view=True)
         net = self.ddp or model
-        self.net = torch.compile(net) if cfg.compile else net
+        self.compiled = compiles(cfg.compile, world.device)
+        self.net = torch.compile(net) if self.compiled else net
         self.sampler = EpochSampler(len(train_set), self.updates_per_epoch * self.effective,
                                     cfg.seed, world.rank, world.size)
         self.loader = self._loader()

@@ -24,7 +24,7 @@ from kit.model import create_model, load_model, read_weights
 from kit.optim import build_optimizer, build_scheduler
 from kit.precision import Autocast, autocast_dtype, grad_scaler
 from kit.stages import train
-from kit.trainer import Trainer
+from kit.trainer import Trainer, compiles
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +197,14 @@ def test_amp_choice_follows_the_device(monkeypatch):
     assert autocast_dtype("fp16", "cuda:0") == torch.float16
     assert autocast_dtype("off", "cuda:0") is None
     assert grad_scaler(torch.float16, cpu).is_enabled() and not grad_scaler(torch.bfloat16, cpu).is_enabled()
+
+
+def test_compile_choice_follows_the_device(monkeypatch):
+    assert not compiles("auto", "cpu") and compiles("on", "cpu") and not compiles("off", "cpu")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))  # P100: no Triton
+    assert not compiles("auto", "cuda:0") and compiles("on", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # T4
+    assert compiles("auto", "cuda:0") and not compiles("off", "cuda:0")
 
 
 def test_batch_plan_keeps_the_effective_batch():

@@ -37,7 +37,7 @@ def reference(tmp_path_factory):
 
 
 def test_config_flags_rebuild_the_config():
-    cfg = parse_config(["--compile", "--runs", "a", "b", "--", "--stage", "all"])
+    cfg = parse_config(["--compile", "on", "--runs", "a", "b", "--", "--stage", "all"])
     assert parse_config(config_flags(cfg)) == cfg and cfg.kernel_args == "--stage all"
     command = relaunch_command(cfg, 2)
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]

@@ -86,7 +86,8 @@ def train(cfg, world):
     say(f"[train] {cfg.model} at {cfg.img_size}px on {device} x{world.size} | {len(train_df)} train, "
         f"{len(val_df)} val images | batch {batch} x {accum} accumulation x {world.size} = "
         f"{trainer.effective} | {trainer.updates_per_epoch} updates/epoch | amp "
-        f"{str(trainer.dtype).replace('torch.', '') if trainer.dtype else 'off'}")
+        f"{str(trainer.dtype).replace('torch.', '') if trainer.dtype else 'off'} | "
+        f"{'compiled' if trainer.compiled else 'not compiled'}")
     val_loader = make_val_loader(cfg, world, val_df, classes, batch)
     val_targets = val_df[classes].to_numpy(np.float32)
     seen_patients = layout.patient_hashes(pd.concat([train_df, val_df]))
