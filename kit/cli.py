@@ -56,7 +56,8 @@ def checked(kind, check):
     return convert
 
 
-def build_parser():
+def build_parser(defaults=True):
+    """The command line; without `defaults`, parsing gives only the settings the user named."""
     parser = Parser(
         prog="run.py",
         description="Chest X-ray classification study: "
@@ -67,7 +68,7 @@ def build_parser():
         g = parser.add_argument_group(GROUP_TITLES[group])
         for f in fields:
             flag = "--" + f.name.replace("_", "-")
-            kw = dict(dest=f.name, default=f.default, help=f.metadata["help"])
+            kw = dict(dest=f.name, default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"])
             if f.type in (bool, "bool"):
                 kw["action"] = argparse.BooleanOptionalAction
             elif typing.get_origin(f.type) is tuple:  # tuple[str, str]: a flag taking two values
@@ -88,8 +89,9 @@ def parse_config(argv=None) -> Config:
     if "--" in argv:  # run.py --stage bundle -- ARGS: ARGS are the bundled kernel's own arguments
         cut = argv.index("--")
         argv = argv[:cut] + ["--kernel-args=" + shlex.join(argv[cut + 1:])]
-    args = build_parser().parse_args(argv)
-    return Config(**vars(args))
+    cfg = Config(**vars(build_parser().parse_args(argv)))
+    cfg.given = frozenset(vars(build_parser(defaults=False).parse_args(argv)))
+    return cfg
 
 
 def resolve(cfg: Config) -> Config:
@@ -135,13 +137,15 @@ def run(cfg: Config):
     if session.start(cfg):
         print(env.facts(cfg, torch_loaded="torch" in sys.modules))
     for name, module in modules.items():
-        if cfg.stage == "all" and hasattr(module, "wanted") and not module.wanted(cfg):
+        why = module.skipped(cfg) if cfg.stage == "all" and hasattr(module, "skipped") else None
+        if why:
+            print(f"[{name}] skipped: {why}")
             continue
         session.check_time(cfg, name)
         start = time.perf_counter()
         module.run(cfg)
         print(f"[{name}] done in {time.perf_counter() - start:.1f}s")
-        if name == "metadata" and "predict" in modules and modules["predict"].wanted(cfg):
+        if name == "metadata" and "predict" in modules and not modules["predict"].skipped(cfg):
             modules["predict"].check_ahead(cfg)  # before hours of training, not after
 
 

@@ -7,6 +7,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# what --task changes, where the user did not choose: the competition trains on everything its
+# sample submission scores (classes from the sample, read by the metadata stage)
+TASKS = {
+    "study": {},
+    "competition": dict(label_mode="multi", views="all", keep_negatives=1.0, val_frac=0.05, test_frac=0.0),
+}
 # the study, in order: `--stage all` runs these
 STAGES = ("metadata", "separate", "split", "train", "soup", "evaluate", "predict")
 # run only when named; their modules are kit/stages/<name with - as _>.py
@@ -35,6 +41,10 @@ class Config:
     # general
     stage: str = opt("all", "stage to run, or all of the study's stages in order",
                      choices=STAGES + TOOLS + ("all",))
+    task: str = opt("study", "study: the notebooks' 5 classes, single-label, frontal views, a held-out "
+                             "test report; competition: what the competition's sample submission scores, "
+                             "multi-label, every view and labelled image, a small val split, "
+                             "submission.csv at the end of every session", choices=tuple(TASKS))
     work_dir: str = opt("", "where every artifact is written (default: /kaggle/working on Kaggle, "
                             "/content/xray-kit on Colab, ./work elsewhere)")
     force: bool = opt(False, "redo a stage even when its outputs are up to date")
@@ -42,17 +52,21 @@ class Config:
     workers: int = opt(0, "CPU worker processes (0: all cores)")
     demo: bool = opt(False, "generate a small dataset in the Grand X-Ray Slam layout and run the "
                            "whole study on it with a CPU-sized model")
+    smoke: bool = opt(False, "every stage on a small slice of the real data (a few hundred images, one "
+                             "short epoch) in <work>/smoke, to find a wrong path or missing weights in "
+                             "minutes; nothing a real run would take as its own")
     debug: bool = opt(False, "show the full traceback of an error")
 
     # data
     data_dir: str = opt("", "dataset root (default: searched for under /kaggle/input or ./data)", "data")
     dataset: str = opt("auto", "dataset format", "data", ("auto", "gxs", "nih", "chexpert", "csv"))
     classes: str = opt("", "comma-separated target classes, or 'all' (default: the dataset's five "
-                           "study classes)", "data")
+                           "study classes; competition: the sample submission's)", "data")
     label_mode: str = opt("single", "single: exactly one finding, a target; multi: any target "
-                                    "positive", "data", ("single", "multi"))
-    views: str = opt("AP,PA", "view positions to keep, or 'all'", "data")
-    keep_negatives: float = opt(0.0, "multi mode: fraction of images with no target to keep", "data",
+                                    "positive (competition default: multi)", "data", ("single", "multi"))
+    views: str = opt("AP,PA", "view positions to keep, or 'all' (competition default: all)", "data")
+    keep_negatives: float = opt(0.0, "multi mode: fraction of images with no target to keep "
+                                     "(competition default: 1, every labelled image)", "data",
                                 check=between(0, 1))
     uncertain: str = opt("zero", "CheXpert's uncertain (-1) labels: zero, one, or drop the image",
                          "data", ("zero", "one", "drop"))
@@ -66,8 +80,10 @@ class Config:
     image_root: str = opt("", "csv dataset: folder the image paths are relative to "
                               "(default: the CSV's folder)", "data")
     resize: int = opt(512, "shorter side of stored images in pixels (0: copy originals)", "data", check=at_least(0))
-    val_frac: float = opt(0.15, "fraction of images in the validation split", "data")
-    test_frac: float = opt(0.15, "fraction of images in the test split", "data")
+    val_frac: float = opt(0.15, "fraction of images in the validation split (competition default: 0.05)",
+                          "data")
+    test_frac: float = opt(0.15, "fraction of images in the test split (competition default: 0, no test "
+                                 "report)", "data")
     split: str = opt("stratified", "stratified: patient-grouped, label-stratified; official: NIH's "
                                    "test_list.txt is the test set", "data", ("stratified", "official"))
 
@@ -155,6 +171,10 @@ class Config:
                               "roots (on Kaggle: a previous version's output attached as input); or the "
                               "folder or last.pth to continue from; none", "platform")
 
+    # the settings named on the command line (None: a Config built in code, where a value other
+    # than the default counts as chosen); not a field, so never a flag nor in run_config.json
+    given = None
+
     @property
     def work(self) -> Path:
         return Path(self.work_dir)
@@ -168,3 +188,17 @@ def fields_by_group():
     for f in dataclasses.fields(Config):
         groups.setdefault(f.metadata["group"], []).append(f)
     return groups
+
+
+def chosen(cfg, name) -> bool:
+    """Whether the user chose setting `name`, rather than leaving it to its default."""
+    if cfg.given is not None:
+        return name in cfg.given
+    return getattr(cfg, name) != next(f.default for f in dataclasses.fields(Config) if f.name == name)
+
+
+def apply_defaults(cfg, values: dict):
+    """Set each of `values` that the user did not choose (task and demo defaults)."""
+    for name, value in values.items():
+        if not chosen(cfg, name):
+            setattr(cfg, name, value)

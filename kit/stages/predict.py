@@ -5,103 +5,51 @@ the other columns are the classes asked for, in the order the submission must ke
 a folder (--predict-dir). Grand X-Ray Slam's sample_submission_N.csv with its testN/ folder is
 found without flags under the data folder (on Kaggle: /kaggle/input).
 """
-import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kit import env, layout, stamps
+from kit import layout, stamps
 from kit.errors import KitError
 from kit.io import write_csv
 from kit.model import read_weights
 from kit.scoring import Scorer
-from kit.sources import normalize_name
-from kit.sources.common import read_csv_checked
 from kit.stages.evaluate import weights_path
+from kit.submission import find_inputs, index_images, match_classes, read_sample, sample_classes
 
-SAMPLE_NAMES = ("sample_submission_1.csv", "sample_submission_2.csv")
-SEARCH_DEPTH = 4
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 FOLDER_ID_COLUMN = "image"
 SHOWN = 5
 
 
-def _find_sample(cfg):
-    roots = [Path(cfg.data_dir)] if cfg.data_dir else env.data_roots(env.platform())
-    for root in roots:
-        for depth in range(SEARCH_DEPTH + 1):
-            for name in SAMPLE_NAMES:
-                hits = sorted(root.glob("*/" * depth + name)) if root.is_dir() else []
-                if hits:
-                    return hits[0]
+def _trained_classes(cfg) -> list:
+    return layout.class_columns(pd.read_csv(layout.filtered_csv(cfg.work), nrows=0))
+
+
+def skipped(cfg) -> "str | None":
+    """Under --stage all, once the metadata stage has chosen the targets: why predict does not
+    run (None: it runs). The study does not stop over a competition's sample that scores other
+    classes than it trains: it says which task makes that submission."""
+    csv, folder = find_inputs(cfg)
+    if folder is None:
+        return "no sample submission found and no --predict-dir: nothing to predict"
+    if csv and not cfg.predict_csv and cfg.task == "study":
+        asked, trained = sample_classes(csv), _trained_classes(cfg)
+        try:
+            match_classes(asked, trained)
+        except KitError:
+            return (f"{csv.name} scores {len(asked)} classes and the study trains {len(trained)} "
+                    f"({', '.join(trained)}); --task competition trains on what it scores and writes "
+                    f"submission.csv")
     return None
 
 
-def _folder_beside(csv: Path) -> Path:
-    """testN/ beside sample_submission_N.csv (the competition's layout), else test/, else its folder."""
-    suffix = re.sub(r"^sample_submission_?", "", csv.stem)
-    for name in (f"test{suffix}", "test", "test_images"):
-        if (csv.parent / name).is_dir():
-            return csv.parent / name
-    return csv.parent
-
-
-def find_inputs(cfg):
-    """(sample submission or None, image folder or None); both None when there is nothing to predict."""
-    csv = Path(cfg.predict_csv) if cfg.predict_csv else None
-    folder = Path(cfg.predict_dir) if cfg.predict_dir else None
-    if csv and not csv.is_file():
-        raise KitError(f"--predict-csv {csv} not found; pass the competition's sample submission")
-    if folder and not folder.is_dir():
-        raise KitError(f"--predict-dir {folder} is not a folder; pass the folder of test images")
-    if not csv and not folder:
-        csv = _find_sample(cfg)
-    if csv and not folder:
-        folder = _folder_beside(csv)
-    return csv, folder
-
-
-def wanted(cfg) -> bool:
-    return bool(cfg.predict_csv or cfg.predict_dir) or _find_sample(cfg) is not None
-
-
-def index_images(folder: Path) -> dict:
-    """Every image below `folder` by relative path, file name and stem (first one wins)."""
-    index = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in sorted(files):
-            path = Path(dirpath) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                for key in (path.relative_to(folder).as_posix(), name, path.stem):
-                    index.setdefault(key, path)
-    return index
-
-
-def match_classes(asked, known) -> list:
-    """Model class index of each submission column, matched by normalized name."""
-    by_name = {normalize_name(c): k for k, c in enumerate(known)}
-    unknown = [c for c in asked if normalize_name(c) not in by_name]
-    if unknown or not asked:
-        raise KitError(f"the submission asks for classes {list(asked)} but the model knows {list(known)} "
-                       f"({'unknown: ' + ', '.join(unknown) if unknown else 'no class column'}); train on "
-                       f"the classes the competition scores: --classes \"{','.join(asked)}\"")
-    return [by_name[normalize_name(c)] for c in asked]
-
-
-def _read_sample(csv, **kwargs) -> pd.DataFrame:
-    return read_csv_checked(csv, (), "a sample submission (image ids, then one column per class)",
-                            dtype=str, keep_default_na=False, **kwargs)
-
-
 def check_ahead(cfg):
-    """For --stage all once the metadata stage has chosen the targets: a sample submission that
-    asks for other classes stops the run now, not after training."""
+    """Once the metadata stage has chosen the targets: a sample submission that asks for other
+    classes stops the run now, not after training."""
     csv, _ = find_inputs(cfg)
     if csv:
-        targets = layout.class_columns(pd.read_csv(layout.filtered_csv(cfg.work), nrows=0))
-        match_classes(list(_read_sample(csv, nrows=0).columns[1:]), targets)
+        match_classes(sample_classes(csv), _trained_classes(cfg))
 
 
 def _fill_values(cfg, classes, probs, ok):
@@ -134,7 +82,7 @@ def run(cfg):
     ckpt = read_weights(weights)
     classes = list(ckpt["classes"])
     if csv:
-        sample = _read_sample(csv)
+        sample = read_sample(csv)
         id_col, asked = sample.columns[0], list(sample.columns[1:])
         columns = match_classes(asked, classes)
         ids = sample[id_col].tolist()

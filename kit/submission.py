@@ -1,0 +1,104 @@
+"""A competition's test set: its sample submission, the image folder beside it, and the classes
+it scores. The metadata stage reads the classes (competition task), the train stage the number
+of test images (to keep time for predicting them), the predict stage all of it.
+
+A sample submission's first column names the images; every other column is a class the
+competition scores, in the order the submission must keep. Grand X-Ray Slam's
+sample_submission_N.csv with its testN/ folder is found without flags under the data folder
+(on Kaggle: /kaggle/input).
+"""
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from kit import env
+from kit.errors import KitError
+from kit.sources import normalize_name
+from kit.sources.common import read_csv_checked
+
+SAMPLE_NAMES = ("sample_submission_1.csv", "sample_submission_2.csv")
+SEARCH_DEPTH = 4
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+def find_sample(cfg) -> "Path | None":
+    roots = [Path(cfg.data_dir)] if cfg.data_dir else env.data_roots(env.platform())
+    for root in roots:
+        for depth in range(SEARCH_DEPTH + 1):
+            for name in SAMPLE_NAMES:
+                hits = sorted(root.glob("*/" * depth + name)) if root.is_dir() else []
+                if hits:
+                    return hits[0]
+    return None
+
+
+def folder_beside(csv: Path) -> Path:
+    """testN/ beside sample_submission_N.csv (the competition's layout), else test/, else its folder."""
+    suffix = re.sub(r"^sample_submission_?", "", csv.stem)
+    for name in (f"test{suffix}", "test", "test_images"):
+        if (csv.parent / name).is_dir():
+            return csv.parent / name
+    return csv.parent
+
+
+def find_inputs(cfg):
+    """(sample submission or None, image folder or None); both None when there is nothing to predict."""
+    csv = Path(cfg.predict_csv) if cfg.predict_csv else None
+    folder = Path(cfg.predict_dir) if cfg.predict_dir else None
+    if csv and not csv.is_file():
+        raise KitError(f"--predict-csv {csv} not found; pass the competition's sample submission")
+    if folder and not folder.is_dir():
+        raise KitError(f"--predict-dir {folder} is not a folder; pass the folder of test images")
+    if not csv and not folder:
+        csv = find_sample(cfg)
+    if csv and not folder:
+        folder = folder_beside(csv)
+    return csv, folder
+
+
+def read_sample(csv, **kwargs) -> pd.DataFrame:
+    return read_csv_checked(csv, (), "a sample submission (image ids, then one column per class)",
+                            dtype=str, keep_default_na=False, **kwargs)
+
+
+def sample_classes(csv) -> list:
+    """The classes a sample submission scores, in its order; an error when it names none."""
+    columns = list(read_sample(csv, nrows=0).columns)
+    if len(columns) < 2:
+        raise KitError(f"{csv} has no class columns (its header: {','.join(columns) or 'empty'}); a sample "
+                       f"submission holds the image ids, then one column per scored class")
+    return columns[1:]
+
+
+def sample_rows(csv) -> int:
+    with open(csv, "rb") as f:
+        return max(sum(1 for line in f if line.strip()) - 1, 0)
+
+
+def match_classes(asked, known) -> list:
+    """Model class index of each submission column, matched by normalized name."""
+    by_name = {normalize_name(c): k for k, c in enumerate(known)}
+    unknown = [c for c in asked if normalize_name(c) not in by_name]
+    if unknown or not asked:
+        raise KitError(f"the submission asks for classes {list(asked)} but the model knows {list(known)} "
+                       f"({'unknown: ' + ', '.join(unknown) if unknown else 'no class column'}); train on "
+                       f"what the competition scores with --task competition")
+    return [by_name[normalize_name(c)] for c in asked]
+
+
+def same_classes(asked, known) -> bool:
+    return sorted(map(normalize_name, asked)) == sorted(map(normalize_name, known))
+
+
+def index_images(folder: Path) -> dict:
+    """Every image below `folder` by relative path, file name and stem (first one wins)."""
+    index = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in sorted(files):
+            path = Path(dirpath) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                for key in (path.relative_to(folder).as_posix(), name, path.stem):
+                    index.setdefault(key, path)
+    return index
