@@ -10,8 +10,8 @@ import traceback
 import typing
 from pathlib import Path
 
-from kit import env, interrupt, session
-from kit.config import STAGES, Config, fields_by_group
+from kit import env, interrupt, session, smoke
+from kit.config import STAGES, TASKS, Config, apply_defaults, fields_by_group
 from kit.errors import KitError
 from kit.io import remove_partial_writes, write_json
 
@@ -99,6 +99,9 @@ def resolve(cfg: Config) -> Config:
     where = env.platform()
     if not cfg.work_dir:
         cfg.work_dir = str(env.default_work_dir(where))
+    apply_defaults(cfg, TASKS[cfg.task])
+    if cfg.smoke:
+        smoke.resolve(cfg)
     if cfg.workers <= 0:
         cfg.workers = env.cpu_count()
     session.resolve(cfg, where)
@@ -136,17 +139,24 @@ def run(cfg: Config):
                for name in stage_list(cfg.stage)}
     if session.start(cfg):
         print(env.facts(cfg, torch_loaded="torch" in sys.modules))
-    for name, module in modules.items():
-        why = module.skipped(cfg) if cfg.stage == "all" and hasattr(module, "skipped") else None
-        if why:
-            print(f"[{name}] skipped: {why}")
-            continue
-        session.check_time(cfg, name)
-        start = time.perf_counter()
-        module.run(cfg)
-        print(f"[{name}] done in {time.perf_counter() - start:.1f}s")
-        if name == "metadata" and "predict" in modules and not modules["predict"].skipped(cfg):
-            modules["predict"].check_ahead(cfg)  # before hours of training, not after
+    submits = False  # whether this run ends with a submission
+    try:
+        for name, module in modules.items():
+            why = module.skipped(cfg) if cfg.stage == "all" and hasattr(module, "skipped") else None
+            if why:
+                print(f"[{name}] skipped: {why}")
+                continue
+            session.check_time(cfg, name)
+            start = time.perf_counter()
+            module.run(cfg)
+            print(f"[{name}] done in {time.perf_counter() - start:.1f}s")
+            if name == "metadata" and "predict" in modules and not modules["predict"].skipped(cfg):
+                submits = True
+                modules["predict"].check_ahead(cfg)  # before hours of training, not after
+    except session.TimeUp:
+        if submits and first_process():  # every session ends with a submission
+            modules["predict"].interim(cfg)
+        raise
 
 
 def first_process() -> bool:

@@ -5,8 +5,9 @@ dark lung fields in a brighter body, with a drawn sign per finding (a dark apex 
 pneumothorax, a wide heart for cardiomegaly, patches for opacity, a fluid level for
 effusion, tubes for support devices), so a model can really learn them. The five study
 classes come in the study's proportions; some rows carry other findings or lateral views
-so the metadata filter has work to do. A sample submission and test1/ mimic the
-competition's test set for the predict stage.
+so the metadata filter has work to do, and some carry several findings or none. A sample
+submission shaped like the real one (Image_name and the 14 findings) and test1/ (frontal and
+lateral films) mimic the competition's test set: `--demo --task competition` submits to it.
 """
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from kit.config import Config
+from kit.config import Config, apply_defaults
 from kit.images import encode_jpeg
 from kit.io import atomic_path, write_csv
 from kit.sources import gxs
@@ -91,7 +92,20 @@ def _rows(rng):
     rows += [([rng.choice(others)], "frontal") for _ in range(extra)]
     rows += [(list(rng.choice(list(PROPORTIONS), 2, replace=False)), "frontal") for _ in range(extra // 2)]
     rows += [([rng.choice(list(PROPORTIONS))], "lateral") for _ in range(extra)]
+    rows += [([], "frontal") for _ in range(extra // 4)]  # no finding marked at all, not even No Finding
     return [rows[i] for i in rng.permutation(len(rows))]
+
+
+def _test_rows(rng):
+    """The competition's test set: every view, one finding, several, or none."""
+    targets = list(PROPORTIONS)
+    rows = []
+    for i in range(TEST_IMAGES):
+        kind = i % 8
+        findings = ([] if kind == 0 else list(rng.choice(targets, 2, replace=False)) if kind == 1
+                    else [rng.choice(targets)])
+        rows.append((findings, "lateral" if kind in (2, 5) else "frontal"))
+    return rows
 
 
 def _write_jpeg(img, path: Path):
@@ -119,10 +133,10 @@ def generate(root: Path, seed: int = 0) -> Path:
         record.update({f: int(f in findings) for f in gxs.FINDINGS})
         records.append(record)
     test = []
-    for i in range(TEST_IMAGES):
+    for i, (findings, view) in enumerate(_test_rows(rng)):
         name = f"test_{i:05d}.jpg"
-        _write_jpeg(film([rng.choice(list(PROPORTIONS))], rng), root / "test1" / name)
-        test.append({"Image_name": name, **{c: 0.5 for c in PROPORTIONS}})
+        _write_jpeg(film(findings, rng, lateral=view == "lateral"), root / "test1" / name)
+        test.append({"Image_name": name, **{c: 0.5 for c in gxs.FINDINGS}})
     write_csv(pd.DataFrame(test), root / "sample_submission_1.csv")
     write_csv(pd.DataFrame(records), csv_path)
     return csv_path
@@ -130,10 +144,7 @@ def generate(root: Path, seed: int = 0) -> Path:
 
 def prepare(cfg: Config):
     """Point the config at the generated data and give it CPU-sized defaults."""
-    defaults = Config()
-    for key, value in TRAIN_OVERRIDES.items():
-        if getattr(cfg, key) == getattr(defaults, key):
-            setattr(cfg, key, value)
+    apply_defaults(cfg, TRAIN_OVERRIDES)
     if not cfg.data_dir:
         cfg.data_dir = str(cfg.work / "demo_data")
     csv_path = generate(Path(cfg.data_dir))

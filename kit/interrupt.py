@@ -64,7 +64,7 @@ def stop_after_update(say=print):
 def reason(world) -> "str | None":
     """Why training must stop after this update: 'signal', 'time' (the time limit), or None.
     With several processes all give the same answer: any one's reason stops them all."""
-    code = 2 if _asked is not None else 1 if session.out_of_time() else 0
+    code = 2 if _asked is not None else 1 if session.training_out_of_time() else 0
     if world.size > 1:
         import torch
 

@@ -95,6 +95,16 @@ def epoch_checkpoints(work) -> dict:
     return dict(sorted(found.items()))
 
 
+def last_state(work) -> Path:
+    """The whole training state a rerun resumes from."""
+    return checkpoint_dir(work) / "last.pth"
+
+
+def interim_weights(work) -> Path:
+    """The EMA weights at the moment the time limit stopped training (timm-loadable)."""
+    return checkpoint_dir(work) / "interim.pth"
+
+
 def history_csv(work) -> Path:
     return Path(work) / "history.csv"
 
@@ -109,3 +119,8 @@ def reports_dir(work) -> Path:
 
 def submission_csv(work) -> Path:
     return Path(work) / "submission.csv"
+
+
+def submission_report(work) -> Path:
+    """Which weights made submission.csv, and whether it is interim."""
+    return reports_dir(work) / "submission.json"

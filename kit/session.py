@@ -23,10 +23,11 @@ SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9,
 OPTIMIZER_COPIES = 4  # last.pth: the weights, their EMA and AdamW's two moments
 SEARCH_DEPTH = 5  # /kaggle/input/notebooks/<owner>/<kernel>/checkpoints/last.pth
 MANY_FOLDERS = 100  # a folder of this many sub-folders is a dataset's tree: not searched
-CHECKPOINTS, LAST, HISTORY = layout.checkpoint_dir("").name, "last.pth", layout.history_csv("").name
+CHECKPOINTS, LAST, HISTORY = layout.checkpoint_dir("").name, layout.last_state("").name, layout.history_csv("").name
 
 clock = time.time  # wall time: shared by every process of a run
 _deadline = None
+_reserved = 0.0  # seconds before the limit kept for the stages after training
 
 
 class TimeUp(Exception):
@@ -105,15 +106,31 @@ def start(cfg) -> bool:
 
 def end():
     """The run is over: forget its clock, and hand it to no process started later."""
-    global _deadline
-    _deadline = None
+    global _deadline, _reserved
+    _deadline, _reserved = None, 0.0
     if os.environ.get(SESSION_ENV, "").partition(":")[0] == str(os.getpid()):
         del os.environ[SESSION_ENV]
 
 
 def out_of_time() -> bool:
-    """Whether the time limit has come (in training, interrupt.reason makes all processes agree)."""
+    """Whether the time limit has come."""
     return _deadline is not None and clock() >= _deadline
+
+
+def reserve(seconds: float):
+    """Keep `seconds` of the limit for the stages after training (soup, evaluate, predict)."""
+    global _reserved
+    _reserved = max(0.0, seconds)
+
+
+def training_out_of_time() -> bool:
+    """Whether training must stop to leave the reserved time (interrupt.reason makes all
+    processes agree)."""
+    return _deadline is not None and clock() >= _deadline - _reserved
+
+
+def seconds_left() -> "float | None":
+    return None if _deadline is None else _deadline - clock()
 
 
 def time_up(cfg, when) -> TimeUp:

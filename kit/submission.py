@@ -58,6 +58,22 @@ def find_inputs(cfg):
     return csv, folder
 
 
+def skip_reason(cfg, trained) -> "str | None":
+    """Why a run training `trained` classes makes no submission (None: it makes one). The study
+    does not stop over a competition's sample that scores other classes than it trains: it says
+    which task makes that submission."""
+    csv, folder = find_inputs(cfg)
+    if folder is None:
+        return "no sample submission found and no --predict-dir: nothing to predict"
+    if csv and not cfg.predict_csv and cfg.task == "study":
+        asked = sample_classes(csv)
+        if [c for c in asked if normalize_name(c) not in set(map(normalize_name, trained))]:
+            return (f"{csv.name} scores {len(asked)} classes and the study trains {len(trained)} "
+                    f"({', '.join(trained)}); --task competition trains on what it scores and writes "
+                    f"submission.csv")
+    return None
+
+
 def read_sample(csv, **kwargs) -> pd.DataFrame:
     return read_csv_checked(csv, (), "a sample submission (image ids, then one column per class)",
                             dtype=str, keep_default_na=False, **kwargs)
@@ -90,6 +106,13 @@ def match_classes(asked, known) -> list:
 
 def same_classes(asked, known) -> bool:
     return sorted(map(normalize_name, asked)) == sorted(map(normalize_name, known))
+
+
+def has_images(folder: Path) -> bool:
+    for _, _, files in os.walk(folder):
+        if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files):
+            return True
+    return False
 
 
 def index_images(folder: Path) -> dict:

@@ -23,6 +23,7 @@ from kit.precision import autocast_dtype, grad_scaler
 from kit.progress import progress
 
 SAVE_EVERY_S = 600  # mid-epoch resume points: a session can end at any moment
+RATE_WARMUP, RATE_UPDATES = 2, 10  # the rate is timed after compiling and the loaders' start
 MAX_BAD_UPDATES = 10  # non-finite gradients in a row before giving up
 
 
@@ -70,6 +71,8 @@ class Trainer:
                                     cfg.seed, world.rank, world.size)
         self.loader = self._loader()
         self.last_save = time.monotonic()
+        self.on_rate = None  # called once with this session's measured training images/s
+        self._session_updates, self._rate_start = 0, None
 
     # state ---------------------------------------------------------------------------------
 
@@ -128,6 +131,7 @@ class Trainer:
                 batches = self._back_off()
             loss, finite = self._step(total)
             self._account(loss, finite)
+            self._time_rate()
             stop = interrupt.reason(self.world)
             if stop:
                 self.save(last_path, signature)
@@ -138,6 +142,13 @@ class Trainer:
         seconds = time.perf_counter() - start
         return {"train_loss": self.loss_sum / max(self.loss_count, 1),
                 "images_per_s": (self.offset - start_offset) / max(seconds, 1e-9)}
+
+    def _time_rate(self):
+        self._session_updates += 1
+        if self._session_updates == RATE_WARMUP:
+            self._rate_start = time.perf_counter()
+        elif self._session_updates == RATE_WARMUP + RATE_UPDATES and self.on_rate:
+            self.on_rate(RATE_UPDATES * self.effective / max(time.perf_counter() - self._rate_start, 1e-9))
 
     def _accumulate(self, batches):
         """Forward and backward over `accum` micro-batches: the gradients of one update and the

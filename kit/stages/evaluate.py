@@ -35,6 +35,14 @@ def weights_path(cfg) -> Path:
     return path
 
 
+def skipped(cfg) -> "str | None":
+    """Under --stage all: no test report without a test split (the competition's default)."""
+    if layout.split_csv(cfg.work, "test").exists() and layout.read_split(cfg.work, "test")[0].empty:
+        return ("no test split (--test-frac 0, the competition task's default): val monitors training "
+                "and chooses the soup; pass --test-frac 0.1 for a held-out test report")
+    return None
+
+
 def _outputs(reports, single, history):
     names = ["test_metrics.json", "test_predictions.csv", "roc_curves.png", "pr_curves.png"]
     names += ["confusion_matrix.png"] * single + ["training_curves.png"] * history
@@ -49,6 +57,9 @@ def run(cfg):
     work, reports = cfg.work, layout.reports_dir(cfg.work)
     weights = weights_path(cfg)
     test, classes = layout.read_split(work, "test")
+    if test.empty:
+        raise KitError(f"{layout.split_csv(work, 'test')} is empty: the split was made with --test-frac 0; "
+                       f"rerun --stage split --test-frac 0.1 (and train again) for a test report")
     val, _ = layout.read_split(work, "val")
     y_test, y_val = test[classes].to_numpy(), val[classes].to_numpy()
     single = cfg.label_mode == "single" and bool((y_test.sum(1) == 1).all())

@@ -7,13 +7,14 @@ multi label mode: kept when any target is positive; other findings are ignored.
 import numpy as np
 import pandas as pd
 
-from kit import env, layout, sources, stamps, synthetic
+from kit import env, layout, smoke, sources, stamps, submission, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
 
 SETTINGS = ("dataset", "data_dir", "csv", "image_col", "patient_col", "label_cols", "labels_col",
             "labels_sep", "view_col", "image_root", "classes", "label_mode", "views",
-            "keep_negatives", "uncertain", "seed", "synthetic_dir", "synthetic_classes")
+            "keep_negatives", "uncertain", "seed", "synthetic_dir", "synthetic_classes", "task",
+            "predict_csv", "smoke")
 
 
 def filter_views(table: pd.DataFrame, views: str) -> pd.DataFrame:
@@ -66,18 +67,52 @@ def print_distribution(dist: pd.DataFrame, total: int):
     print(f"[metadata] {total} images, imbalance ratio largest/smallest {ratio:.1f}")
 
 
+def competition_classes(cfg, sample, findings, csv_path) -> list:
+    """The classes the competition scores: the sample submission's columns in its order, under
+    the training CSV's names."""
+    asked = submission.sample_classes(sample)
+    by_name = {sources.normalize_name(f): f for f in findings}
+    missing = [c for c in asked if sources.normalize_name(c) not in by_name]
+    if missing:
+        raise KitError(f"{sample.name} scores {', '.join(missing)}, which {csv_path.name} has no column for "
+                       f"(its findings: {', '.join(findings)}); pass the sample submission of the same "
+                       f"competition (--predict-csv)")
+    classes = [by_name[sources.normalize_name(c)] for c in asked]
+    if cfg.classes and not submission.same_classes(sources.resolve_classes(cfg.classes, findings, classes), classes):
+        raise KitError(f"--classes {cfg.classes} disagrees with {sample.name}, which scores {', '.join(asked)}; "
+                       f"the competition task trains on what it scores: drop --classes, or use --task study")
+    return classes
+
+
+def _sample(cfg):
+    """The competition task's sample submission: it names the classes."""
+    if cfg.task != "competition":
+        return None
+    sample, _ = submission.find_inputs(cfg)
+    if sample is None:
+        raise KitError("--task competition takes its classes from the competition's sample submission "
+                       f"({' or '.join(submission.SAMPLE_NAMES)}), and none was found under the data folder; "
+                       f"pass it with --predict-csv")
+    return sample
+
+
 def run(cfg):
     adapter, csv_path = sources.locate(cfg, env.data_roots(env.platform()))
+    sample = _sample(cfg)
     settings = {k: getattr(cfg, k) for k in SETTINGS}
     out, dist_csv = layout.filtered_csv(cfg.work), cfg.work / "class_distribution.csv"
-    inputs = [csv_path, *synthetic.source_files(cfg)]
+    inputs = [csv_path, *([sample] if sample else []), *synthetic.source_files(cfg)]
     if stamps.up_to_date(cfg, "metadata", settings, inputs, [out, dist_csv]):
         return
     print(f"[metadata] dataset {adapter.NAME}: {csv_path}")
     table = sources.read(adapter, csv_path, cfg)
     findings = sources.finding_columns(table)
-    defaults = adapter.DEFAULT_CLASSES or [f for f in findings if sources.normalize_name(f) != "no finding"]
-    classes = sources.resolve_classes(cfg.classes, findings, defaults)
+    if sample:
+        classes = competition_classes(cfg, sample, findings, csv_path)
+        print(f"[metadata] competition task: the {len(classes)} classes {sample.name} scores")
+    else:
+        defaults = adapter.DEFAULT_CLASSES or [f for f in findings if sources.normalize_name(f) != "no finding"]
+        classes = sources.resolve_classes(cfg.classes, findings, defaults)
     clash = set(classes) & set(layout.META_COLUMNS)
     if clash:
         raise KitError(f"class name(s) {sorted(clash)} clash with the kit's own columns; rename them in the CSV")
@@ -88,6 +123,9 @@ def run(cfg):
                        f"classes {', '.join(classes)}); try --label-mode multi or other --classes")
     print(f"[metadata] {len(table)} rows -> {len(framed)} with views {cfg.views} -> "
           f"{len(filtered)} kept ({cfg.label_mode} label mode)")
+    if cfg.smoke:
+        filtered = smoke.take(filtered, classes, cfg.seed)
+        print(f"[metadata] smoke run: {len(filtered)} images of {filtered['patient_id'].nunique()} patients")
     dist = distribution(filtered, classes)
     if cfg.synthetic_dir:  # found, before the split caps them per class
         dist["synthetic"] = synthetic.found_per_class(cfg, classes)

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit import layout, stamps
+from kit import layout, smoke, stamps
 from kit.errors import KitError
-from kit.io import write_csv
+from kit.io import write_csv, write_json
 from kit.model import read_weights
 from kit.scoring import Scorer
 from kit.stages.evaluate import weights_path
-from kit.submission import find_inputs, index_images, match_classes, read_sample, sample_classes
+from kit.submission import (find_inputs, index_images, match_classes, read_sample, sample_classes, skip_reason,
+                            has_images)
 
 FOLDER_ID_COLUMN = "image"
 SHOWN = 5
@@ -28,28 +29,19 @@ def _trained_classes(cfg) -> list:
 
 def skipped(cfg) -> "str | None":
     """Under --stage all, once the metadata stage has chosen the targets: why predict does not
-    run (None: it runs). The study does not stop over a competition's sample that scores other
-    classes than it trains: it says which task makes that submission."""
-    csv, folder = find_inputs(cfg)
-    if folder is None:
-        return "no sample submission found and no --predict-dir: nothing to predict"
-    if csv and not cfg.predict_csv and cfg.task == "study":
-        asked, trained = sample_classes(csv), _trained_classes(cfg)
-        try:
-            match_classes(asked, trained)
-        except KitError:
-            return (f"{csv.name} scores {len(asked)} classes and the study trains {len(trained)} "
-                    f"({', '.join(trained)}); --task competition trains on what it scores and writes "
-                    f"submission.csv")
-    return None
+    run (None: it runs)."""
+    return skip_reason(cfg, _trained_classes(cfg))
 
 
 def check_ahead(cfg):
     """Once the metadata stage has chosen the targets: a sample submission that asks for other
     classes stops the run now, not after training."""
-    csv, _ = find_inputs(cfg)
+    csv, folder = find_inputs(cfg)
     if csv:
         match_classes(sample_classes(csv), _trained_classes(cfg))
+    if not has_images(folder):
+        raise KitError(f"{folder} holds no images to predict; pass the folder of the competition's test "
+                       f"films with --predict-dir")
 
 
 def _fill_values(cfg, classes, probs, ok):
@@ -65,14 +57,32 @@ def _fill_values(cfg, classes, probs, ok):
     return probs[ok].mean(0), "the mean prediction over the readable images (no splits/train.csv)"
 
 
-def run(cfg):
+def latest_weights(work) -> "Path | None":
+    """The newest of the soup, the time limit's interim EMA and the epoch files: the furthest
+    trained model there is."""
+    found = [p for p in (layout.soup_weights(work), layout.interim_weights(work),
+                         *layout.epoch_checkpoints(work).values()) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def interim(cfg):
+    """The time limit stopped the run: every session still ends with a submission, made from the
+    latest weights and labelled interim unless they are the finished run's soup."""
+    weights = latest_weights(cfg.work)
+    if weights is None:
+        print("[predict] the time limit came before any training: no submission this session")
+        return
+    run(cfg, weights, interim=weights != layout.soup_weights(cfg.work))
+
+
+def run(cfg, weights=None, interim=False):
     csv, folder = find_inputs(cfg)
     if folder is None:
         raise KitError("nothing to predict: pass --predict-csv SAMPLE_SUBMISSION and/or --predict-dir FOLDER")
-    weights, out = weights_path(cfg), layout.submission_csv(cfg.work)
+    weights, out = weights or weights_path(cfg), layout.submission_csv(cfg.work)
     stored = layout.stored_resize(cfg.work, cfg.resize)
     settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=cfg.tta, amp=cfg.amp,
-                    on_missing=cfg.on_missing, shorter_side=stored)
+                    on_missing=cfg.on_missing, shorter_side=stored, smoke=cfg.smoke)
     index = index_images(folder)
     # every image, not the folder: a file copied over another leaves the folder's time as it was
     inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
@@ -93,6 +103,8 @@ def run(cfg):
     else:
         id_col, asked, columns = FOLDER_ID_COLUMN, classes, list(range(len(classes)))
         ids = sorted({p.relative_to(folder).as_posix() for p in index.values()})
+    if cfg.smoke:
+        ids = ids[:smoke.TEST_FILMS]
     if not ids:
         raise KitError(f"no images to predict in {csv or folder}")
     paths = [index.get(i, folder / i) for i in ids]
@@ -137,5 +149,10 @@ def run(cfg):
     partial.unlink(missing_ok=True)  # an earlier failed run's: this run wrote the whole file
     if ok.all():
         listed.unlink(missing_ok=True)
+    trained = f"epoch {ckpt['epoch']} of {cfg.epochs}" if interim else "the finished run"
+    write_json(dict(interim=interim, weights=str(weights), trained=trained, rows=len(submission),
+                    filled=int((~ok).sum()), smoke=cfg.smoke), layout.submission_report(cfg.work))
     stamps.record(cfg, "predict", settings, inputs)
-    print(f"[predict] {out}: {len(submission)} rows, columns {id_col}, {', '.join(asked)}")
+    label = (f"interim submission (the time limit stopped training; weights: the EMA after {trained}; "
+             f"--resume auto continues training)" if interim else "submission")
+    print(f"[predict] {label} {out}: {len(submission)} rows, columns {id_col}, {', '.join(asked)}")

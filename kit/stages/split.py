@@ -145,7 +145,8 @@ def report(table: pd.DataFrame, classes):
     patients = table[table["class"] == "all"].set_index("split")["patients"]
     print(images.to_string())
     print("[split] patients: " + ", ".join(f"{s} {patients[s]}" for s in layout.SPLITS))
-    few = table[(table["class"] != "all") & (table["real"] < FEW_IMAGES)]
+    used = table.loc[(table["class"] == "all") & (table["images"] > 0), "split"]  # no test split: no warning
+    few = table[(table["class"] != "all") & (table["real"] < FEW_IMAGES) & table["split"].isin(used)]
     for row in few.to_dict("records"):
         print(f"[split] warning: {row['split']} has only {row['real']} image(s) of {row['class']}; "
               f"its metrics for that class will be noisy")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import batching, distributed, env, infer, interrupt, layout, resume, session
+from kit import batching, distributed, env, infer, interrupt, layout, resume, session, submission, timing
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.io import write_csv
@@ -31,6 +31,8 @@ EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
 def run(cfg):
     if distributed.should_relaunch(cfg):
         distributed.relaunch(cfg)
+        if layout.interim_weights(cfg.work).exists():  # the processes stopped at the time limit
+            raise session.time_up(cfg, "in training")
         return
     world = distributed.setup()
     try:
@@ -48,7 +50,7 @@ def train(cfg, world):
     if world.is_main:
         warn_missing_positives(train_df, val_df, classes)
     keep_rule = keep_policy(cfg)
-    last_path = layout.checkpoint_dir(cfg.work) / "last.pth"
+    last_path = layout.last_state(cfg.work)
     signature = resume.signature(cfg, classes, [layout.split_csv(cfg.work, s) for s in ("train", "val")])
     session.take_over(cfg, last_path, signature, world)
     state = resume.load(last_path, signature, cfg.force)
@@ -92,24 +94,34 @@ def train(cfg, world):
     val_targets = val_df[classes].to_numpy(np.float32)
     seen_patients = layout.patient_hashes(pd.concat([train_df, val_df]))
 
+    finish = finish_plan(cfg, val_df)
+    clock = Clock(cfg, trainer, finish, len(val_df), say)
+    trainer.on_rate = clock.measured
     session_start, session_epochs = time.perf_counter(), 0
     with interrupt.stop_after_update(say):
         while trainer.epoch < cfg.epochs:
             epoch_start = time.perf_counter()
-            stats = trainer.train_epoch(last_path, signature)
+            try:
+                stats = trainer.train_epoch(last_path, signature)
+            except session.TimeUp:
+                if world.is_main:  # the next stages' interim submission is made with these
+                    save_weights(ema_weights(trainer, cfg, classes, seen_patients, math.nan),
+                                 layout.interim_weights(cfg.work))
+                raise
+            val_start = time.perf_counter()
             val = validate(trainer, val_loader, val_targets, classes, cfg, world)
+            val_rate = len(val_df) / max(time.perf_counter() - val_start, 1e-9)
             lr_high, lr_low = trainer.last_update_lrs()
             epoch = trainer.epoch + 1
             row = {"epoch": epoch, "train_loss": stats["train_loss"], **val, "lr": lr_high, "lr_lowest": lr_low,
                    "ema_decay": trainer.ema.get_decay(trainer.updates),
-                   "images_per_s": stats["images_per_s"], "epoch_s": time.perf_counter() - epoch_start,
+                   "images_per_s": stats["images_per_s"], "val_images_per_s": val_rate,
+                   "epoch_s": time.perf_counter() - epoch_start,
                    "batch_size": trainer.batch, "accum": trainer.accum, "peak_gpu_mem_gib": peak_memory(device)}
             trainer.end_epoch(row)
             if world.is_main:
-                ema = checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
-                                      img_size=cfg.img_size, mean=trainer.mean, std=trainer.std, epoch=epoch,
-                                      metric=val["val_macro_auc"], seen_patients=seen_patients)
-                save_weights(ema, layout.epoch_checkpoint(cfg.work, epoch))
+                save_weights(ema_weights(trainer, cfg, classes, seen_patients, val["val_macro_auc"]),
+                             layout.epoch_checkpoint(cfg.work, epoch))
                 write_csv(pd.DataFrame(trainer.history), layout.history_csv(cfg.work))
                 prune(cfg.work, keep_rule(trainer.history))
             # last: a run killed before this redoes the epoch and rewrites all of the above
@@ -117,6 +129,53 @@ def train(cfg, world):
             session_epochs += 1
             eta = (time.perf_counter() - session_start) / session_epochs * (cfg.epochs - epoch)
             say(summary(row, classes, cfg.epochs, eta))
+            clock.epoch_done(stats["images_per_s"], val_rate)
+    if world.is_main:
+        layout.interim_weights(cfg.work).unlink(missing_ok=True)  # the soup of the finished run replaces it
+
+
+def ema_weights(trainer, cfg, classes, seen_patients, metric) -> dict:
+    """The EMA as a timm-loadable weights file of the epochs finished so far."""
+    return checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
+                           img_size=cfg.img_size, mean=trainer.mean, std=trainer.std, epoch=trainer.epoch,
+                           metric=metric, seen_patients=seen_patients)
+
+
+def finish_plan(cfg, val_df) -> timing.Finish:
+    """What the stages after training will score (soup, evaluate where there is a test split,
+    predict where there is a submission to make)."""
+    test = len(layout.read_split(cfg.work, "test")[0])
+    kept = keep_policy(cfg)([{"epoch": e, "val_macro_auc": -e} for e in range(1, cfg.epochs + 1)])
+    films = 0
+    if submission.skip_reason(cfg, layout.class_columns(val_df)) is None:
+        sample, folder = submission.find_inputs(cfg)
+        films = submission.sample_rows(sample) if sample else len(submission.index_images(folder))
+    return timing.Finish(len(val_df), test, 1 + len(kept) if test else 0, films, cfg.tta)
+
+
+class Clock:
+    """Prints the plan once the training rate is measured, and keeps the time the stages after
+    training need out of the training's share of the time limit."""
+
+    def __init__(self, cfg, trainer, finish, val_images, say):
+        self.cfg, self.trainer, self.finish, self.say = cfg, trainer, finish, say
+        self.train_images = trainer.updates_per_epoch * trainer.effective
+        self.val_images, self.infer_rate, self.planned = val_images, None, False
+
+    def measured(self, rate):
+        infer_rate = self.infer_rate or timing.FORWARD_SPEEDUP * rate
+        session.reserve(self.finish.seconds(infer_rate))
+        if not self.planned:
+            self.planned = True
+            t = self.trainer
+            self.say(timing.plan(rate=rate, infer_rate=infer_rate, train_images=self.train_images,
+                                 val_images=self.val_images, epochs=self.cfg.epochs, epoch=t.epoch,
+                                 fraction_done=t.offset / self.train_images, left_s=session.seconds_left(),
+                                 finish_s=self.finish.seconds(infer_rate)))
+
+    def epoch_done(self, rate, val_rate):
+        self.infer_rate = val_rate
+        self.measured(rate)
 
 
 def plan_batches(cfg, world, model, criterion, num_classes, state):
@@ -174,15 +233,8 @@ def summary(row, classes, epochs, eta) -> str:
     per_class = ", ".join(f"{c} {row[f'val_auc_{c}']:.3f}" for c in classes)
     return (f"[train] epoch {row['epoch']}/{epochs} | train loss {row['train_loss']:.4f} | val loss "
             f"{row['val_loss']:.4f} | val AUC {row['val_macro_auc']:.4f} ({per_class}) | lr "
-            f"{row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {duration(row['epoch_s'])} | "
-            f"ETA {duration(eta)}")
-
-
-def duration(seconds) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+            f"{row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {timing.duration(row['epoch_s'])} | "
+            f"ETA {timing.duration(eta)}")
 
 
 def warn_missing_positives(train_df, val_df, classes):
