@@ -2,10 +2,13 @@
 import json
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 
+from kit import demo as demo_data
 from kit import layout
+from kit.sources import gxs
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +34,31 @@ def test_the_demo_writes_every_artifact(demo):
     for name in ("run_config.json", "filtered.csv", "class_distribution.csv", "dataset/manifest.csv",
                  "splits/train.csv", "splits/val.csv", "splits/test.csv", "splits/summary.csv",
                  "history.csv", "checkpoints/last.pth", "eva_x_final_soup.pth", "reports/soup.csv",
-                 "reports/test_metrics.json", "reports/test_predictions.csv", "submission.csv"):
+                 "reports/test_metrics.json", "reports/test_predictions.csv"):
         assert (work / name).is_file(), name
     for png in ("class_distribution.png", "reports/roc_curves.png", "reports/pr_curves.png",
                 "reports/confusion_matrix.png", "reports/training_curves.png"):
         img = cv2.imread(str(work / png))
         assert img is not None and img.std() > 5, png
-    for stage in ("metadata", "separate", "split", "train", "soup", "evaluate", "predict"):
+    for stage in ("metadata", "separate", "split", "train", "soup", "evaluate"):
         assert f"[{stage}] done in" in out
 
 
-def test_the_demo_submission_follows_the_sample(demo):
-    work, _ = demo
+def test_the_demo_mirrors_the_competition_and_the_study_says_which_task_submits(demo):
+    """The sample scores all 14 findings and test1/ holds lateral films: the study (5 classes)
+    skips predict with a line; the competition task's kernel test submits to it (test_bundle)."""
+    work, out = demo
     sample = pd.read_csv(work / "demo_data" / "sample_submission_1.csv")
-    submission = pd.read_csv(work / "submission.csv")
-    assert list(submission.columns) == list(sample.columns)
-    assert submission["Image_name"].tolist() == sample["Image_name"].tolist()
-    probs = submission.drop(columns="Image_name").to_numpy()
-    assert ((probs >= 0) & (probs <= 1)).all()
+    assert list(sample.columns) == ["Image_name", *gxs.FINDINGS]
+    films = [cv2.imread(str(work / "demo_data" / "test1" / name), cv2.IMREAD_GRAYSCALE) for name in sample.Image_name]
+    assert len(films) == demo_data.TEST_IMAGES and all(f is not None for f in films)
+    views = [view for _, view in demo_data._test_rows(np.random.default_rng(0))]
+    assert views.count("lateral") >= len(views) // 5 and "frontal" in views
+    assert "[predict] skipped: sample_submission_1.csv scores 14 classes and the study trains 5" in out
+    assert "--task competition" in out and not (work / "submission.csv").exists()
+    table = pd.read_csv(work / "demo_data" / "train1.csv")
+    assert (table["ViewCategory"] == "Lateral").any()
+    assert (table[list(gxs.FINDINGS)].sum(axis=1) == 0).any() and (table[list(gxs.FINDINGS)].sum(axis=1) > 1).any()
 
 
 def test_no_patient_crosses_splits_in_the_demo(demo):

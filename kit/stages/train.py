@@ -144,7 +144,8 @@ def ema_weights(trainer, cfg, classes, seen_patients, metric) -> dict:
 def finish_plan(cfg, val_df) -> timing.Finish:
     """What the stages after training will score (soup, evaluate where there is a test split,
     predict where there is a submission to make)."""
-    test = len(layout.read_split(cfg.work, "test")[0])
+    test_csv = layout.split_csv(cfg.work, "test")
+    test = len(layout.read_split(cfg.work, "test")[0]) if test_csv.exists() else 0
     kept = keep_policy(cfg)([{"epoch": e, "val_macro_auc": -e} for e in range(1, cfg.epochs + 1)])
     films = 0
     if submission.skip_reason(cfg, layout.class_columns(val_df)) is None:
