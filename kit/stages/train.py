@@ -80,7 +80,7 @@ def train(cfg, world):
     criterion = build_loss(cfg, targets).to(device)
     batch, accum = plan_batches(cfg, world, model, criterion, len(classes), state)
 
-    paths = [layout.image_path(cfg.work, f) for f in train_df.file]
+    paths = layout.image_paths(cfg.work, train_df.file)
     train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed)
     trainer = Trainer(cfg, world, model, criterion, train_set, batch, accum, state)
     say(f"[train] {cfg.model} at {cfg.img_size}px on {device} x{world.size} | {len(train_df)} train, "
@@ -134,7 +134,7 @@ def plan_batches(cfg, world, model, criterion, num_classes, state):
 
 
 def make_val_loader(cfg, world, val_df, classes, batch):
-    paths = [layout.image_path(cfg.work, f) for f in val_df.file]
+    paths = layout.image_paths(cfg.work, val_df.file)
     dataset = XrayDataset(paths, val_df[classes].to_numpy(np.float32), cfg.img_size)
     sampler = None
     if world.size > 1:
