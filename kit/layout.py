@@ -4,6 +4,7 @@ Tables from filtered.csv onwards hold a few bookkeeping columns followed by one 
 per target class, in class order; everything that is not bookkeeping is a class.
 """
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,12 @@ def class_columns(df) -> list:
 def image_path(work, file) -> Path:
     """Absolute path of a stored image from its `file` entry (relative to dataset/)."""
     return dataset_dir(work) / file
+
+
+def image_paths(work, files) -> list:
+    """image_path of each `file` entry, as strings: one string operation for the column, where a
+    Path per image costs seconds at 200k images."""
+    return (os.path.join(str(dataset_dir(work)), "") + pd.Series(files, dtype=object).astype(str)).tolist()
 
 
 def read_table(path, stage_to_run) -> pd.DataFrame:

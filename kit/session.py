@@ -152,10 +152,13 @@ def check_time(cfg, stage):
 # output budget ---------------------------------------------------------------------------------
 
 def _tree_bytes(folder, skip=()) -> int:
+    """Bytes of the files below `folder`, leaving out the paths in `skip` (strings: a work dir
+    holds 200k stored images)."""
+    skip = {str(Path(s)) for s in skip}
     total = 0
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if Path(root, d) not in skip]
-        total += sum(os.path.getsize(Path(root, f)) for f in files if Path(root, f) not in skip)
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in skip]
+        total += sum(os.path.getsize(p) for p in (os.path.join(root, f) for f in files) if p not in skip)
     return total
 
 

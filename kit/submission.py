@@ -11,16 +11,18 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kit import env
 from kit.errors import KitError
 from kit.sources import normalize_name
-from kit.sources.common import read_csv_checked
+from kit.sources.common import paths_under, read_csv_checked
 
 SAMPLE_NAMES = ("sample_submission_1.csv", "sample_submission_2.csv")
 SEARCH_DEPTH = 4
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+SUFFIX = r"(?s)(?<=.)(\.[^.]+)\Z"  # a file name's suffix as pathlib reads it
 
 
 def find_sample(cfg) -> "Path | None":
@@ -115,13 +117,35 @@ def has_images(folder: Path) -> bool:
     return False
 
 
-def index_images(folder: Path) -> dict:
-    """Every image below `folder` by relative path, file name and stem (first one wins)."""
-    index = {}
+def index_images(folder) -> dict:
+    """Every image below `folder` by relative posix path, file name and stem (first one wins, files
+    sorted within each folder of the walk), to its path as a string. Built with column string
+    operations and one dict, where a Path per file costs seconds at 46k test films."""
+    dirs, rel_dirs, names = [], [], []
     for dirpath, _, files in os.walk(folder):
-        for name in sorted(files):
-            path = Path(dirpath) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                for key in (path.relative_to(folder).as_posix(), name, path.stem):
-                    index.setdefault(key, path)
-    return index
+        rel = os.path.relpath(dirpath, folder)
+        dirs += [os.path.join(dirpath, "")] * len(files)
+        rel_dirs += ["" if rel == "." else rel.replace(os.sep, "/") + "/"] * len(files)
+        names += sorted(files)
+    names = pd.Series(names, dtype=object)
+    suffix = names.str.extract(SUFFIX, expand=False).fillna("")  # pathlib's: not a leading dot
+    image = suffix.str.lower().isin(IMAGE_SUFFIXES).to_numpy()
+    names = names[image]
+    stems = names.str.replace(SUFFIX, "", regex=True)
+    keys = np.column_stack([(pd.Series(rel_dirs, dtype=object)[image] + names).to_numpy(),
+                            names.to_numpy(), stems.to_numpy()]).ravel()
+    paths = np.repeat((pd.Series(dirs, dtype=object)[image] + names).to_numpy(), 3)
+    return dict(zip(keys[::-1].tolist(), paths[::-1].tolist()))  # reversed: the first one is written last
+
+
+def relative_ids(index: dict, folder) -> list:
+    """The sorted relative posix paths of the images of `index` (index_images of `folder`)."""
+    paths = pd.Series(sorted(set(index.values())), dtype=object)
+    return sorted(paths.str.slice(len(os.path.join(str(folder), ""))).str.replace(os.sep, "/", regex=False))
+
+
+def locate(index: dict, ids, folder) -> "tuple[list, int]":
+    """(the path of each id: its image in `index`, else the id under `folder`; how many are in it)."""
+    ids = pd.Series(ids, dtype=object)
+    found = ids.map(index).astype(object)  # all NaN (float) when none is there
+    return found.fillna(paths_under(folder, ids)).tolist(), int(found.notna().sum())

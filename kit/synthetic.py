@@ -16,7 +16,7 @@ from kit import layout
 from kit.config import Config
 from kit.errors import KitError
 from kit.sources.common import normalize_name, read_csv_checked
-from kit.stages.separate import store_all, stored_name
+from kit.stages.separate import store_all, stored_names
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 FOLDER = "synthetic"
@@ -174,7 +174,7 @@ def mix(cfg, train: pd.DataFrame, classes, used_ids: pd.Series) -> pd.DataFrame:
     table = found[~outside].reset_index(drop=True)
     prefix = id_prefix(used_ids)
     table["image_id"] = prefix + table["name"]
-    table["file"] = [f"{FOLDER}/{stored_name(n, cfg.resize)}" for n in table["name"]]
+    table["file"] = f"{FOLDER}/" + stored_names(table["name"], cfg.resize)
     if table["file"].duplicated().any():
         clash = table.loc[table["file"].duplicated(), "file"].iloc[0]
         raise KitError(f"two synthetic images would be stored as {clash!r}; rename one (names must "

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from bench import bootstrap, loader, predict, separate, train_step
+from bench import bootstrap, loader, predict, scale, separate, train_step
 
 SMALLEST = {
     separate: ["--images", "2", "--height", "300", "--width", "240", "--workers", "1", "--repeats", "1",
@@ -22,6 +22,7 @@ SMALLEST = {
     predict: ["--images", "2", "--height", "120", "--width", "100", "--img-size", "28", "--batch-sizes", "",
               "--workers", "", "--repeats", "1"],
     bootstrap: ["--images", "300", "--classes", "3", "--resamples", "20", "--repeats", "1"],
+    scale: ["--rows", "400", "--test-films", "30", "--repeats", "1"],
 }
 
 
@@ -44,6 +45,8 @@ def rates(figures) -> list:
     """Every images/s figure of a bench's JSON line."""
     if figures["bench"] in ("separate", "loader", "bootstrap"):
         return [v for side in ("kit", "notebook") for v in figures[side].values()]
+    if figures["bench"] == "scale":  # seconds: the rates' inverses
+        return [1 / v for side in ("kit", "baseline") for v in figures[side].values()]
     return [r["images_per_s"] for r in figures["rows"]]
 
 
@@ -58,6 +61,13 @@ def test_each_bench_runs_its_smallest_configuration_and_ends_with_its_json_line(
 def test_separate_reports_the_quality_of_both_sides_against_a_careful_resize(figures):
     psnr = figures(separate)["psnr_db"]
     assert psnr["kit"] > 35 and psnr["notebook"] > 30  # a broken resize lands far below 30 dB
+
+
+def test_scale_times_each_step_on_both_sides_after_checking_they_agree(figures):
+    line = figures(scale)
+    steps = {"metadata", "separate", "split", "predict"}
+    assert set(line["kit"]) == set(line["baseline"]) == set(line["ratio"]) == steps
+    assert line["items"]["metadata"] == 400 and line["items"]["predict"] == 30
 
 
 def test_loader_measures_the_validation_input_too():

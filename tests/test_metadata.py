@@ -48,6 +48,17 @@ def test_multi_label_rule_and_negatives(seed):
     assert (with_neg.loc[with_neg["label"] == "", CLASSES] == 0).all().all()
 
 
+@pytest.mark.parametrize("columns", [2, 8, 9, 17])
+def test_joined_names_match_a_join_per_row_over_byte_boundaries(columns):
+    rng = np.random.default_rng(columns)
+    names = [f"Finding {k}" for k in range(columns)]
+    rows = (rng.random((3000, columns)) < 0.3).astype(int)
+    rows[:50] = 0
+    expected = ["|".join(n for n, v in zip(names, row) if v) for row in rows.tolist()]
+    assert metadata.joined_names(rows, names).tolist() == expected
+    assert metadata.joined_names(rows[:0], names).tolist() == []
+
+
 def test_view_filter():
     t = random_table(0)
     assert set(metadata.filter_views(t, "AP,PA")["view"]) == {"AP", "PA"}

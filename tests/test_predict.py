@@ -1,5 +1,6 @@
 """The predict stage: a submission shaped like the sample, the same probabilities as evaluate,
 and every row accounted for when images are bad."""
+import os
 import shutil
 from pathlib import Path
 
@@ -213,3 +214,33 @@ def test_full_size_films_are_read_the_way_the_training_images_were_stored(run, t
     at_input_size, _ = Scorer({"films": [films / i for i in ids]}, 32, cfg, shorter_side=32)(
         torch.load(layout.soup_weights(cfg.work), weights_only=False), "films", None)
     np.testing.assert_allclose(predicted(films), at_input_size, atol=1e-6)
+
+
+def index_per_file(folder: Path) -> dict:
+    """The image index written with a Path per file: every image by relative path, name and stem."""
+    index = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in sorted(files):
+            path = Path(dirpath) / name
+            if path.suffix.lower() in submission.IMAGE_SUFFIXES:
+                for key in (path.relative_to(folder).as_posix(), name, path.stem):
+                    index.setdefault(key, str(path))
+    return index
+
+
+def test_the_image_index_matches_a_path_per_file_and_locates_ids(tmp_path):
+    folder = tmp_path / "test1"
+    names = ["b.jpg", "a.JPG", "a.png", "a.jpg.png", "x.y.jpeg", ".jpg", "..jpg", "noext", "c.jpg.",
+             "notes.txt", "s.TIFF", "sub/a.jpg", "sub/b.bmp", "sub/deeper/b.jpg", "sub/deeper/z.png",
+             "other.d/q.Png", "other.d/q"]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    index = submission.index_images(folder)
+    assert index == index_per_file(folder) and len(index) > 20
+    assert submission.relative_ids(index, folder) == sorted(
+        {Path(p).relative_to(folder).as_posix() for p in index.values()})
+    ids = ["sub/deeper/b.jpg", "a", "missing.jpg", "q", "/abs/gone.jpg", "a"]
+    paths, found = submission.locate(index, ids, folder)
+    assert paths == [index.get(i, str(folder / i)) for i in ids] and found == 4
+    assert submission.index_images(tmp_path / "empty") == {} and submission.locate({}, [], folder) == ([], 0)

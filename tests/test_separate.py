@@ -1,7 +1,7 @@
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -10,6 +10,7 @@ import pytest
 
 from fake_data import jpeg
 from kit import images, layout
+from kit.errors import KitError
 from kit.stages import separate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +202,33 @@ def test_workers_forked_while_opencv_threads_run_do_not_hang(tmp_path):
     assert out.stdout.splitlines()[-1] == "['written', 'written', 'written', 'written'] 2"
 
 
-def test_stored_names_cannot_escape_the_images_folder():
-    assert separate.stored_name("../../etc/x.png", 512) == "etc/x.jpg"
-    assert separate.stored_name("/abs/CheXpert/p1/view1.jpg", 0) == "abs/CheXpert/p1/view1.jpg"
+def stored_name_per_id(image_id: str, resize: int) -> str:
+    """The stored name's rule written with pathlib, one id at a time (a leading '//', which pathlib
+    keeps as a root, is dropped like '/')."""
+    parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("/", "//", "..", ".")]
+    name = PurePosixPath(*parts)
+    return str(name.with_suffix(".jpg") if resize else name)
+
+
+TRICKY_IDS = ["a/../b.png", "./x.jpeg", "C:\\dir\\y.JPG", "noext", "dir.d/noext", "a.b.c.png", "x.tar.gz",
+              "x.", "a..", "...", "..jpg", ".bashrc", "a/.hidden", "a//b/./c.PNG", "a/b/", "//net/x.png",
+              "../../etc/x.png", "/abs/CheXpert/p1/view1.jpg", "p1/s1/view1_frontal.jpg", "x.png\n"]
+
+
+@pytest.mark.parametrize("resize", [0, 512])
+def test_stored_names_follow_the_per_id_rule_and_cannot_escape_the_images_folder(resize):
+    names = separate.stored_names(pd.Series(TRICKY_IDS), resize)
+    assert names.tolist() == [stored_name_per_id(i, resize) for i in TRICKY_IDS]
+    assert not names.str.contains(r"(?:^|/)\.\.?(?:/|$)|^/|\\\\").any()
+    assert separate.stored_names(pd.Series(["../../etc/x.png"]), 512).tolist() == ["etc/x.jpg"]
+
+
+def test_an_id_that_names_no_file_is_a_clear_error():
+    with pytest.raises(KitError, match="names no file"):
+        separate.stored_names(pd.Series(["a.png", "./.."]), 512)
+
+
+def test_image_paths_are_each_stored_images_path_as_a_string(tmp_path):
+    files = pd.Series(["images/a.jpg", "images/p1/s1/view1.jpg", "synthetic/C/x.jpg"], index=[5, 3, 9])
+    assert layout.image_paths(tmp_path / "work", files) == [str(layout.image_path(tmp_path / "work", f)) for f in files]
+    assert layout.image_paths(tmp_path, files[:0]) == []

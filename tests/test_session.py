@@ -188,3 +188,16 @@ def test_the_command_line_stops_cleanly_before_a_stage_past_the_limit(tmp_path, 
     assert cli.main(["--stage", "split", "--time-limit", "20s", "--work-dir", str(tmp_path)]) == 0
     assert "time limit 20s reached before the split stage" in capsys.readouterr().out
     assert session.SESSION_ENV not in os.environ and not session.out_of_time()  # nothing left behind
+
+
+def test_tree_bytes_counts_every_file_but_the_skipped_paths(tmp_path):
+    sizes = {"a.bin": 3, "images/p1/x.jpg": 50, "images/p2/y.jpg": 7, "checkpoints/epoch_01.pth": 1000,
+             "soup.pth": 400, "checkpoints.txt": 11}
+    for name, n in sizes.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x" * n)
+    skip = {tmp_path / "checkpoints", tmp_path / "soup.pth"}
+    expected = sum(p.stat().st_size for p in tmp_path.rglob("*")
+                   if p.is_file() and not any(p == s or s in p.parents for s in skip))
+    assert session._tree_bytes(tmp_path, skip) == expected == 71
+    assert session._tree_bytes(tmp_path) == sum(sizes.values())

@@ -123,3 +123,11 @@ def test_a_class_with_too_few_patients_is_a_clear_error(cfg):
 def test_official_split_needs_an_official_list(cfg):
     with pytest.raises(KitError, match="--split official needs"):
         run_split(cfg, manifest(7), split="official")
+
+
+def test_a_patient_in_two_splits_stops_the_split():
+    def parts(**groups):
+        return {name: pd.DataFrame({"_group": g}, dtype=object) for name, g in groups.items()}
+    split.check_disjoint(parts(train=["p1", "p2", "p2"], val=["p3"], test=[]))
+    with pytest.raises(KitError, match="internal error: p2 is in both train and test"):
+        split.check_disjoint(parts(train=["p1", "p2"], val=["p3"], test=["p2", "p4"]))

@@ -76,7 +76,7 @@ def run(cfg):
     ckpt = read_weights(weights)
     check_classes(ckpt, classes, "test")
     check_unseen(ckpt, weights, test)
-    scorer = Scorer({split: [layout.image_path(work, f) for f in df["file"]] for split, df in
+    scorer = Scorer({split: layout.image_paths(work, df["file"]) for split, df in
                      (("val", val), ("test", test))}, ckpt["img_size"], cfg)
     p_val, ok_val = scorer(ckpt, "val", "[evaluate] val")
     thresholds = metrics.youden_thresholds(y_val[ok_val], p_val[ok_val])

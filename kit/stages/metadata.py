@@ -31,6 +31,17 @@ def filter_views(table: pd.DataFrame, views: str) -> pd.DataFrame:
     return kept
 
 
+def joined_names(rows, names) -> np.ndarray:
+    """Per row of 0/1 entries, the names of its set entries joined by "|". Joined once per
+    distinct row (a few thousand at most), where joining per image costs seconds at 200k rows."""
+    rows = np.asarray(rows).astype(bool)
+    packed = np.packbits(rows, axis=1)
+    codes = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    names = np.array(names, dtype=object)
+    return np.array(["|".join(names[rows[i]]) for i in first], dtype=object)[inverse.ravel()]
+
+
 def select(table: pd.DataFrame, classes, findings, mode: str, keep_negatives: float, seed: int):
     """Rows kept under the label mode, with a `label` column naming their target(s)."""
     targets = table[classes].to_numpy()
@@ -43,8 +54,7 @@ def select(table: pd.DataFrame, classes, findings, mode: str, keep_negatives: fl
         rng = np.random.default_rng(seed)
         chosen = rng.choice(negatives, size=int(round(keep_negatives * len(negatives))), replace=False)
         keep[chosen] = True
-    names = np.array(classes, dtype=object)
-    label = ["|".join(names[row.astype(bool)]) for row in targets[keep]]
+    label = joined_names(targets[keep], classes)
     out = table.loc[keep, [c for c in layout.META_COLUMNS if c in table.columns] + list(classes)].copy()
     out.insert(out.columns.get_loc("path") + 1, "label", label)
     return out.reset_index(drop=True)

@@ -16,8 +16,8 @@ from kit.io import write_csv, write_json
 from kit.model import read_weights
 from kit.scoring import Scorer
 from kit.stages.evaluate import weights_path
-from kit.submission import (find_inputs, index_images, match_classes, read_sample, sample_classes, skip_reason,
-                            has_images)
+from kit.submission import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
+                            relative_ids, sample_classes, skip_reason)
 
 FOLDER_ID_COLUMN = "image"
 SHOWN = 5
@@ -102,13 +102,12 @@ def run(cfg, weights=None, interim=False):
                   f"each row gets the image's prediction, as the sample asks")
     else:
         id_col, asked, columns = FOLDER_ID_COLUMN, classes, list(range(len(classes)))
-        ids = sorted({p.relative_to(folder).as_posix() for p in index.values()})
+        ids = relative_ids(index, folder)
     if cfg.smoke:
         ids = ids[:smoke.TEST_FILMS]
     if not ids:
         raise KitError(f"no images to predict in {csv or folder}")
-    paths = [index.get(i, folder / i) for i in ids]
-    found = sum(i in index for i in ids)
+    paths, found = locate(index, ids, folder)
     if not found:
         raise KitError(f"none of the {len(ids)} images the submission names (first: {ids[0]}) is in "
                        f"{folder}; pass the folder holding them with --predict-dir")

@@ -10,9 +10,10 @@ import shutil
 import sys
 import time
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import cv2
+import pandas as pd
 
 from kit import images, layout, stamps
 from kit.errors import KitError
@@ -22,11 +23,21 @@ from kit.progress import progress
 STATUSES = ("written", "skipped", "missing", "unreadable")
 
 
-def stored_name(image_id: str, resize: int) -> str:
-    """A relative file name under images/ that mirrors the id and cannot escape the folder."""
-    parts = [p for p in PurePosixPath(image_id.replace("\\", "/")).parts if p not in ("/", "..", ".")]
-    name = PurePosixPath(*parts)
-    return str(name.with_suffix(".jpg") if resize else name)
+def stored_names(image_ids: pd.Series, resize: int) -> pd.Series:
+    """Per id, a relative file name under images/ that mirrors it and cannot escape the folder:
+    backslashes read as /, the parts "", "." and ".." dropped, and when resizing the suffix (as
+    pathlib reads it: the last dot of the name, not its first character) replaced by .jpg.
+    String operations on the column, where a path object per id costs seconds at 200k ids."""
+    names = (image_ids.astype(str).str.replace("\\", "/", regex=False)
+             .str.replace(r"(?:^|/)\.\.?(?=/|\Z)", "", regex=True)
+             .str.replace(r"/+", "/", regex=True).str.strip("/"))
+    empty = names == ""
+    if empty.any():
+        raise KitError(f"image id {image_ids[empty].iloc[0]!r} names no file once its '.', '..' and '/' "
+                       f"parts are dropped; give each image a file name in the CSV")
+    if resize:
+        names = names.str.replace(r"(?<=[^/])\.[^./]+\Z", "", regex=True) + ".jpg"
+    return names
 
 
 def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
@@ -68,18 +79,17 @@ def run(cfg):
     if stamps.up_to_date(cfg, "separate", settings, [filtered_csv], [manifest_csv]):
         return
     df = layout.read_table(filtered_csv, "metadata")
-    folder = layout.dataset_dir(cfg.work)
     _reset_if_resized(cfg.work, cfg.resize)
-    df["file"] = ["images/" + stored_name(i, cfg.resize) for i in df["image_id"]]
+    df["file"] = "images/" + stored_names(df["image_id"], cfg.resize)
     if df["file"].duplicated().any():
         dup = df.loc[df["file"].duplicated(), "image_id"].iloc[0]
         raise KitError(f"two images would be stored as {dup!r}; make the image ids unique in the CSV")
-    jobs = [(p, str(folder / f)) for p, f in zip(df["path"], df["file"])]
+    jobs = list(zip(df["path"], layout.image_paths(cfg.work, df["file"])))
     start = time.perf_counter()
     results = store_all(jobs, cfg.resize, cfg.workers)
     seconds = time.perf_counter() - start
     status, bytes_in, bytes_out = zip(*results) if results else ((), (), ())
-    df["status"] = ["ok" if s in ("written", "skipped") else s for s in status]
+    df["status"] = pd.Series(status, index=df.index, dtype=object).replace({"written": "ok", "skipped": "ok"})
     write_csv(df, manifest_csv)
     counts = {s: status.count(s) for s in STATUSES}
     done = counts["written"] + counts["skipped"]

@@ -55,7 +55,7 @@ def run(cfg):
     val, classes = layout.read_split(work, "val")
     check_classes(last, classes, "val")
     y = val[classes].to_numpy()
-    scorer = Scorer({"val": [layout.image_path(work, f) for f in val["file"]]}, last["img_size"], cfg)
+    scorer = Scorer({"val": layout.image_paths(work, val["file"])}, last["img_size"], cfg)
     ingredients = {e: c["state_dict"] for e, c in ckpts.items()}
     # sorted epochs of a soup -> its val AUC per class; training scored each epoch already (without TTA)
     val_aucs = {} if cfg.tta else recorded_val_aucs(work, paths, classes)

@@ -70,12 +70,13 @@ def check_enough(df: pd.DataFrame, classes, groups, n_splits: int):
 
 
 def check_disjoint(parts: dict):
-    seen = {}
-    for name, part in parts.items():
-        for g in set(part["_group"]):
-            if g in seen:
-                raise KitError(f"internal error: {g} is in both {seen[g]} and {name}; the split is not written")
-            seen[g] = name
+    owners = pd.concat([pd.DataFrame({"group": pd.unique(part["_group"]), "split": name})
+                        for name, part in parts.items()], ignore_index=True)
+    shared = owners[owners["group"].duplicated(keep=False)]
+    if len(shared):
+        g = shared["group"].iloc[0]
+        first, then = shared.loc[shared["group"] == g, "split"].iloc[:2]
+        raise KitError(f"internal error: {g} is in both {first} and {then}; the split is not written")
 
 
 def summary(parts: dict, classes) -> pd.DataFrame:

@@ -150,7 +150,7 @@ def run(cfg):
     if not cfg.weights:
         print(f"[synth-quality] warning: the judge is this run's soup, trained with these synthetic images, "
               f"so it favours them; pass --weights <real-only run>/{layout.soup_weights(work).name}")
-    spaces, probs, ok = embed(cfg, ckpt, [layout.image_path(work, f) for f in images["file"]])
+    spaces, probs, ok = embed(cfg, ckpt, layout.image_paths(work, images["file"]))
     if not ok.all():
         print(f"[synth-quality] warning: {int((~ok).sum())} images could not be read and are left out: "
               + ", ".join(images.loc[~ok, "file"].head(SHOWN)))

@@ -82,7 +82,7 @@ def train(cfg, world):
     criterion = build_loss(cfg, targets).to(device)
     batch, accum = plan_batches(cfg, world, model, criterion, len(classes), state)
 
-    paths = [layout.image_path(cfg.work, f) for f in train_df.file]
+    paths = layout.image_paths(cfg.work, train_df.file)
     train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed)
     trainer = Trainer(cfg, world, model, criterion, train_set, batch, accum, state)
     say(f"[train] {cfg.model} at {cfg.img_size}px on {device} x{world.size} | {len(train_df)} train, "
@@ -150,7 +150,7 @@ def finish_plan(cfg, val_df) -> timing.Finish:
     films = 0
     if submission.skip_reason(cfg, layout.class_columns(val_df)) is None:
         sample, folder = submission.find_inputs(cfg)
-        films = submission.sample_rows(sample) if sample else len(submission.index_images(folder))
+        films = submission.sample_rows(sample) if sample else len(set(submission.index_images(folder).values()))
     return timing.Finish(len(val_df), test, 1 + len(kept) if test else 0, films, cfg.tta)
 
 
@@ -194,7 +194,7 @@ def plan_batches(cfg, world, model, criterion, num_classes, state):
 
 
 def make_val_loader(cfg, world, val_df, classes, batch):
-    paths = [layout.image_path(cfg.work, f) for f in val_df.file]
+    paths = layout.image_paths(cfg.work, val_df.file)
     dataset = XrayDataset(paths, val_df[classes].to_numpy(np.float32), cfg.img_size)
     sampler = None
     if world.size > 1:
