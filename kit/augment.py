@@ -9,10 +9,12 @@ import numpy as np
 
 from kit.images import area_resize
 
+# no flip in either: a chest film's left and right differ (heart, stomach bubble, devices), so a
+# flip makes films no patient has; --hflip asks for it
 STRENGTH = {
-    "strong": dict(rotate=15.0, scale=(0.8, 1.2), shift=0.1, flip=0.5, brightness=0.2,
+    "strong": dict(rotate=15.0, scale=(0.8, 1.2), shift=0.1, brightness=0.2,
                    contrast=0.2, gamma=(0.8, 1.25), clahe=0.3, dropout=0.2),
-    "light": dict(rotate=5.0, scale=(0.9, 1.1), shift=0.05, flip=0.5, brightness=0.1,
+    "light": dict(rotate=5.0, scale=(0.9, 1.1), shift=0.05, brightness=0.1,
                   contrast=0.1, gamma=(1.0, 1.0), clahe=0.0, dropout=0.0),
 }
 CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)
@@ -24,8 +26,8 @@ def resize(img, size):
     return area_resize(img, (size, size))
 
 
-def augment(img, size, rng, strength="strong"):
-    p = STRENGTH[strength]
+def augment(img, size, rng, strength="strong", hflip=0.0):
+    p = dict(STRENGTH[strength], flip=hflip)
     out = cv2.warpAffine(img, affine_matrix(img.shape, size, rng, p), (size, size),
                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     if rng.random() < p["clahe"]:

@@ -93,6 +93,10 @@ class Config:
     pretrained: str = opt("auto", "auto: find weights offline first; none: random init; or a "
                                   "weights file", "train")
     drop_path: float = opt(0.1, "stochastic depth rate", "train", check=between(0, 1))
+    head_init: str = opt("prior", "classifier bias at the start: prior, the log-odds of each class's share "
+                                  "of the train split (RetinaNet's init: the first updates learn the signs, "
+                                  "not the prevalence); zero: probability 0.5 for every class", "train",
+                         ("prior", "zero"))
     epochs: int = opt(6, "training epochs", "train", check=at_least(1))
     batch_size: str = opt("auto", "per-device batch, or auto: the largest that fits", "train")
     accum: str = opt("auto", "gradient accumulation steps, or auto: keep --effective-batch", "train")
@@ -112,6 +116,8 @@ class Config:
                    "train", ("auto", "bf16", "fp16", "off"))
     clip_grad: float = opt(1.0, "gradient norm clip (0: off)", "train", check=at_least(0))
     aug: str = opt("strong", "training augmentation", "train", ("strong", "light", "none"))
+    hflip: float = opt(0.0, "probability of a horizontal flip in training augmentation (0: a chest film's "
+                            "left and right differ: heart, stomach bubble, devices)", "train", check=between(0, 1))
     ema_decay: float = opt(0.999, "EMA decay of the weights", "train", check=between(0, 1))
     ema_warmup: bool = opt(True, "ramp the EMA decay up from 0 over the first updates", "train")
     keep_epochs: str = opt("auto", "epoch checkpoints to keep: auto (the soup's and the best), "

@@ -30,10 +30,11 @@ class XrayDataset(Dataset):
     the separate stage did not store (a competition's test films) the way it stores them:
     decoded at reduced size where the JPEG allows, then area-averaged to that shorter side."""
 
-    def __init__(self, paths, targets, img_size, aug=None, seed=0, shorter_side=0):
+    def __init__(self, paths, targets, img_size, aug=None, seed=0, shorter_side=0, hflip=0.0):
         self.paths = [str(p) for p in paths]
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
         self.img_size, self.aug, self.seed, self.shorter_side = img_size, aug, seed, shorter_side
+        self.hflip = hflip
 
     def __len__(self):
         return len(self.paths)
@@ -47,7 +48,7 @@ class XrayDataset(Dataset):
         else:
             rng = np.random.default_rng((self.seed, epoch, index))
             index, img = self._readable(index, rng)
-            img = resize(img, self.img_size) if self.aug == "none" else augment(img, self.img_size, rng, self.aug)
+            img = resize(img, self.img_size) if self.aug == "none" else augment(img, self.img_size, rng, self.aug, self.hflip)
             ok = True
         target = self.targets[index] if self.targets is not None else np.zeros(0, np.float32)
         return torch.from_numpy(np.ascontiguousarray(img))[None], torch.from_numpy(target), index, ok

@@ -154,9 +154,26 @@ def bootstrap_auc(y_true, y_prob, resamples=1000, seed=0, level=0.95, groups=Non
     return per_class, macro_ci, used
 
 
-def single_label_report(y_true, y_prob) -> dict:
-    """Metrics of the argmax class when each image has exactly one target class."""
-    truth, pred = np.asarray(y_true).argmax(1), np.asarray(y_prob).argmax(1)
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def single_label_decision(y_prob, thresholds=None) -> np.ndarray:
+    """The class each image is called: the one furthest above its own threshold in log-odds,
+    logit(p) - logit(threshold), with thresholds chosen on val. Independent sigmoids are not
+    calibrated against each other, so a plain argmax calls the commonest class; the thresholds
+    put every class on its own scale. Without thresholds: the argmax."""
+    scores = logit(y_prob)
+    if thresholds is not None:
+        scores = scores - logit(np.nan_to_num(thresholds, nan=0.5))
+    return scores.argmax(1)
+
+
+def single_label_report(y_true, y_prob, thresholds=None) -> dict:
+    """Metrics of the called class (`single_label_decision`) when each image has exactly one
+    target class."""
+    truth, pred = np.asarray(y_true).argmax(1), single_label_decision(y_prob, thresholds)
     labels = np.arange(np.asarray(y_true).shape[1])
     counts = confusion_matrix(truth, pred, labels=labels)
     support = counts.sum(1)

@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from timm.layers import to_2tuple
@@ -128,6 +129,22 @@ def _config_arch(folder, files):
         return json.loads((folder / "config.json").read_text()).get("architecture")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def init_head_prior(model, targets):
+    """Set the classifier bias to the log-odds of each class's share of `targets` (train images x
+    classes, 0/1), as RetinaNet does (Lin et al. 2017): the model starts at the prevalence, so
+    the first updates go to the signs instead of a slow drift of every output from 0.5 (focal
+    loss gives that drift little gradient). A share of 0 or 1 counts half an image the other way."""
+    n = len(targets)
+    prevalence = np.clip(np.asarray(targets, np.float64).mean(0), 0.5 / n, 1 - 0.5 / n)
+    bias = torch.as_tensor(np.log(prevalence / (1 - prevalence)), dtype=torch.float32)
+    heads = model.get_classifier()
+    for head in heads if isinstance(heads, (tuple, list)) else (heads,):  # LeViT's distilled pair
+        linear = head if isinstance(head, torch.nn.Linear) else \
+            [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            linear.bias.copy_(bias)
 
 
 def norm_stats(model):

@@ -6,7 +6,7 @@ layer_decay ** (depth of the head - depth of the group) as `lr_scale`; only a ti
 applies it, so the optimizer and the schedule must come as a pair.
 """
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import CosineLRScheduler
 
 
 def build_optimizer(model, cfg):
@@ -18,9 +18,14 @@ def build_optimizer(model, cfg):
 
 def build_scheduler(optimizer, cfg, updates_per_epoch):
     """Linear warmup from --min-lr, then cosine down to --min-lr, stepped per optimizer update
-    (call step_update(updates_done))."""
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-        warmup_lr=cfg.min_lr, min_lr=cfg.min_lr, step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch)
-    return scheduler
+    (call step_update(updates_done) before each update).
+
+    Update u of the run (counting from 0) runs at: --min-lr for u = 0, --lr exactly at the end of
+    warmup, --min-lr again at the last update. timm's factory fits warmup inside the cosine
+    (warmup_prefix=False), which never reaches the peak and drops at the end of warmup; here the
+    cosine starts where warmup ends and spans the rest of the run, ending on its last update."""
+    total = cfg.epochs * updates_per_epoch
+    warmup = min(round(cfg.warmup_epochs * updates_per_epoch), total - 1)
+    return CosineLRScheduler(optimizer, t_initial=max(total - 1 - warmup, 1), lr_min=cfg.min_lr,
+                             warmup_t=warmup, warmup_lr_init=cfg.min_lr, warmup_prefix=True,
+                             t_in_epochs=False)

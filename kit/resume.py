@@ -15,7 +15,7 @@ SIGNATURE = {"model": "--model", "classes": "the classes", "img_size": "--img-si
 # the result of these (--epochs more continues it; batch size, workers and speed options do not count)
 RECIPE = ("pretrained", "drop_path", "effective_batch", "lr", "layer_decay", "weight_decay", "warmup_epochs",
           "min_lr", "loss", "focal_weight", "focal_alpha", "focal_gamma", "pos_weight", "amp", "clip_grad",
-          "aug", "ema_decay", "ema_warmup", "seed")
+          "aug", "hflip", "ema_decay", "ema_warmup", "seed", "head_init")
 
 
 def signature(cfg, classes, split_files) -> dict:

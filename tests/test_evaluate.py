@@ -51,8 +51,11 @@ def test_report_matches_sklearn_on_the_saved_predictions(run):
     assert m["micro_auc"] == pytest.approx(roc_auc_score(y, p, average="micro"), abs=1e-6)
     single = m["single_label"]
     assert m["label_mode"] == "single"
-    assert single["confusion_matrix"] == confusion_matrix(y.argmax(1), p.argmax(1)).tolist()
-    assert single["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y.argmax(1), p.argmax(1)))
+    t = np.array([m["classes"][c]["threshold"] for c in CLASSES])  # chosen on val
+    called = np.argmax(np.log(p / (1 - p)) - np.log(t / (1 - t)), axis=1)
+    assert single["confusion_matrix"] == confusion_matrix(y.argmax(1), called).tolist()
+    assert single["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y.argmax(1), called))
+    assert "val" in single["decision_rule"]
     assert m["soup"] == {"method": "uniform", "epochs": [2, 3]}
     assert list(m["epoch_checkpoints_macro_auc"]) == ["epoch 1", "epoch 2", "epoch 3"]
     assert m["bootstrap"]["resamples"] == 200 and m["bootstrap"]["seed"] == cfg.seed

@@ -44,7 +44,10 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     optimizer = build_optimizer(create_model(cfg.model, len(CLASSES), 28), cfg)
     build_scheduler(optimizer, cfg, updates_per_epoch=4).step_update(7)  # the 8th and last update
     last_update_lr = max(g["lr"] for g in optimizer.param_groups)
-    assert history.lr.iloc[-1] == pytest.approx(last_update_lr) and last_update_lr > 10 * cfg.min_lr
+    assert history.lr.iloc[-1] == pytest.approx(last_update_lr) and last_update_lr == pytest.approx(cfg.min_lr)
+    build_scheduler(optimizer, cfg, updates_per_epoch=4).step_update(3)  # the last update of epoch 1
+    epoch_1_lr = max(g["lr"] for g in optimizer.param_groups)
+    assert history.lr.iloc[0] == pytest.approx(epoch_1_lr) and epoch_1_lr > 10 * cfg.min_lr
     # timm's warmup, 1 - (1 + t)^(-2/3) with t = 0 at the first update: t = 3 and 7 at the epochs' ends
     assert history.ema_decay.tolist() == pytest.approx([1 - 4 ** (-2 / 3), 1 - 8 ** (-2 / 3)])
     kept = layout.epoch_checkpoints(work)
@@ -157,7 +160,7 @@ def test_llrd_covers_every_parameter_and_the_schedule_scales_each_group():
         if t < warmup:
             base = cfg.min_lr + (cfg.lr - cfg.min_lr) * t / warmup
         else:
-            base = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total))
+            base = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * (t - warmup) / (total - 1 - warmup)))
         for g in optimizer.param_groups:
             assert g["lr"] == pytest.approx(base * g["lr_scale"])
 

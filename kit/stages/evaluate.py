@@ -17,6 +17,8 @@ from kit.model import read_weights
 from kit.scoring import Scorer, check_classes, check_unseen
 
 LEVEL = 0.95
+DECISION_RULE = ("the class furthest above its val threshold: argmax of logit(p) - logit(threshold), "
+                 "thresholds from val (Youden's J)")
 SHOWN = 5
 
 
@@ -121,7 +123,7 @@ def run(cfg):
         epoch_checkpoints_macro_auc=per_epoch,
     )
     if single:
-        result["single_label"] = metrics.single_label_report(y, p)
+        result["single_label"] = dict(metrics.single_label_report(y, p, thresholds), decision_rule=DECISION_RULE)
 
     table = test.loc[ok, ["image_id", "patient_id", *classes]].reset_index(drop=True)
     table = pd.concat([table, pd.DataFrame(p, columns=[f"prob_{c}" for c in classes])], axis=1)
@@ -160,7 +162,8 @@ def _print(result, unreadable, reports):
     if "single_label" in result:
         s = result["single_label"]
         print(f"  single label: accuracy {s['accuracy']:.3f}, balanced accuracy "
-              f"{s['balanced_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}")
+              f"{s['balanced_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}; each image called the class "
+              f"furthest above its val threshold (in log-odds)")
     if result["epoch_checkpoints_macro_auc"]:
         epochs = ", ".join(f"{k} {_fmt(v)}" for k, v in result["epoch_checkpoints_macro_auc"].items())
         print(f"  test macro AUC of the epoch checkpoints: {epochs}")

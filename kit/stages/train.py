@@ -20,7 +20,7 @@ from kit.errors import KitError
 from kit.io import write_csv
 from kit.losses import build_loss
 from kit.metrics import auc_per_class, macro_auc, single_label_report
-from kit.model import checkpoint_dict, create_model, save_weights
+from kit.model import checkpoint_dict, create_model, init_head_prior, save_weights
 from kit.precision import allow_tf32, autocast_dtype
 from kit.soup import parse_epochs
 from kit.trainer import Trainer
@@ -79,11 +79,13 @@ def train(cfg, world):
     if world.is_main and not state:
         session.warn_output_budget(cfg, model, keep_rule)
     targets = train_df[classes].to_numpy(np.float32)
+    if cfg.head_init == "prior" and not state:  # a resumed run has its own weights
+        init_head_prior(model, targets)
     criterion = build_loss(cfg, targets).to(device)
     batch, accum = plan_batches(cfg, world, model, criterion, len(classes), state)
 
     paths = layout.image_paths(cfg.work, train_df.file)
-    train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed)
+    train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed, hflip=cfg.hflip)
     trainer = Trainer(cfg, world, model, criterion, train_set, batch, accum, state)
     say(f"[train] {cfg.model} at {cfg.img_size}px on {device} x{world.size} | {len(train_df)} train, "
         f"{len(val_df)} val images | batch {batch} x {accum} accumulation x {world.size} = "
