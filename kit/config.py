@@ -80,6 +80,9 @@ class Config:
     image_root: str = opt("", "csv dataset: folder the image paths are relative to "
                               "(default: the CSV's folder)", "data")
     resize: int = opt(512, "shorter side of stored images in pixels (0: copy originals)", "data", check=at_least(0))
+    dataset_dir: str = opt("auto", "folder of the stored images (auto: on Kaggle a scratch folder under "
+                                   "/kaggle/tmp/xray-kit, outside the kernel's output, rebuilt by each new "
+                                   "session; elsewhere <work>/dataset)", "data")
     val_frac: float = opt(0.15, "fraction of images in the validation split (competition default: 0.05)",
                           "data")
     test_frac: float = opt(0.15, "fraction of images in the test split (competition default: 0, no test "

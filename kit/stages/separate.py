@@ -63,12 +63,15 @@ def _reset_if_resized(work: Path, resize: int):
 
 
 def run(cfg):
+    folder = layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir)
     filtered_csv, manifest_csv = layout.filtered_csv(cfg.work), layout.manifest_csv(cfg.work)
-    settings = {"resize": cfg.resize}
+    # the folder is a setting: images elsewhere, or a scratch folder emptied (no manifest), redo it
+    settings = {"resize": cfg.resize, "folder": str(folder.resolve())}
     if stamps.up_to_date(cfg, "separate", settings, [filtered_csv], [manifest_csv]):
         return
     df = layout.read_table(filtered_csv, "metadata")
-    folder = layout.dataset_dir(cfg.work)
+    layout.place_dataset(cfg.work, folder)
+    manifest_csv = layout.manifest_csv(cfg.work)
     _reset_if_resized(cfg.work, cfg.resize)
     df["file"] = ["images/" + stored_name(i, cfg.resize) for i in df["image_id"]]
     if df["file"].duplicated().any():
