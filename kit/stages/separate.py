@@ -29,8 +29,9 @@ def stored_name(image_id: str, resize: int) -> str:
     return str(name.with_suffix(".jpg") if resize else name)
 
 
-def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
-    """Results of images.store_one for every job, in job order, using `workers` processes.
+def store_all(jobs, resize: int, workers: int, desc: "str | None" = "[separate]"):
+    """Results of images.store_one for every job, in job order, using `workers` processes;
+    progress shown under `desc` (None: none, the caller shows its own).
 
     On Linux the workers are forked: they start in milliseconds with everything imported,
     where a forkserver or spawned pool takes 0.4-0.7 s to import OpenCV again. A forked child
@@ -38,8 +39,9 @@ def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
     resize it: the parent turns OpenCV's threading off for the fork, so the children run
     OpenCV sequentially and never call into the pool."""
     work = partial(images.store_one, resize=resize)
+    shown = partial(progress, total=len(jobs), desc=desc) if desc else iter
     if workers <= 1:
-        return list(progress(map(work, jobs), len(jobs), desc))
+        return list(shown(map(work, jobs)))
     chunk = max(1, min(64, len(jobs) // (workers * 8)))
     fork = sys.platform.startswith("linux")
     threads = cv2.getNumThreads()
@@ -48,7 +50,7 @@ def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
     try:
         with multiprocessing.get_context("fork" if fork else None).Pool(
                 workers, initializer=None if fork else images.single_threaded) as pool:
-            return list(progress(pool.imap(work, jobs, chunksize=chunk), len(jobs), desc))
+            return list(shown(pool.imap(work, jobs, chunksize=chunk)))
     finally:
         cv2.setNumThreads(threads)
 
