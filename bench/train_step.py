@@ -211,11 +211,12 @@ def kit_default(base, world):
     dtype = autocast_dtype(base.amp, world.device)
     model = create_model(base.model, CLASSES, base.img_size, 0.0, "none").to(world.device)
     criterion = build_loss(base, torch.zeros(1, CLASSES).numpy()).to(world.device)
-    batch, _ = plan_batches(base, world, model, criterion, CLASSES, None)
+    batch, _, compiled = plan_batches(base, world, model, criterion, CLASSES, None,
+                                      compiles(base.compile, world.device))
     flops = step_flops(model, criterion, base.img_size, world.device, dtype)
     del model
     free(world.device)
-    return precision_name(dtype), batch, compiles(base.compile, world.device), flops
+    return precision_name(dtype), batch, compiled, flops
 
 
 def sweep(base, world, batches, default, args) -> list:

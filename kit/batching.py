@@ -48,37 +48,42 @@ def _positive_int(text, flag):
     return value
 
 
-def probe_batch(model, criterion, img_size, num_classes, device, dtype, start):
-    """Largest power-of-two fraction of `start` whose training step fits in GPU memory."""
+def probe_batch(model, criterion, img_size, num_classes, device, dtype, start, step=None):
+    """Largest power-of-two fraction of `start` whose training step fits in GPU memory.
+
+    step: the forward pass training will run (`model` compiled, which needs about two thirds of
+    the memory of the plain one; default: `model`). Errors other than out of memory propagate."""
     total = torch.cuda.get_device_properties(device).total_memory
     state = STATE_COPIES * sum(p.numel() * 4 for p in model.parameters())
     buffers = {k: v.clone() for k, v in model.named_buffers()}  # batch-norm statistics, if any
     batch = start
-    while batch >= 1:
-        fits = _try_batch(model, criterion, batch, img_size, num_classes, device, dtype)
-        if fits and torch.cuda.max_memory_allocated(device) + state <= MEMORY_USE * total:
-            break
-        batch //= 2
-    model.load_state_dict(buffers, strict=False)  # the probe's random images leave no trace
+    try:
+        while batch >= 1:
+            fits = _try_batch(step or model, criterion, batch, img_size, num_classes, device, dtype)
+            model.zero_grad(set_to_none=True)
+            if fits and torch.cuda.max_memory_allocated(device) + state <= MEMORY_USE * total:
+                break
+            batch //= 2
+    finally:  # the probe's random images leave no trace, even when compiling failed
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(buffers, strict=False)
     if batch >= 1:
         return batch
     raise KitError(f"one {img_size}px image does not fit in GPU memory for training; lower "
                    f"--img-size or add --grad-checkpointing")
 
 
-def _try_batch(model, criterion, batch, img_size, num_classes, device, dtype) -> bool:
+def _try_batch(step, criterion, batch, img_size, num_classes, device, dtype) -> bool:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     try:
         x = torch.randn(batch, 3, img_size, img_size, device=device)
         y = torch.zeros(batch, num_classes, device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            criterion(model(x), y).backward()
-        fits = True
+            criterion(step(x), y).backward()
+        return True
     except torch.OutOfMemoryError:
-        fits = False
-    model.zero_grad(set_to_none=True)
-    return fits
+        return False
 
 
 def back_off(batch, accum):

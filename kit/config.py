@@ -80,6 +80,9 @@ class Config:
     image_root: str = opt("", "csv dataset: folder the image paths are relative to "
                               "(default: the CSV's folder)", "data")
     resize: int = opt(512, "shorter side of stored images in pixels (0: copy originals)", "data", check=at_least(0))
+    dataset_dir: str = opt("auto", "folder of the stored images (auto: on Kaggle a scratch folder under "
+                                   "/kaggle/tmp/xray-kit, outside the kernel's output, rebuilt by each new "
+                                   "session; elsewhere <work>/dataset)", "data")
     val_frac: float = opt(0.15, "fraction of images in the validation split (competition default: 0.05)",
                           "data")
     test_frac: float = opt(0.15, "fraction of images in the test split (competition default: 0, no test "
@@ -123,8 +126,9 @@ class Config:
     keep_epochs: str = opt("auto", "epoch checkpoints to keep: auto (the soup's and the best), "
                                    "all, or a number of latest", "train")
     compile: str = opt("auto", "torch.compile the training step: auto compiles on GPUs of compute "
-                               "capability 7.0 and newer (2.05x the images/s of EVA-02 base on an H100), "
-                               "not on CPU", "train", ("auto", "on", "off"))
+                               "capability 8.0 and newer, which Triton supports (2.05x the images/s of "
+                               "EVA-02 base on an H100), not on older GPUs or the CPU; a compile that "
+                               "fails falls back to not compiled", "train", ("auto", "on", "off"))
     grad_checkpointing: bool = opt(False, "trade compute for memory", "train")
     ddp: str = opt("auto", "several GPUs: auto relaunches under torchrun; off uses one", "train",
                    ("auto", "off"))

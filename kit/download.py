@@ -3,17 +3,34 @@
 Credentials are looked for where the kaggle package looks (KAGGLE_API_TOKEN, KAGGLE_USERNAME
 with KAGGLE_KEY, ~/.kaggle/access_token, kaggle.json in its config folder, `kaggle auth login`'s
 credentials.json) and in Colab's secrets, which are copied into the environment for it.
+
+The archive is never stored: Grand X-Ray Slam's is larger than a free Colab disk. The API gives
+the archive's signed storage URL (the kaggle package's own downloads resume on it with HTTP
+ranges), and its members are read from there one after another, JPEG films stored shrunk to
+--resize on the shorter side, every other file as it is. A rerun after a disconnect skips the
+files already stored.
 """
 import contextlib
 import io
+import json
 import os
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
-from kit import env, sources
+import pandas as pd
+
+from kit import env, images, sources
 from kit.errors import KitError
+from kit.io import atomic_path, write_json
+from kit.progress import progress
+from kit.remote_zip import RangeFile
+from kit.stages.separate import store_all, stored_names
 
 API_HOST = "api.kaggle.com"
+MARKER = ".xray-kit-download.json"  # what was fetched, at which size, and whether it is complete
+FILMS_A_ROUND = 256  # films held on disk at full size at once (about 250 MB), then shrunk in parallel
 # --dataset -> (kind, Kaggle name) of the data fetched by --download
 KAGGLE_SOURCES = {"gxs": ("competition", "grand-xray-slam-division-a"), "nih": ("dataset", "nih-chest-xrays/data")}
 SECRETS = (("KAGGLE_USERNAME", "KAGGLE_KEY"), ("KAGGLE_API_TOKEN",))
@@ -114,27 +131,91 @@ def target(cfg, name) -> Path:
     return env.data_roots(where)[0] / name.replace("/", "-")
 
 
+def archive_url(api, kind, name) -> str:
+    """The signed storage URL that Kaggle's download call redirects to (streamed, so nothing of
+    the archive is read here); it serves byte ranges."""
+    from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+    from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest
+
+    with api.build_kaggle_client() as kaggle:
+        if kind == "competition":
+            request = ApiDownloadDataFilesRequest()
+            request.competition_name = name
+            response = kaggle.competitions.competition_api_client.download_data_files(request)
+        else:
+            request = ApiDownloadDatasetRequest()
+            request.owner_slug, request.dataset_slug = name.split("/")
+            response = kaggle.datasets.dataset_api_client.download_dataset(request)
+        response.close()
+        return response.url
+
+
+def stream(url_source, folder: Path, resize: int, workers: int):
+    """Every file of the remote zip into `folder` that is not there yet, in archive order."""
+    try:
+        archive = zipfile.ZipFile(RangeFile(url_source))
+    except zipfile.BadZipFile as e:
+        raise KitError(f"--download: the archive is not a readable zip ({e}); rerun later") from e
+    with archive:
+        members = sorted((m for m in archive.infolist() if not m.is_dir()), key=lambda m: m.header_offset)
+        names = dict(zip(members, stored_names(pd.Series([m.filename for m in members], dtype=object), 0)))
+        todo = [m for m in members if not (folder / names[m]).exists()]
+        print(f"[download] {len(members)} files, {sum(m.compress_size for m in members) / 1e9:.1f} GB in the "
+              f"archive; {len(members) - len(todo)} already here, {len(todo)} to fetch"
+              + (f", JPEG films stored at {resize} px on the shorter side" if resize else ""), flush=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as scratch:
+            films = []
+            for k, member in enumerate(progress(todo, len(todo), "[download]", unit="file")):
+                dst = folder / names[member]
+                if resize and dst.suffix.lower() in images.JPEG_SUFFIXES:
+                    films.append((_extract(archive, member, Path(scratch) / f"{k}{dst.suffix}"), dst))
+                    if len(films) == FILMS_A_ROUND:
+                        _store(films, resize, workers)
+                else:
+                    _extract(archive, member, dst)
+            _store(films, resize, workers)
+
+
+def _extract(archive, member, dst: Path) -> Path:
+    with archive.open(member) as src, atomic_path(dst) as tmp, open(tmp, "wb") as out:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+    return dst
+
+
+def _store(films: list, resize: int, workers: int):
+    """Shrink the films held at full size into place, then let them go (`films` is emptied)."""
+    jobs = [(str(src), str(dst)) for src, dst in films]
+    for (src, dst), (status, _, _) in zip(films, store_all(jobs, resize, workers, desc=None)):
+        if status == "unreadable":  # kept as it came: the separate stage records it as unreadable
+            os.replace(src, dst)
+        src.unlink(missing_ok=True)
+    films.clear()
+
+
 def fetch(cfg):
-    """Fetch the dataset of --dataset into --data-dir unless it is already there; point
-    cfg.data_dir at it."""
+    """Fetch the dataset of --dataset into --data-dir unless it is already there (a fetch that
+    stopped midway continues); point cfg.data_dir at it."""
     dataset = "gxs" if cfg.dataset == "auto" else cfg.dataset
     if dataset not in KAGGLE_SOURCES:
         known = ", ".join(f"--dataset {k} ({v[1]})" for k, v in KAGGLE_SOURCES.items())
         raise KitError(f"--download knows {known}; put the {dataset} dataset in --data-dir yourself")
     kind, name = KAGGLE_SOURCES[dataset]
     folder = target(cfg, name)
+    marker = folder / MARKER
     adapter, found = sources.discover([folder], dataset)
-    if found is None:
+    unfinished = marker.exists() and not json.loads(marker.read_text()).get("complete")
+    if found is None or unfinished:
         api = kaggle_api("--download")
-        print(f"[download] Kaggle {kind} {name} -> {folder}")
+        print(f"[download] Kaggle {kind} {name} -> {folder}" + (" (continuing)" if unfinished else ""))
         folder.mkdir(parents=True, exist_ok=True)
         url = (f"https://www.kaggle.com/competitions/{name}/rules" if kind == "competition"
                else f"https://www.kaggle.com/datasets/{name}")
+        settings = {"archive": name, "resize": cfg.resize}
         with kaggle_errors(f"--download {name}", f"access denied: accept its rules at {url}, then rerun"):
-            if kind == "competition":
-                api.competition_download_files(name, path=str(folder), quiet=False, unzip=True)
-            else:
-                api.dataset_download_files(name, path=str(folder), quiet=False, unzip=True)
+            write_json({**settings, "complete": False}, marker)
+            stream(lambda: archive_url(api, kind, name), folder, cfg.resize, cfg.workers)
+            write_json({**settings, "complete": True}, marker)
         adapter, found = sources.discover([folder], dataset)
         if found is None:
             markers = " or ".join(sources.ADAPTERS[dataset].MARKERS)

@@ -14,6 +14,8 @@ from kit.errors import KitError
 
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
+# on the session's disk but outside /kaggle/working: not the kernel's output, gone with the session
+KAGGLE_SCRATCH = Path("/kaggle/tmp/xray-kit")
 COLAB_WORK = Path("/content/xray-kit")
 PLACES = {"kaggle": "Kaggle", "colab": "Google Colab", "local": "a local machine"}
 HF_ENDPOINT = "https://huggingface.co"
@@ -30,6 +32,11 @@ def platform() -> str:
 
 def default_work_dir(where: str) -> Path:
     return {"kaggle": KAGGLE_WORKING, "colab": COLAB_WORK}.get(where, Path("work"))
+
+
+def scratch_dir(where: str) -> "Path | None":
+    """Where --dataset-dir auto stores the images outside the work dir; None: in the work dir."""
+    return KAGGLE_SCRATCH if where == "kaggle" else None
 
 
 def data_roots(where: str) -> list:

@@ -179,8 +179,17 @@ def store_one(job, resize: int):
     if img is None:
         return "unreadable", src.stat().st_size, 0
     with atomic_path(dst) as tmp:
-        if resize:
+        if resize and not _stored_already(src, resize):
             tmp.write_bytes(encode_jpeg(img))
         else:
             shutil.copyfile(src, tmp)
     return "written", src.stat().st_size, dst.stat().st_size
+
+
+def _stored_already(src: Path, resize: int) -> bool:
+    """A grayscale JPEG of shorter side `resize`, as --download stores films: copied, since
+    encoding it again would only lose quality."""
+    if src.suffix.lower() not in JPEG_SUFFIXES:
+        return False
+    with Image.open(src) as im:
+        return im.mode == "L" and min(im.size) == resize

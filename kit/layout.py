@@ -3,6 +3,7 @@
 Tables from filtered.csv onwards hold a few bookkeeping columns followed by one 0/1 column
 per target class, in class order; everything that is not bookkeeping is a class.
 """
+import functools
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit import env
 from kit.errors import KitError
+from kit.io import write_json
 
 META_COLUMNS = ("image_id", "patient_id", "view", "path", "label", "official_split",
                 "source", "file", "status")
@@ -22,7 +25,53 @@ def filtered_csv(work) -> Path:
 
 
 def dataset_dir(work) -> Path:
-    return Path(work) / "dataset"
+    """Where the separate stage stored the images: <work>/dataset, or the folder that
+    <work>/dataset_location.json names (--dataset-dir; on Kaggle a scratch folder)."""
+    pointer = _dataset_pointer(work)
+    try:
+        stamp = pointer.stat().st_mtime_ns
+    except FileNotFoundError:
+        return Path(work) / "dataset"
+    return _pointed(pointer, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _pointed(pointer: Path, stamp: int) -> Path:  # dataset_dir is asked once per image
+    return Path(json.loads(pointer.read_text())["folder"])
+
+
+def _dataset_pointer(work) -> Path:
+    return Path(work) / "dataset_location.json"
+
+
+def chosen_dataset_dir(work, setting: str) -> Path:
+    """Where the separate stage is to store the images: --dataset-dir, or for auto a scratch
+    folder on Kaggle, so that the kernel's output keeps results only (one per work dir, named
+    after it), and <work>/dataset elsewhere."""
+    if setting != "auto":
+        return Path(setting)
+    scratch = env.scratch_dir(env.platform())
+    if scratch is None:
+        return Path(work) / "dataset"
+    work = Path(work).resolve()
+    return scratch / work.relative_to(work.anchor) / "dataset"
+
+
+def place_dataset(work, folder):
+    """Record where the images are stored (a pointer only when outside <work>/dataset)."""
+    pointer, folder = _dataset_pointer(work), Path(folder)
+    if folder.resolve() == (Path(work) / "dataset").resolve():
+        pointer.unlink(missing_ok=True)
+    else:
+        write_json({"folder": str(folder.resolve())}, pointer)
+
+
+def check_dataset(work):
+    """Images stored outside the work dir can vanish on their own (a new Kaggle session empties
+    its scratch folder): say so, rather than train on missing files."""
+    if _dataset_pointer(work).exists() and not manifest_csv(work).exists():
+        raise KitError(f"the stored images in {dataset_dir(work)} are gone (a new session empties the "
+                       f"scratch folder); run --stage separate, or --stage all, to store them again")
 
 
 def manifest_csv(work) -> Path:
@@ -81,6 +130,7 @@ def patient_hashes(df) -> np.ndarray:
 def read_split(work, name):
     """(table, classes) of one split."""
     df = read_table(split_csv(work, name), "split")
+    check_dataset(work)
     return df, class_columns(df)
 
 

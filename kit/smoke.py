@@ -24,6 +24,8 @@ def resolve(cfg):
     """The smoke's own work dir and its short settings (the user's flags still win)."""
     if Path(cfg.work_dir).name != FOLDER:
         cfg.work_dir = str(Path(cfg.work_dir) / FOLDER)
+    if cfg.dataset_dir != "auto" and Path(cfg.dataset_dir).name != FOLDER:  # not the real run's images
+        cfg.dataset_dir = str(Path(cfg.dataset_dir) / FOLDER)
     apply_defaults(cfg, dict(epochs=1, bootstrap=100, val_frac=0.1,
                              test_frac=0.1 if cfg.task == "study" else 0.0))
 

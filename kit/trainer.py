@@ -27,19 +27,34 @@ RATE_WARMUP, RATE_UPDATES = 2, 10  # the rate is timed after compiling and the l
 MAX_BAD_UPDATES = 10  # non-finite gradients in a row before giving up
 
 
+TRITON_SUPPORTED = (8, 0)  # Triton's README: NVIDIA GPUs of compute capability 8.0+
+
+
 def compiles(setting, device) -> bool:
-    """--compile auto: on GPUs that Triton generates code for (compute capability 7.0 and newer,
-    so not the P100), where fusing EVA-02's elementwise operations doubles its images/s; off on
-    CPU, where compiling the demo's LeViT took 172 s on 2 cores to make its forward and
-    backward pass 1.16x faster."""
+    """--compile auto: on GPUs that Triton supports (compute capability 8.0 and newer: not the
+    T4 or the P100, where inductor still tries from 7.0 on), where fusing EVA-02's elementwise
+    operations doubles its images/s; off on CPU, where compiling the demo's LeViT took 172 s on
+    2 cores to make its forward and backward pass 1.16x faster."""
     if setting != "auto":
         return setting == "on"
     device = torch.device(device)
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= TRITON_SUPPORTED
+
+
+def compile_failed(error) -> str:
+    """The line that says compiling failed and training goes on without it."""
+    first = next((line for line in str(error).splitlines() if line.strip()), "")[:200]
+    return (f"[train] torch.compile failed ({type(error).__name__}: {first}); continuing not compiled "
+            f"from the same state (--compile off skips the attempt)")
+
+
+class CompileFailed(Exception):
+    """The compiled forward or backward pass of the first compiled update failed."""
 
 
 class Trainer:
-    def __init__(self, cfg, world, model, criterion, train_set, batch, accum, state=None):
+    def __init__(self, cfg, world, model, criterion, train_set, batch, accum, state=None, compiled=None):
+        """compiled: whether to compile the step (None: as --compile decides for this device)."""
         self.cfg, self.world, self.model, self.criterion = cfg, world, model, criterion
         self.train_set, self.batch, self.accum = train_set, batch, accum
         self.mean, self.std = norm_stats(model)
@@ -65,8 +80,10 @@ class Trainer:
             # gradients as views of the all-reduce buckets: no second copy of them in GPU memory
             self.ddp = DistributedDataParallel(model, device_ids=gpu, gradient_as_bucket_view=True)
         net = self.ddp or model
-        self.compiled = compiles(cfg.compile, world.device)
-        self.net = torch.compile(net) if self.compiled else net
+        self.compiled = compiles(cfg.compile, world.device) if compiled is None else compiled
+        self.net = torch.compile(net, dynamic=False) if self.compiled else net  # as the batch probe ran it
+        # until a compiled update succeeds: what a failed one may have changed (batch-norm statistics)
+        self._unproven = {k: v.clone() for k, v in model.named_buffers()} if self.compiled else None
         self.sampler = EpochSampler(len(train_set), self.updates_per_epoch * self.effective,
                                     cfg.seed, world.rank, world.size)
         self.loader = self._loader()
@@ -128,7 +145,11 @@ class Trainer:
                     break
                 except torch.OutOfMemoryError:
                     pass  # handled below, outside the except block that still holds the tensors
+                except CompileFailed as e:
+                    batches = self._stop_compiling(e.__cause__)
+                    continue
                 batches = self._back_off()
+            self._unproven = None
             loss, finite = self._step(total)
             self._account(loss, finite)
             self._time_rate()
@@ -162,9 +183,16 @@ class Trainer:
             x, y = to_input(images, self.mean, self.std, device), targets.to(device, non_blocking=True)
             last = i == self.accum - 1
             with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
-                with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                    loss = self.criterion(self.net(x), y) / self.accum
-                self.scaler.scale(loss).backward()
+                try:
+                    with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                        loss = self.criterion(self.net(x), y) / self.accum
+                    self.scaler.scale(loss).backward()
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as e:  # compiling runs here first: a compiler's own error, any type
+                    if self._unproven is None:
+                        raise
+                    raise CompileFailed() from e
             total += loss.detach()
         return total
 
@@ -197,6 +225,17 @@ class Trainer:
             raise KitError(f"{MAX_BAD_UPDATES} updates in a row had NaN or infinite gradients "
                            f"(epoch {self.epoch + 1}); the last good checkpoint is kept: lower --lr or "
                            f"use --amp off, then rerun")
+
+    def _stop_compiling(self, error):
+        """The first compiled update failed: redo it not compiled from the state before it. Nothing
+        was stepped; the gradients go, the buffers are restored, the data restarts at the update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.load_state_dict(self._unproven, strict=False)
+        self.net, self.compiled, self._unproven = self.ddp or self.model, False, None
+        if self.world.is_main:
+            print(compile_failed(error), flush=True)
+        self.loader = self._loader()
+        return iter(self.loader)
 
     def _back_off(self):
         """Out of memory: a smaller batch, more accumulation, and the current update redone."""

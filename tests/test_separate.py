@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -232,3 +233,61 @@ def test_image_paths_are_each_stored_images_path_as_a_string(tmp_path):
     files = pd.Series(["images/a.jpg", "images/p1/s1/view1.jpg", "synthetic/C/x.jpg"], index=[5, 3, 9])
     assert layout.image_paths(tmp_path / "work", files) == [str(layout.image_path(tmp_path / "work", f)) for f in files]
     assert layout.image_paths(tmp_path, files[:0]) == []
+
+
+@pytest.fixture
+def kaggle(tmp_path, monkeypatch):
+    """A Kaggle machine as tests/test_env.py fakes one, with the scratch root under tmp_path too."""
+    from kit import env
+
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    for name in ("KAGGLE_INPUT", "KAGGLE_WORKING", "KAGGLE_SCRATCH"):
+        folder = tmp_path / "kaggle" / name.lower()
+        folder.mkdir(parents=True)
+        monkeypatch.setattr(env, name, folder)
+    return env
+
+
+def test_on_kaggle_the_images_go_to_scratch_and_a_wiped_scratch_is_rebuilt(tmp_path, cfg, kaggle, capsys):
+    from kit.stages import split
+
+    c = cfg(resize=64, work_dir=str(kaggle.KAGGLE_WORKING), val_frac=0.2, test_frac=0.2)
+    filtered(c, tmp_path, n=12)
+    df = pd.read_csv(layout.filtered_csv(c.work))
+    df["patient_id"] = [f"p{k}" for k in range(len(df))]
+    df["B"] = np.arange(len(df)) % 2
+    df["A"] = 1 - df["B"]
+    df.to_csv(layout.filtered_csv(c.work), index=False)
+    separate.run(c)
+    split.run(c)
+    folder = kaggle.KAGGLE_SCRATCH / kaggle.KAGGLE_WORKING.relative_to("/") / "dataset"
+    assert layout.dataset_dir(c.work) == folder and len(list((folder / "images").glob("*.jpg"))) == 12
+    stored = [p.relative_to(c.work) for p in c.work.rglob("*") if p.is_file()]
+    assert not [p for p in stored if p.suffix == ".jpg"] and Path("dataset_location.json") in stored
+    train_df, _ = layout.read_split(c.work, "train")
+    assert all(layout.image_path(c.work, f).is_file() for f in train_df.file)
+
+    shutil.rmtree(kaggle.KAGGLE_SCRATCH)  # a new session: the work dir was kept, the scratch was not
+    with pytest.raises(KitError, match=r"stored images in .* are gone .* run --stage separate"):
+        layout.read_split(c.work, "train")
+    capsys.readouterr()
+    separate.run(c)
+    split.run(c)
+    assert "12 written, 0 skipped" in capsys.readouterr().out
+    again, _ = layout.read_split(c.work, "train")
+    assert again.file.tolist() == train_df.file.tolist()
+    assert all(layout.image_path(c.work, f).is_file() for f in again.file)
+
+
+def test_dataset_dir_elsewhere_is_local_unless_asked(tmp_path, cfg, monkeypatch):
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    c = cfg(resize=64)
+    filtered(c, tmp_path)
+    separate.run(c)
+    assert layout.dataset_dir(c.work) == c.work / "dataset" and not (c.work / "dataset_location.json").exists()
+    chosen = cfg(resize=64, dataset_dir=str(tmp_path / "elsewhere"))
+    separate.run(chosen)  # another folder is another setting: stored again there
+    assert layout.dataset_dir(c.work) == tmp_path / "elsewhere"
+    assert (tmp_path / "elsewhere" / "manifest.csv").is_file()
+    separate.run(c)  # and back
+    assert layout.dataset_dir(c.work) == c.work / "dataset"

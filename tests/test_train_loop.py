@@ -202,12 +202,91 @@ def test_amp_choice_follows_the_device(monkeypatch):
     assert grad_scaler(torch.float16, cpu).is_enabled() and not grad_scaler(torch.bfloat16, cpu).is_enabled()
 
 
-def test_compile_choice_follows_the_device(monkeypatch):
+@pytest.mark.parametrize("capability, auto", [((6, 0), False), ((7, 0), False), ((7, 5), False),
+                                              ((8, 0), True), ((8, 9), True), ((9, 0), True), ((12, 0), True)],
+                         ids=["P100", "V100", "T4", "A100", "L4", "H100", "RTX-50"])
+def test_compile_auto_follows_tritons_supported_gpus(monkeypatch, capability, auto):
     assert not compiles("auto", "cpu") and compiles("on", "cpu") and not compiles("off", "cpu")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))  # P100: no Triton
-    assert not compiles("auto", "cuda:0") and compiles("on", "cuda:0")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # T4
-    assert compiles("auto", "cuda:0") and not compiles("off", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert compiles("auto", "cuda:0") is auto
+    assert compiles("on", "cuda:0") and not compiles("off", "cuda:0")
+
+
+@pytest.fixture
+def no_cxx(monkeypatch, tmp_path):
+    """Inductor with no C++ compiler (a real failure of compiling on a CPU), no cache to hide it."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (str(tmp_path / "no-such-g++"),))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cache"))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_a_compile_that_fails_falls_back_to_the_uncompiled_weights(tmp_path, no_cxx):
+    reference = make_work(tmp_path / "off")
+    run_quietly(tiny_cfg(reference, epochs=1, compile="off"))
+    work = make_work(tmp_path / "on")
+    out = run_quietly(tiny_cfg(work, epochs=1, compile="on"))
+    lines = [line for line in out.splitlines() if "torch.compile failed" in line]
+    assert len(lines) == 1 and "InvalidCxxCompiler" in lines[0] and "continuing not compiled" in lines[0]
+    state, ref = last_state(work), last_state(reference)
+    assert state["updates"] == ref["updates"] == 4
+    for part in ("model", "ema"):
+        for k, v in ref[part].items():
+            assert torch.equal(state[part][k], v), (part, k)
+
+
+def test_a_compiled_step_failing_midway_is_redone_from_the_state_before_it(tmp_path, monkeypatch):
+    """The second micro-batch of the first update fails after the first one accumulated its
+    gradients and moved the batch-norm statistics: the redone update matches an uncompiled run."""
+    calls = []
+
+    def fails_on_its_second_run(gm, example_inputs):
+        def run(*args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("kernel launch failed (simulated)")
+            return gm(*args)
+        return run
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: real_compile(net, backend=fails_on_its_second_run, **kw))
+    settings = dict(epochs=1, model="levit_128s", img_size=64)  # LeViT: batch norm throughout
+    reference = make_work(tmp_path / "off")
+    run_quietly(tiny_cfg(reference, compile="off", **settings))
+    work = make_work(tmp_path / "on")
+    out = run_quietly(tiny_cfg(work, compile="on", **settings))
+    assert "torch.compile failed (RuntimeError: kernel launch failed (simulated))" in out
+    assert len(calls) == 2  # never compiled again
+    state, ref = last_state(work), last_state(reference)
+    assert any("running_mean" in k for k in ref["model"])
+    for part in ("model", "ema"):
+        for k, v in ref[part].items():
+            assert torch.equal(state[part][k], v), (part, k)
+
+
+def test_the_batch_probe_runs_the_compiled_step_and_falls_back_when_it_fails(monkeypatch):
+    world = SimpleNamespace(device=torch.device("cuda", 0), size=1, is_main=True)
+    model, seen = create_model("eva02_tiny_patch14_224", 3, 28), []
+
+    def probe_batch(model, criterion, img_size, num_classes, device, dtype, start, step=None):
+        seen.append(step)
+        if step is not None:
+            raise RuntimeError("triton: no kernel image is available (simulated)")
+        return start // 2
+
+    monkeypatch.setattr(batching, "probe_batch", probe_batch)
+    monkeypatch.setattr(train, "autocast_dtype", lambda amp, device: None)
+    monkeypatch.setattr(train.distributed, "reduced", lambda tensor, world, op: tensor)
+    monkeypatch.setattr(torch, "tensor", lambda value, device=None: torch.as_tensor(value))
+    cfg = tiny_cfg("w", batch_size="auto", effective_batch=64)
+    assert train.plan_batches(cfg, world, model, None, 3, None, compiled=False) == (32, 2, False)
+    assert seen == [None]
+    assert train.plan_batches(cfg, world, model, None, 3, None, compiled=True) == (32, 2, False)
+    assert seen[1]._orig_mod is model and seen[2] is None  # the compiled step first, then the plain one
 
 
 def test_batch_plan_keeps_the_effective_batch():

@@ -40,8 +40,9 @@ def stored_names(image_ids: pd.Series, resize: int) -> pd.Series:
     return names
 
 
-def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
-    """Results of images.store_one for every job, in job order, using `workers` processes.
+def store_all(jobs, resize: int, workers: int, desc: "str | None" = "[separate]"):
+    """Results of images.store_one for every job, in job order, using `workers` processes;
+    progress shown under `desc` (None: none, the caller shows its own).
 
     On Linux the workers are forked: they start in milliseconds with everything imported,
     where a forkserver or spawned pool takes 0.4-0.7 s to import OpenCV again. A forked child
@@ -49,8 +50,9 @@ def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
     resize it: the parent turns OpenCV's threading off for the fork, so the children run
     OpenCV sequentially and never call into the pool."""
     work = partial(images.store_one, resize=resize)
+    shown = partial(progress, total=len(jobs), desc=desc) if desc else iter
     if workers <= 1:
-        return list(progress(map(work, jobs), len(jobs), desc))
+        return list(shown(map(work, jobs)))
     chunk = max(1, min(64, len(jobs) // (workers * 8)))
     fork = sys.platform.startswith("linux")
     threads = cv2.getNumThreads()
@@ -59,7 +61,7 @@ def store_all(jobs, resize: int, workers: int, desc: str = "[separate]"):
     try:
         with multiprocessing.get_context("fork" if fork else None).Pool(
                 workers, initializer=None if fork else images.single_threaded) as pool:
-            return list(progress(pool.imap(work, jobs, chunksize=chunk), len(jobs), desc))
+            return list(shown(pool.imap(work, jobs, chunksize=chunk)))
     finally:
         cv2.setNumThreads(threads)
 
@@ -74,11 +76,15 @@ def _reset_if_resized(work: Path, resize: int):
 
 
 def run(cfg):
+    folder = layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir)
     filtered_csv, manifest_csv = layout.filtered_csv(cfg.work), layout.manifest_csv(cfg.work)
-    settings = {"resize": cfg.resize}
+    # the folder is a setting: images elsewhere, or a scratch folder emptied (no manifest), redo it
+    settings = {"resize": cfg.resize, "folder": str(folder.resolve())}
     if stamps.up_to_date(cfg, "separate", settings, [filtered_csv], [manifest_csv]):
         return
     df = layout.read_table(filtered_csv, "metadata")
+    layout.place_dataset(cfg.work, folder)
+    manifest_csv = layout.manifest_csv(cfg.work)
     _reset_if_resized(cfg.work, cfg.resize)
     df["file"] = "images/" + stored_names(df["image_id"], cfg.resize)
     if df["file"].duplicated().any():

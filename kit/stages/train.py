@@ -23,7 +23,7 @@ from kit.metrics import auc_per_class, macro_auc, single_label_report
 from kit.model import checkpoint_dict, create_model, init_head_prior, save_weights
 from kit.precision import allow_tf32, autocast_dtype
 from kit.soup import parse_epochs
-from kit.trainer import Trainer
+from kit.trainer import Trainer, compile_failed, compiles
 
 EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
 
@@ -82,11 +82,12 @@ def train(cfg, world):
     if cfg.head_init == "prior" and not state:  # a resumed run has its own weights
         init_head_prior(model, targets)
     criterion = build_loss(cfg, targets).to(device)
-    batch, accum = plan_batches(cfg, world, model, criterion, len(classes), state)
+    batch, accum, compiled = plan_batches(cfg, world, model, criterion, len(classes), state,
+                                          compiles(cfg.compile, device))
 
     paths = layout.image_paths(cfg.work, train_df.file)
     train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed, hflip=cfg.hflip)
-    trainer = Trainer(cfg, world, model, criterion, train_set, batch, accum, state)
+    trainer = Trainer(cfg, world, model, criterion, train_set, batch, accum, state, compiled)
     say(f"[train] {cfg.model} at {cfg.img_size}px on {device} x{world.size} | {len(train_df)} train, "
         f"{len(val_df)} val images | batch {batch} x {accum} accumulation x {world.size} = "
         f"{trainer.effective} | {trainer.updates_per_epoch} updates/epoch | amp "
@@ -181,18 +182,30 @@ class Clock:
         self.measured(rate)
 
 
-def plan_batches(cfg, world, model, criterion, num_classes, state):
-    """(batch, accum): the state's after an out-of-memory back-off, else probed or given."""
+def plan_batches(cfg, world, model, criterion, num_classes, state, compiled):
+    """(batch, accum, compiled): the state's batch after an out-of-memory back-off, else probed
+    with the step that will train (compiled or not) or given; a compile that fails in the probe
+    is not tried again."""
     if state and cfg.batch_size == "auto" and state["world_size"] == world.size:
-        return state["batch"], state["accum"]
+        return state["batch"], state["accum"], compiled
     if world.device.type != "cuda":
-        return batching.plan(cfg, world.size)
+        return *batching.plan(cfg, world.size), compiled
     fits = partial(batching.probe_batch, model, criterion, cfg.img_size, num_classes, world.device,
-                   autocast_dtype(cfg.amp, world.device))
+                   autocast_dtype(cfg.amp, world.device),
+                   step=torch.compile(model, dynamic=False) if compiled else None)
 
     def probe(start):  # every rank takes the smallest: equal batches, equal updates per epoch
         return int(distributed.reduced(torch.tensor(fits(start), device=world.device), world, "min").item())
-    return batching.plan(cfg, world.size, probe)
+    try:
+        return *batching.plan(cfg, world.size, probe), compiled
+    except KitError:
+        raise
+    except Exception as e:  # a compiler's own error, of any type
+        if not compiled:
+            raise
+        if world.is_main:
+            print(compile_failed(e), flush=True)
+        return plan_batches(cfg, world, model, criterion, num_classes, state, False)
 
 
 def make_val_loader(cfg, world, val_df, classes, batch):
