@@ -6,6 +6,8 @@ The rules are those of the kaggle package (2.2.5), kaggle/api/kaggle_api_extende
 `validate_kernel_string`, `parse_kernel_string`, `validate_dataset_string`,
 `validate_model_instance_version_string`, `get_bool`, and the slug form of `_validate_slug_syntax`.
 Kaggle accepts some fields that do not do what their author meant; those give warnings.
+`preflight` checks the kernel's own arguments against the metadata: what the run needs that the
+kernel would not have.
 """
 import json
 import re
@@ -30,6 +32,8 @@ RETIRED_SHAPES = {"nvidiateslap100": "it runs on a T4 instead, and current PyTor
                   "tpuv38": "it runs on a TpuV5E8 instead", "tpu1vmv38": "it runs on a TpuV5E8 instead",
                   "tpuv232": "it runs on CPU instead", "tpuv2256": "it runs on CPU instead"}
 PLACEHOLDER_OWNER = "YOUR_KAGGLE_USERNAME"
+COMPETITION = "grand-xray-slam-division-a"  # the template's, and the example in messages
+TRAINING_STAGES = ("all", "train")  # the stages that load pretrained weights
 
 
 def read(path) -> dict:
@@ -44,6 +48,13 @@ def read(path) -> dict:
     if not isinstance(meta, dict):
         raise KitError(f"{path} must hold one JSON object of kernel settings")
     return meta
+
+
+def template(cfg) -> Path:
+    """--kernel-metadata, else the template beside run.py."""
+    from kit.bundle import ROOT
+
+    return Path(cfg.kernel_metadata) if cfg.kernel_metadata else ROOT / FILE
 
 
 def _bad(field, problem, fix):
@@ -146,3 +157,27 @@ def _warnings(meta) -> list:
 
 def placeholder_owner(meta) -> bool:
     return str(meta.get("id", "")).startswith(PLACEHOLDER_OWNER + "/")
+
+
+def preflight(meta: dict, kernel) -> list:
+    """What the kernel's run (`kernel`: the Config its arguments give) needs and the metadata does
+    not attach, each as 'problem; fix'. Push refuses them, bundle warns."""
+    problems = []
+    sources = {field: meta.get(field) or [] for field in SOURCES}
+    internet = str(meta.get("enable_internet", True)).lower() == "true"  # the CLI's default: on
+    if (kernel.stage in TRAINING_STAGES and kernel.pretrained != "none" and not internet
+            and not sources["model_sources"] and not sources["dataset_sources"]):
+        problems.append(
+            f"the kernel trains from pretrained weights (--pretrained {kernel.pretrained}) with the internet off "
+            f"and {FILE} attaches no model_sources or dataset_sources; attach the weights (a Kaggle Model's "
+            f"handle in model_sources, or the dataset made from --stage weights in dataset_sources) or pass "
+            f"--pretrained none after --")
+    if kernel.task == "competition" and not kernel.demo and not sources["competition_sources"]:
+        problems.append(f"the kernel runs --task competition and {FILE}'s competition_sources is empty; add "
+                        f'"{COMPETITION}" (after accepting its rules on kaggle.com)')
+    if kernel.resume == "auto" and not sources["kernel_sources"]:
+        own = meta.get("id") or "YOU/xray-kit-eva-x"
+        problems.append(f"the kernel runs --resume auto and {FILE} has no kernel_sources to resume from; add "
+                        f'"{own}" (the version whose output it continues) to kernel_sources')
+    return problems
+
