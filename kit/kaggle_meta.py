@@ -57,27 +57,35 @@ def template(cfg) -> Path:
     return Path(cfg.kernel_metadata) if cfg.kernel_metadata else ROOT / FILE
 
 
-def _bad(field, problem, fix):
-    raise KitError(f"{FILE}: {field} {problem}; {fix}")
+def _bad(field, problem, fix, where=FILE + ": "):
+    raise KitError(f"{where}{field} {problem}; {fix}")
 
 
-def _check_kernel_ref(field, ref, own=False):
+def check_kernel_ref(flag, ref):
+    """A kernel named on the command line (`flag`), with the rules of kernel_sources."""
+    _check_kernel_ref(flag, ref, where="")
+
+
+def _check_kernel_ref(field, ref, own=False, where=FILE + ": "):
     """validate_kernel_string: owner/slug or owner/slug/version, a slug of five characters or more.
     parse_kernel_string: the kernel's own id may be a bare slug (the owner is the signed-in user)
     but names no version. Its slug must also have the form of every Kaggle slug."""
+    def bad(problem, fix):
+        _bad(field, problem, fix, where)
+
     if not isinstance(ref, str):
-        _bad(field, f"{ref!r} is not a string", "write e.g. alice/xray-kit-eva-x")
+        bad(f"{ref!r} is not a string", "write e.g. alice/xray-kit-eva-x")
     bare = own and "/" not in ref
     parts = ["", ref] if bare else ref.split("/")
     if not bare and (len(parts) not in (2, 3) or not all(parts)):
-        _bad(field, f"{ref!r} is not of the form owner/kernel-slug", "write e.g. alice/xray-kit-eva-x")
+        bad(f"{ref!r} is not of the form owner/kernel-slug", "write e.g. alice/xray-kit-eva-x")
     if len(parts[1]) < MIN_SLUG:
-        _bad(field, f"slug {parts[1]!r} is shorter than {MIN_SLUG} characters", "use a longer slug")
+        bad(f"slug {parts[1]!r} is shorter than {MIN_SLUG} characters", "use a longer slug")
     if own and len(parts) == 3:
-        _bad(field, f"{ref!r} names a version", "drop the /version part")
+        bad(f"{ref!r} names a version", "drop the /version part")
     if own and not SLUG.match(parts[1].lower()):
-        _bad(field, f"slug {parts[1]!r} is not a Kaggle slug (letters, digits and single hyphens inside)",
-             f"use {slugify(parts[1]) or 'xray-kit-eva-x'!r}")
+        bad(f"slug {parts[1]!r} is not a Kaggle slug (letters, digits and single hyphens inside)",
+            f"use {slugify(parts[1]) or 'xray-kit-eva-x'!r}")
 
 
 def _check_sources(meta):
@@ -181,3 +189,12 @@ def preflight(meta: dict, kernel) -> list:
                         f'"{own}" (the version whose output it continues) to kernel_sources')
     return problems
 
+
+def competition(meta: dict) -> str:
+    """The one competition the metadata attaches."""
+    _check_sources(meta)
+    names = meta.get("competition_sources") or []
+    if len(names) != 1:
+        listed = f"lists {', '.join(names)}" if names else "lists none"
+        raise KitError(f"{FILE}'s competition_sources {listed}; name the competition with --competition SLUG")
+    return names[0]

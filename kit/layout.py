@@ -124,3 +124,8 @@ def submission_csv(work) -> Path:
 def submission_report(work) -> Path:
     """Which weights made submission.csv, and whether it is interim."""
     return reports_dir(work) / "submission.json"
+
+
+def kernel_output(work, kernel) -> Path:
+    """Where --stage submit --from-kernel OWNER/SLUG[/VERSION] puts what it fetches."""
+    return Path(work) / "kernel_output" / kernel.split("/")[1]

@@ -18,7 +18,7 @@ from kit.io import write_json, write_text
 
 DEFAULT_OUT = Path("dist") / "kaggle"
 CODE_FILE = "kernel.py"
-NOT_IN_A_KERNEL = ("bundle", "push", "weights")  # they need this machine's files or the internet
+NOT_IN_A_KERNEL = ("bundle", "push", "submit", "weights")  # they need this machine's files or the internet
 
 
 def kernel_args(cfg) -> tuple:
