@@ -4,6 +4,7 @@ Tables from filtered.csv onwards hold a few bookkeeping columns followed by one 
 per target class, in class order; everything that is not bookkeeping is a class.
 """
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,8 @@ def submission_report(work) -> Path:
 def kernel_output(work, kernel) -> Path:
     """Where --stage submit --from-kernel OWNER/SLUG[/VERSION] puts what it fetches."""
     return Path(work) / "kernel_output" / kernel.split("/")[1]
+
+
+def run_log(work, stage, started) -> Path:
+    """The log of a run of `stage` (or all) started at `started` (a time.struct_time)."""
+    return Path(work) / "logs" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S', started)}.log"
