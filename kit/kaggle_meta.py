@@ -28,7 +28,7 @@ KNOWN = {"id", "id_no", "title", "code_file", "language", "kernel_type", "machin
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 MIN_TITLE = MIN_SLUG = 5
 # the server runs these retired shapes on something else (kaggle's _RETIRED_ACCELERATORS)
-RETIRED_SHAPES = {"nvidiateslap100": "it runs on a T4 instead, and current PyTorch has no P100 kernels",
+RETIRED_SHAPES = {"nvidiateslap100": "it runs on the default GPU (NvidiaTeslaT4: T4 x2) instead",
                   "tpuv38": "it runs on a TpuV5E8 instead", "tpu1vmv38": "it runs on a TpuV5E8 instead",
                   "tpuv232": "it runs on CPU instead", "tpuv2256": "it runs on CPU instead"}
 PLACEHOLDER_OWNER = "YOUR_KAGGLE_USERNAME"
