@@ -14,7 +14,8 @@ from kit import cli, env, kaggle_meta, layout
 from kit.stages import submit
 
 COMPETITION = "grand-xray-slam-division-a"
-HISTORY = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.4, 0.3, 0.25], "val_macro_auc": [0.71, 0.7844, 0.80119]})
+HISTORY = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.4, 0.3, 0.25],
+                        "val_macro_auc": [0.71, 0.7844, 0.80119]})
 # a kernel's output: what submit fetches (the first four) and what it must leave on Kaggle
 OUTPUT = {"submission.csv": "Image_name,Atelectasis\na.jpg,0.25\n", "history.csv": HISTORY.to_csv(index=False),
           "reports/submission.json": "", "logs/all-20260101-120000.log": "[train] done\n",
@@ -112,7 +113,8 @@ def test_without_a_submission_it_says_to_run_predict(tmp_path, capsys, argv, mes
 def test_the_competition_comes_from_the_metadata_or_the_flag(tmp_path, capsys, monkeypatch, sources, message):
     finished_run(tmp_path / "w")
     meta = tmp_path / kaggle_meta.FILE
-    meta.write_text(json.dumps({**json.loads((ROOT / kaggle_meta.FILE).read_text()), "competition_sources": sources}))
+    template = json.loads((ROOT / kaggle_meta.FILE).read_text())
+    meta.write_text(json.dumps({**template, "competition_sources": sources}))
     argv = ["--stage", "submit", "--work-dir", str(tmp_path / "w"), "--kernel-metadata", str(meta)]
     assert re.search(message, one_error(capsys, argv))
     api = FakeApi()
@@ -159,7 +161,8 @@ def test_kaggles_refusals_are_one_line_with_their_fix(tmp_path, capsys, monkeypa
     finished_run(tmp_path / "w")
     response = requests.Response()
     response.status_code = status
-    monkeypatch.setattr(submit, "kaggle_api", lambda action: FakeApi(requests.HTTPError("refused", response=response)))
+    refused = FakeApi(requests.HTTPError("refused", response=response))
+    monkeypatch.setattr(submit, "kaggle_api", lambda action: refused)
     line = one_error(capsys, ["--stage", "submit", "--work-dir", str(tmp_path / "w")])
     assert re.match(r"error: --stage submit to grand-xray-slam-division-a: " + message, line), line
 

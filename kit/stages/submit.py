@@ -27,7 +27,9 @@ def description(work) -> str:
     """'xray kit competition: MODEL, 6 epochs, val macro AUC 0.8712 (epoch 6), final'."""
     report_path, history_path = layout.submission_report(work), layout.history_csv(work)
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    parts = [report["model"], f"{report['epochs']} epoch{'s' * (report['epochs'] != 1)}"] if "model" in report else []
+    parts = []
+    if "model" in report:
+        parts += [report["model"], f"{report['epochs']} epoch{'s' * (report['epochs'] != 1)}"]
     if history_path.is_file():
         last = pd.read_csv(history_path).iloc[-1]
         parts.append(f"val macro AUC {last['val_macro_auc']:.4f} (epoch {int(last['epoch'])})")
