@@ -10,13 +10,13 @@ import traceback
 import typing
 from pathlib import Path
 
-from kit import env, interrupt, session, smoke
+from kit import env, interrupt, runlog, session, smoke
 from kit.config import STAGES, TASKS, Config, apply_defaults, fields_by_group
 from kit.errors import KitError
 from kit.io import remove_partial_writes, write_json
 
 # stages that never import timm: they start at once, without asking whether the hub answers
-MODEL_FREE = ("metadata", "separate", "split", "compare", "bundle", "push")
+MODEL_FREE = ("metadata", "separate", "split", "compare", "bundle", "push", "submit")
 
 GROUP_TITLES = {
     "general": "general",
@@ -113,6 +113,8 @@ def stage_list(stage):
 
 
 def run(cfg: Config):
+    env.ensure_writable(cfg.work)
+    runlog.start(cfg)  # main stops it, after printing any error
     if cfg.synthetic and not cfg.demo:
         raise KitError("--synthetic makes demo synthetic images and goes with --demo; mix in "
                        "your own with --synthetic-dir DIR")
@@ -128,7 +130,6 @@ def run(cfg: Config):
         from kit import download
 
         download.fetch(cfg)
-    env.ensure_writable(cfg.work)
     if first_process():  # torchrun's other ranks may already be writing
         for folder in {cfg.work, *([Path(cfg.data_dir)] if cfg.demo else [])}:
             remove_partial_writes(folder)
@@ -196,4 +197,5 @@ def main(argv=None):
         return 130
     finally:
         session.end()
+        runlog.stop()
     return 0

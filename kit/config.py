@@ -16,7 +16,7 @@ TASKS = {
 # the study, in order: `--stage all` runs these
 STAGES = ("metadata", "separate", "split", "train", "soup", "evaluate", "predict")
 # run only when named; their modules are kit/stages/<name with - as _>.py
-TOOLS = ("synth-quality", "compare", "bundle", "push", "weights")
+TOOLS = ("synth-quality", "compare", "bundle", "push", "submit", "weights")
 
 
 def opt(default, help, group="general", choices=None, flag=None, check=None):
@@ -170,6 +170,10 @@ class Config:
                                    "beside run.py)", "platform")
     out: str = opt("", "bundle, push: folder of kernel.py and its metadata (default: dist/kaggle); "
                        "weights: folder to save the pretrained weights in (default: data/weights/MODEL)", "platform")
+    competition: str = opt("", "submit: the competition to submit to (default: the one in kernel-metadata.json's "
+                                "competition_sources)", "platform")
+    from_kernel: str = opt("", "submit: first fetch the submission and its run's reports from this kernel's "
+                               "output (OWNER/SLUG) into <work>/kernel_output/SLUG, and submit that", "platform")
     download: bool = opt(False, "fetch the dataset with the Kaggle API into --data-dir when it is missing "
                                 "(needs Kaggle credentials)", "platform")
     time_limit: str = opt("auto", "stop training this long after the start, with last.pth saved, e.g. "

@@ -6,6 +6,8 @@ The rules are those of the kaggle package (2.2.5), kaggle/api/kaggle_api_extende
 `validate_kernel_string`, `parse_kernel_string`, `validate_dataset_string`,
 `validate_model_instance_version_string`, `get_bool`, and the slug form of `_validate_slug_syntax`.
 Kaggle accepts some fields that do not do what their author meant; those give warnings.
+`preflight` checks the kernel's own arguments against the metadata: what the run needs that the
+kernel would not have.
 """
 import json
 import re
@@ -26,10 +28,12 @@ KNOWN = {"id", "id_no", "title", "code_file", "language", "kernel_type", "machin
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 MIN_TITLE = MIN_SLUG = 5
 # the server runs these retired shapes on something else (kaggle's _RETIRED_ACCELERATORS)
-RETIRED_SHAPES = {"nvidiateslap100": "it runs on a T4 instead, and current PyTorch has no P100 kernels",
+RETIRED_SHAPES = {"nvidiateslap100": "it runs on the default GPU (NvidiaTeslaT4: T4 x2) instead",
                   "tpuv38": "it runs on a TpuV5E8 instead", "tpu1vmv38": "it runs on a TpuV5E8 instead",
                   "tpuv232": "it runs on CPU instead", "tpuv2256": "it runs on CPU instead"}
 PLACEHOLDER_OWNER = "YOUR_KAGGLE_USERNAME"
+COMPETITION = "grand-xray-slam-division-a"  # the template's, and the example in messages
+TRAINING_STAGES = ("all", "train")  # the stages that load pretrained weights
 
 
 def read(path) -> dict:
@@ -46,27 +50,42 @@ def read(path) -> dict:
     return meta
 
 
-def _bad(field, problem, fix):
-    raise KitError(f"{FILE}: {field} {problem}; {fix}")
+def template(cfg) -> Path:
+    """--kernel-metadata, else the template beside run.py."""
+    from kit.bundle import ROOT
+
+    return Path(cfg.kernel_metadata) if cfg.kernel_metadata else ROOT / FILE
 
 
-def _check_kernel_ref(field, ref, own=False):
+def _bad(field, problem, fix, where=FILE + ": "):
+    raise KitError(f"{where}{field} {problem}; {fix}")
+
+
+def check_kernel_ref(flag, ref):
+    """A kernel named on the command line (`flag`), with the rules of kernel_sources."""
+    _check_kernel_ref(flag, ref, where="")
+
+
+def _check_kernel_ref(field, ref, own=False, where=FILE + ": "):
     """validate_kernel_string: owner/slug or owner/slug/version, a slug of five characters or more.
     parse_kernel_string: the kernel's own id may be a bare slug (the owner is the signed-in user)
     but names no version. Its slug must also have the form of every Kaggle slug."""
+    def bad(problem, fix):
+        _bad(field, problem, fix, where)
+
     if not isinstance(ref, str):
-        _bad(field, f"{ref!r} is not a string", "write e.g. alice/xray-kit-eva-x")
+        bad(f"{ref!r} is not a string", "write e.g. alice/xray-kit-eva-x")
     bare = own and "/" not in ref
     parts = ["", ref] if bare else ref.split("/")
     if not bare and (len(parts) not in (2, 3) or not all(parts)):
-        _bad(field, f"{ref!r} is not of the form owner/kernel-slug", "write e.g. alice/xray-kit-eva-x")
+        bad(f"{ref!r} is not of the form owner/kernel-slug", "write e.g. alice/xray-kit-eva-x")
     if len(parts[1]) < MIN_SLUG:
-        _bad(field, f"slug {parts[1]!r} is shorter than {MIN_SLUG} characters", "use a longer slug")
+        bad(f"slug {parts[1]!r} is shorter than {MIN_SLUG} characters", "use a longer slug")
     if own and len(parts) == 3:
-        _bad(field, f"{ref!r} names a version", "drop the /version part")
+        bad(f"{ref!r} names a version", "drop the /version part")
     if own and not SLUG.match(parts[1].lower()):
-        _bad(field, f"slug {parts[1]!r} is not a Kaggle slug (letters, digits and single hyphens inside)",
-             f"use {slugify(parts[1]) or 'xray-kit-eva-x'!r}")
+        bad(f"slug {parts[1]!r} is not a Kaggle slug (letters, digits and single hyphens inside)",
+            f"use {slugify(parts[1]) or 'xray-kit-eva-x'!r}")
 
 
 def _check_sources(meta):
@@ -146,3 +165,36 @@ def _warnings(meta) -> list:
 
 def placeholder_owner(meta) -> bool:
     return str(meta.get("id", "")).startswith(PLACEHOLDER_OWNER + "/")
+
+
+def preflight(meta: dict, kernel) -> list:
+    """What the kernel's run (`kernel`: the Config its arguments give) needs and the metadata does
+    not attach, each as 'problem; fix'. Push refuses them, bundle warns."""
+    problems = []
+    sources = {field: meta.get(field) or [] for field in SOURCES}
+    internet = str(meta.get("enable_internet", True)).lower() == "true"  # the CLI's default: on
+    if (kernel.stage in TRAINING_STAGES and kernel.pretrained != "none" and not internet
+            and not sources["model_sources"] and not sources["dataset_sources"]):
+        problems.append(
+            f"the kernel trains from pretrained weights (--pretrained {kernel.pretrained}) with the internet off "
+            f"and {FILE} attaches no model_sources or dataset_sources; attach the weights (a Kaggle Model's "
+            f"handle in model_sources, or the dataset made from --stage weights in dataset_sources) or pass "
+            f"--pretrained none after --")
+    if kernel.task == "competition" and not kernel.demo and not sources["competition_sources"]:
+        problems.append(f"the kernel runs --task competition and {FILE}'s competition_sources is empty; add "
+                        f'"{COMPETITION}" (after accepting its rules on kaggle.com)')
+    if kernel.resume == "auto" and not sources["kernel_sources"]:
+        own = meta.get("id") or "YOU/xray-kit-eva-x"
+        problems.append(f"the kernel runs --resume auto and {FILE} has no kernel_sources to resume from; add "
+                        f'"{own}" (the version whose output it continues) to kernel_sources')
+    return problems
+
+
+def competition(meta: dict) -> str:
+    """The one competition the metadata attaches."""
+    _check_sources(meta)
+    names = meta.get("competition_sources") or []
+    if len(names) != 1:
+        listed = f"lists {', '.join(names)}" if names else "lists none"
+        raise KitError(f"{FILE}'s competition_sources {listed}; name the competition with --competition SLUG")
+    return names[0]

@@ -6,6 +6,7 @@ per target class, in class order; everything that is not bookkeeping is a class.
 import functools
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,13 @@ def submission_csv(work) -> Path:
 def submission_report(work) -> Path:
     """Which weights made submission.csv, and whether it is interim."""
     return reports_dir(work) / "submission.json"
+
+
+def kernel_output(work, kernel) -> Path:
+    """Where --stage submit --from-kernel OWNER/SLUG[/VERSION] puts what it fetches."""
+    return Path(work) / "kernel_output" / kernel.split("/")[1]
+
+
+def run_log(work, stage, started) -> Path:
+    """The log of a run of `stage` (or all) started at `started` (a time.struct_time)."""
+    return Path(work) / "logs" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S', started)}.log"

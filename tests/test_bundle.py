@@ -105,39 +105,113 @@ def test_a_broken_template_is_refused_at_bundle_time(tmp_path, capsys):
     assert not (tmp_path / "dist").exists()
 
 
+WEIGHTS = "timm/eva02/pytorch/base/1"  # a model source in the form Kaggle's Add Input gives
+
+
+def own_template(tmp_path, **changes):
+    """The template with a user's id, the pretrained weights attached and `changes`."""
+    meta = {**json.loads((ROOT / kaggle_meta.FILE).read_text()), "id": "someone/xray-kit-eva-x",
+            "model_sources": [WEIGHTS], **changes}
+    path = tmp_path / kaggle_meta.FILE
+    path.write_text(json.dumps(meta))
+    return path
+
+
 def test_push_without_credentials_says_so_in_one_line(tmp_path, capsys, monkeypatch):
     for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    template = tmp_path / kaggle_meta.FILE
-    template.write_text((ROOT / kaggle_meta.FILE).read_text().replace("YOUR_KAGGLE_USERNAME", "someone"))
     argv = ["--stage", "push", "--out", str(tmp_path / "dist"), "--work-dir", str(tmp_path / "w")]
-    assert cli.main([*argv, "--kernel-metadata", str(template)]) == 2
+    assert cli.main([*argv, "--kernel-metadata", str(own_template(tmp_path))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.match(r"error: --stage push needs Kaggle credentials and found none", err[0])
-    assert cli.main(argv) == 2  # the template as it is: its id still names no user
+    assert cli.main([*argv, "--", "--pretrained", "none"]) == 2  # the template as it is: its id names no user
     assert "id still starts with YOUR_KAGGLE_USERNAME" in capsys.readouterr().err
+
+
+# (kernel arguments, change to a metadata that attaches the weights, what push refuses);
+# the template as shipped attaches no weights
+PREFLIGHT = [
+    ([], {"model_sources": []}, r"trains from pretrained weights \(--pretrained auto\) with the internet off and "
+                                r"kernel-metadata.json attaches no model_sources or dataset_sources; attach"),
+    (["--pretrained", "/kaggle/input/w/model.safetensors"], {"model_sources": []},
+     r"trains from pretrained weights \(--pretrained /kaggle/input/w/model.safetensors\)"),
+    (["--task", "competition"], {"competition_sources": []},
+     r"runs --task competition and kernel-metadata.json's competition_sources is empty; add "
+     r'"grand-xray-slam-division-a"'),
+    (["--resume", "auto"], {}, r"runs --resume auto and kernel-metadata.json has no kernel_sources to resume "
+                               r'from; add "someone/xray-kit-eva-x"'),
+    (["--resume", "auto", "--task", "competition"], {"competition_sources": [], "model_sources": []},
+     r"trains from pretrained weights .*; also the kernel runs --task competition .*; also the kernel runs "
+     r"--resume auto"),
+    # what passes
+    (["--task", "competition", "--resume", "auto"], {"kernel_sources": ["someone/xray-kit-eva-x"]}, None),
+    ([], {"model_sources": [], "dataset_sources": ["someone/eva02-base-448-weights"]}, None),
+    ([], {"model_sources": [], "enable_internet": True}, None),  # timm fetches the weights itself
+    (["--pretrained", "none"], {"model_sources": []}, None),
+    (["--stage", "metadata"], {"model_sources": []}, None),  # loads no model
+    (["--demo", "--task", "competition"], {"model_sources": [], "competition_sources": []}, None),
+]
+
+
+@pytest.mark.parametrize("args, change, refused", PREFLIGHT)
+def test_push_refuses_a_kernel_its_metadata_leaves_without_what_it_needs(tmp_path, capsys, monkeypatch, args,
+                                                                       change, refused):
+    """With the kaggle CLI offline: a refusal is one line before anything is written; what passes
+    gets as far as the network."""
+    from kit import env
+
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
+    monkeypatch.setattr(env, "reachable", lambda host, port=443, timeout=2.0: False)
+    out = tmp_path / "dist"
+    argv = ["--stage", "push", "--out", str(out), "--work-dir", str(tmp_path / "w"),
+            "--kernel-metadata", str(own_template(tmp_path, **change)), "--", *args]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    if refused:
+        assert re.match(r"^error: the kernel " + refused, err[0]), err
+        assert not out.exists()
+    else:
+        assert err == ["error: --stage push: cannot reach api.kaggle.com (no network?); run it where the "
+                       "internet works"]
+        assert (out / "kernel.py").is_file()
+
+
+def test_bundle_warns_of_what_push_refuses_and_writes_the_bundle(tmp_path, capsys):
+    out = bundled(tmp_path, "--task", "competition", "--resume", "auto")  # the template: no weights, no kernel
+    lines = capsys.readouterr().out.splitlines()
+    warned = [line for line in lines if line.startswith("warning: the kernel ")]
+    assert len(warned) == 2 and "pretrained weights" in warned[0] and "--resume auto" in warned[1], lines
+    assert (out / "kernel.py").is_file()
 
 
 @pytest.mark.parametrize("answer, expected", [
     (dict(error="Competition grand-xray-slam-division-a: you must accept the rules"),
      r"^error: Kaggle refused the push: Competition grand-xray-slam-division-a: you must accept the rules"),
-    (dict(invalidCompetitionSources=["grand-xray-slam-division-a"]),
+    (dict(invalid_competition_sources=["grand-xray-slam-division-a"]),
      r"^error: Kaggle pushed https://k/v without its competition sources \['grand-xray-slam-division-a'\]"),
+    (dict(invalid_model_sources=[WEIGHTS]), r"^error: Kaggle pushed https://k/v without its model sources "
+                                           r"\['timm/eva02/pytorch/base/1'\]"),
+    (dict(invalid_dataset_sources=["someone/w"], invalid_kernel_sources=["someone/xray-kit-old"]),
+     r"without its dataset sources \['someone/w'\], kernel sources \['someone/xray-kit-old'\]"),
     (dict(), None)])
 def test_push_fails_when_kaggle_refuses_or_drops_a_data_source(tmp_path, capsys, monkeypatch, answer, expected):
     """The kaggle CLI prints these and exits 0; the kit's push is an error for each."""
     from kit.stages import push
 
-    result = {"error": "", "invalidCompetitionSources": [], "invalidDatasetSources": [],
-              "invalidKernelSources": [], "url": "https://k/v", "versionNumber": 3, **answer}
+    from kagglesdk.kernels.types.kernels_api_service import ApiSaveKernelResponse
+
+    result = ApiSaveKernelResponse()  # the kaggle package's own response type, as the server fills it
+    result.url, result.version_number = "https://k/v", 3
+    for field, value in answer.items():
+        setattr(result, field, value)
     pushed = []
-    api = type("Api", (), {"kernels_push": lambda self, folder: pushed.append(folder) or type("R", (), result)()})
+    api = type("Api", (), {"kernels_push": lambda self, folder: pushed.append(folder) or result})
     monkeypatch.setattr(push, "kaggle_api", lambda action: api())
-    template = tmp_path / kaggle_meta.FILE
-    template.write_text((ROOT / kaggle_meta.FILE).read_text().replace("YOUR_KAGGLE_USERNAME", "someone"))
     argv = ["--stage", "push", "--out", str(tmp_path / "dist"), "--work-dir", str(tmp_path / "w"),
-            "--kernel-metadata", str(template), "--", "--stage", "all", "--epochs", "3"]
+            "--kernel-metadata", str(own_template(tmp_path)), "--", "--stage", "all", "--epochs", "3"]
     assert cli.main(argv) == (2 if expected else 0) and pushed == [str(tmp_path / "dist")]
     captured = capsys.readouterr()
     if expected:

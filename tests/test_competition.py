@@ -2,6 +2,7 @@
 none, a sample submission whose columns come in another order than train1.csv's; the
 submission it writes, the interim one at the time limit, --smoke, and the bad inputs."""
 import json
+import re
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from fake_data import GXS_META
 from kit import cli, demo, layout, session, smoke, timing
 from kit.sources import gxs
+from kit.stages import submit
 
 # the sample scores every finding, in an order of its own (train1.csv's is alphabetical)
 SAMPLE_COLUMNS = ["No Finding", *reversed([f for f in gxs.FINDINGS if f != "No Finding"])]
@@ -144,6 +146,8 @@ def test_the_time_limit_ends_with_an_interim_submission_and_the_rerun_continues(
     assert "interim submission" in out and "time limit" in out
     report = json.loads((work / "reports" / "submission.json").read_text())
     assert report["interim"] is True and report["weights"].endswith("interim.pth")
+    assert re.fullmatch(r"xray kit competition: eva02_tiny_patch14_224, 2 epochs, (val macro AUC \d\.\d{4} "
+                        r"\(epoch 1\), )?interim, epoch [01] of 2", submit.description(work))  # what submit says
     submission = pd.read_csv(work / "submission.csv")
     assert submission["Image_name"].tolist() == sample["Image_name"].tolist()
     assert np.isfinite(submission[SAMPLE_COLUMNS].to_numpy()).all()

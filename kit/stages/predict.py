@@ -150,7 +150,8 @@ def run(cfg, weights=None, interim=False):
         listed.unlink(missing_ok=True)
     trained = f"epoch {ckpt['epoch']} of {cfg.epochs}" if interim else "the finished run"
     write_json(dict(interim=interim, weights=str(weights), trained=trained, rows=len(submission),
-                    filled=int((~ok).sum()), smoke=cfg.smoke), layout.submission_report(cfg.work))
+                    filled=int((~ok).sum()), smoke=cfg.smoke, task=cfg.task, model=ckpt["arch"],
+                    epochs=cfg.epochs), layout.submission_report(cfg.work))
     stamps.record(cfg, "predict", settings, inputs)
     label = (f"interim submission (the time limit stopped training; weights: the EMA after {trained}; "
              f"--resume auto continues training)" if interim else "submission")

@@ -1,20 +1,23 @@
 """Push stage: bundle the kernel, then upload and start it with the kaggle package's own push.
 
-Credentials and the network are checked first, so that their absence is one line here rather
-than a traceback. The push runs in-process because the CLI exits 0 when Kaggle refuses it or
-drops a data source (it only prints the reason); here either is an error.
+The kernel's arguments are checked against its metadata before anything leaves the machine
+(kaggle_meta.preflight: weights, competition data, the output to resume from). Credentials and
+the network are checked next, so that their absence is one line here rather than a traceback.
+The push runs in-process because the CLI exits 0 when Kaggle refuses it or drops a data source
+(it only prints the reason); here either is an error.
 """
 from kit import kaggle_meta
 from kit.download import kaggle_api, kaggle_errors
 from kit.errors import KitError
 from kit.stages import bundle
 
+# the fields of kaggle's ApiSaveKernelResponse that list the sources it dropped
 DROPPED = {"competition": "invalidCompetitionSources", "dataset": "invalidDatasetSources",
-           "kernel": "invalidKernelSources"}
+           "kernel": "invalidKernelSources", "model": "invalidModelSources"}
 
 
 def run(cfg):
-    folder = bundle.run(cfg)
+    folder = bundle.run(cfg, strict=True)
     meta = kaggle_meta.read(folder / kaggle_meta.FILE)
     kaggle_meta.validate(meta, folder)
     if kaggle_meta.placeholder_owner(meta):
