@@ -21,12 +21,14 @@ def demo(tmp_path_factory):
     return work, result.stdout
 
 
-def test_the_demo_learns(demo):
+def test_the_demo_learns_visibly(demo):
+    """A model that separates the classes, not one that follows the majority."""
     work, _ = demo
     history = pd.read_csv(work / "history.csv")
     assert history["val_macro_auc"].iloc[-1] > 0.85
     metrics = json.loads((work / "reports" / "test_metrics.json").read_text())
-    assert metrics["macro_auc"] > 0.8
+    assert metrics["macro_auc"] >= 0.9 and metrics["micro_auc"] >= 0.85
+    assert metrics["single_label"]["balanced_accuracy"] >= 0.6
 
 
 def test_the_demo_writes_every_artifact(demo):
