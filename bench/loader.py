@@ -43,9 +43,9 @@ from torchvision import transforms as T
 
 from bench import common
 from kit import env
+from kit.images import store_all
 from kit.config import Config
 from kit.data import XrayDataset, make_loader, to_input
-from kit.stages import separate
 
 CLASSES = 5
 # films drawn at half size with half the grain: stored at 512 they match full-size films
@@ -76,7 +76,7 @@ def stored_images(folder, n, resize):
     """n images stored by the separate stage from generated films; their paths."""
     films = common.write_films(folder / "films", n, *SOURCE_SHAPE, grain=SOURCE_GRAIN)
     jobs = [(str(p), str(folder / "stored" / p.name)) for p in films]
-    separate.store_all(jobs, resize, workers=env.cpu_count(), desc="[bench] storing")
+    store_all(jobs, resize, workers=env.cpu_count(), desc="[bench] storing")
     return [Path(dst) for _, dst in jobs]
 
 

@@ -32,7 +32,8 @@ from bench import common
 from kit import layout, sources
 from kit.config import Config
 from kit.sources import gxs
-from kit.stages import metadata, separate, split
+from kit.images import stored_names
+from kit.stages import metadata, split
 from kit.submission import IMAGE_SUFFIXES, index_images, locate
 
 FRACS = {"test": 0.0, "val": 0.05}  # the competition task's
@@ -102,7 +103,7 @@ def baseline_locate(index, ids, folder):
 # the kit ------------------------------------------------------------------------------------
 
 def kit_plan(df, work, resize, results):
-    df["file"] = "images/" + separate.stored_names(df["image_id"], resize)
+    df["file"] = "images/" + stored_names(df["image_id"], resize)
     if df["file"].duplicated().any():
         raise RuntimeError("duplicate stored names")
     jobs = list(zip(df["path"], layout.image_paths(work, df["file"])))

@@ -1,6 +1,6 @@
 """The separate stage against the usual notebook copy loop, on generated full-size films.
 
-Kit: `separate.store_all` (reduced-size grayscale decode, area shrink to --resize on the
+Kit: `images.store_all` (reduced-size grayscale decode, area shrink to --resize on the
 shorter side, grayscale JPEG quality 95, forked workers). Notebook: PIL open, convert to RGB,
 resize to 600x600, save JPEG quality 95, with a multiprocessing pool of the same size. Both
 sides read the same files, take turns within each repetition and use one core per worker
@@ -30,7 +30,7 @@ from PIL import Image
 from bench import common
 from kit import env
 from kit.config import Config
-from kit.stages import separate
+from kit.images import store_all
 
 NOTEBOOK_SIZE = 600
 NOTEBOOK_QUALITY = 95
@@ -52,7 +52,7 @@ def notebook_store_all(jobs, workers):
 
 def kit_store_all(jobs, resize, workers):
     with contextlib.redirect_stdout(io.StringIO()):  # the stage's progress lines
-        results = separate.store_all(jobs, resize, workers)
+        results = store_all(jobs, resize, workers)
     bad = [job[0] for job, r in zip(jobs, results) if r[0] != "written"]
     if bad:
         raise RuntimeError(f"the separate stage did not write {len(bad)} images, first {bad[0]}")

@@ -8,6 +8,7 @@ the accumulation to match, so the effective batch (and the learning-rate schedul
 
 import torch
 
+from kit import settings
 from kit.errors import KitError
 
 CPU_BATCH = 32  # CPU memory is rarely the limit there; larger batches only add latency
@@ -27,25 +28,15 @@ def plan(cfg, world_size, probe=None):
         start = max(1, round(target / world_size))
         batch = probe(start) if probe else min(start, CPU_BATCH)
     else:
-        batch = _positive_int(cfg.batch_size, "--batch-size")
+        batch = settings.count(cfg.batch_size, "--batch-size")
     if cfg.accum != "auto":
-        return batch, _positive_int(cfg.accum, "--accum")
+        return batch, settings.count(cfg.accum, "--accum")
     if cfg.batch_size != "auto":
         return batch, max(1, round(target / (batch * world_size)))
     accum = 1  # the fewest steps whose share of the target fits in `batch`
     while round(target / (accum * world_size)) > batch:
         accum += 1
     return max(1, round(target / (accum * world_size))), accum
-
-
-def _positive_int(text, flag):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise KitError(f"{flag} {text!r}: pass a positive whole number or auto")
-    return value
 
 
 def probe_batch(model, criterion, img_size, num_classes, device, dtype, start, step=None):

@@ -1,98 +1,16 @@
 """Command line: parse flags into a Config, resolve it for this machine, run the stages."""
-import argparse
 import dataclasses
-import importlib
 import os
-import shlex
 import sys
 import time
 import traceback
-import typing
 from pathlib import Path
 
-from kit import env, interrupt, runlog, session, smoke
-from kit.config import STAGES, TASKS, Config, apply_defaults, fields_by_group
+from kit import env, interrupt, layout, runlog, session, settings, smoke, stages
+from kit.config import TASKS, Config, apply_defaults
+from kit.flags import build_parser, parse_config  # noqa: F401  (run.py's parser, also kit.cli's)
 from kit.errors import KitError
 from kit.io import remove_partial_writes, write_json
-
-# stages that never import timm: they start at once, without asking whether the hub answers
-MODEL_FREE = ("metadata", "separate", "split", "compare", "bundle", "push", "submit")
-
-GROUP_TITLES = {
-    "general": "general",
-    "data": "data: dataset, filter, stored images and split",
-    "train": "train: model and recipe",
-    "evaluate": "soup, evaluate and predict",
-    "study": "synthetic-data study",
-    "platform": "Kaggle, Colab and sessions",
-}
-
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each flag's default, unless its help already says what it is or there is none to show."""
-
-    def _get_help_string(self, action):
-        if "(default" in (action.help or "") or action.default in ("", None, ()):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """One line, not argparse's usage of every flag: the flag, what is wrong, where to look."""
-        self.exit(2, f"error: {message}; run.py --help lists every flag\n")
-
-
-def checked(kind, check):
-    """argparse type: `kind`, refused (saying the range) outside `check`."""
-    ok, wanted = check
-
-    def convert(text):
-        value = kind(text)
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{text} is out of range (it must be {wanted})")
-        return value
-    convert.__name__ = kind.__name__  # argparse names the type in "invalid int value"
-    return convert
-
-
-def build_parser(defaults=True):
-    """The command line; without `defaults`, parsing gives only the settings the user named."""
-    parser = Parser(
-        prog="run.py",
-        description="Chest X-ray classification study: "
-                    + " -> ".join(STAGES) + ". Every artifact goes to --work-dir.",
-        formatter_class=DefaultsFormatter,
-    )
-    for group, fields in fields_by_group().items():
-        g = parser.add_argument_group(GROUP_TITLES[group])
-        for f in fields:
-            flag = "--" + f.name.replace("_", "-")
-            kw = dict(dest=f.name, default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"])
-            if f.type in (bool, "bool"):
-                kw["action"] = argparse.BooleanOptionalAction
-            elif typing.get_origin(f.type) is tuple:  # tuple[str, str]: a flag taking two values
-                kw.update(type=typing.get_args(f.type)[0], nargs=len(typing.get_args(f.type)),
-                          metavar=f.name.upper())
-            else:
-                kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-                if f.metadata["check"]:
-                    kw["type"] = checked(kw["type"], f.metadata["check"])
-                kw["choices"] = f.metadata["choices"]
-                kw["metavar"] = None if f.metadata["choices"] else f.name.upper()
-            g.add_argument(flag, **kw)
-    return parser
-
-
-def parse_config(argv=None) -> Config:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--" in argv:  # run.py --stage bundle -- ARGS: ARGS are the bundled kernel's own arguments
-        cut = argv.index("--")
-        argv = argv[:cut] + ["--kernel-args=" + shlex.join(argv[cut + 1:])]
-    cfg = Config(**vars(build_parser().parse_args(argv)))
-    cfg.given = frozenset(vars(build_parser(defaults=False).parse_args(argv)))
-    return cfg
-
 
 def resolve(cfg: Config) -> Config:
     """Fill the defaults that depend on where we run."""
@@ -105,11 +23,8 @@ def resolve(cfg: Config) -> Config:
     if cfg.workers <= 0:
         cfg.workers = env.cpu_count()
     session.resolve(cfg, where)
+    settings.resolve(cfg)
     return cfg
-
-
-def stage_list(stage):
-    return list(STAGES) if stage == "all" else [stage]
 
 
 def run(cfg: Config):
@@ -133,30 +48,40 @@ def run(cfg: Config):
     if first_process():  # torchrun's other ranks may already be writing
         for folder in {cfg.work, *([Path(cfg.data_dir)] if cfg.demo else [])}:
             remove_partial_writes(folder)
-    write_json(dataclasses.asdict(cfg), cfg.work / "run_config.json")
-    if set(stage_list(cfg.stage)) - set(MODEL_FREE):
+    write_json(dataclasses.asdict(cfg), layout.run_config(cfg.work))
+    plan = stages.plan(cfg.stage)
+    if any(stage.model for stage in plan):
         env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub
-    modules = {name: importlib.import_module(f"kit.stages.{name.replace('-', '_')}")
-               for name in stage_list(cfg.stage)}
+    for stage in plan:  # before the facts, which say whether torch is loaded
+        stage.load()
     if session.start(cfg):
         print(env.facts(cfg, torch_loaded="torch" in sys.modules))
-    submits = False  # whether this run ends with a submission
+    whole = cfg.stage == "all"
+
+    def skipped(stage):  # why --stage all passes it by, asked when it is due
+        return stage.module.skipped(cfg) if whole and stage.optional else None
+
+    done = []
     try:
-        for name, module in modules.items():
-            why = module.skipped(cfg) if cfg.stage == "all" and hasattr(module, "skipped") else None
+        for stage in plan:
+            why = skipped(stage)
             if why:
-                print(f"[{name}] skipped: {why}")
+                print(f"[{stage.name}] skipped: {why}")
                 continue
-            session.check_time(cfg, name)
+            session.check_time(cfg, stage.name)
             start = time.perf_counter()
-            module.run(cfg)
-            print(f"[{name}] done in {time.perf_counter() - start:.1f}s")
-            if name == "metadata" and "predict" in modules and not modules["predict"].skipped(cfg):
-                submits = True
-                modules["predict"].check_ahead(cfg)  # before hours of training, not after
+            stage.module.run(cfg)
+            print(f"[{stage.name}] done in {time.perf_counter() - start:.1f}s")
+            if whole and not done:  # the targets are chosen: what would fail later fails now, not after training
+                for later in plan:
+                    if later.check and not skipped(later):
+                        later.module.check(cfg)
+            done.append(stage)
     except session.TimeUp:
-        if submits and first_process():  # every session ends with a submission
-            modules["predict"].interim(cfg)
+        if done and first_process():  # every session still ends with what it was run for, as far as it got
+            for stage in plan:
+                if whole and stage.finish and stage not in done and not skipped(stage):
+                    stage.module.finish(cfg)
         raise
 
 

@@ -13,10 +13,6 @@ TASKS = {
     "study": {},
     "competition": dict(label_mode="multi", views="all", keep_negatives=1.0, val_frac=0.05, test_frac=0.0),
 }
-# the study, in order: `--stage all` runs these
-STAGES = ("metadata", "separate", "split", "train", "soup", "evaluate", "predict")
-# run only when named; their modules are kit/stages/<name with - as _>.py
-TOOLS = ("synth-quality", "compare", "bundle", "push", "submit", "weights")
 
 
 def opt(default, help, group="general", choices=None, flag=None, check=None):
@@ -39,8 +35,7 @@ def between(low, high):
 @dataclass
 class Config:
     # general
-    stage: str = opt("all", "stage to run, or all of the study's stages in order",
-                     choices=STAGES + TOOLS + ("all",))
+    stage: str = opt("all", "stage to run, or all of the pipeline's stages in order (kit/stages/__init__.py)")
     task: str = opt("study", "study: the notebooks' 5 classes, single-label, frontal views, a held-out "
                              "test report; competition: what the competition's sample submission scores, "
                              "multi-label, every view and labelled image, a small val split, "

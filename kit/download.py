@@ -26,7 +26,6 @@ from kit.errors import KitError
 from kit.io import atomic_path, write_json
 from kit.progress import progress
 from kit.remote_zip import RangeFile
-from kit.stages.separate import store_all, stored_names
 
 API_HOST = "api.kaggle.com"
 MARKER = ".xray-kit-download.json"  # what was fetched, at which size, and whether it is complete
@@ -158,7 +157,7 @@ def stream(url_source, folder: Path, resize: int, workers: int):
         raise KitError(f"--download: the archive is not a readable zip ({e}); rerun later") from e
     with archive:
         members = sorted((m for m in archive.infolist() if not m.is_dir()), key=lambda m: m.header_offset)
-        names = dict(zip(members, stored_names(pd.Series([m.filename for m in members], dtype=object), 0)))
+        names = dict(zip(members, images.stored_names(pd.Series([m.filename for m in members], dtype=object), 0)))
         todo = [m for m in members if not (folder / names[m]).exists()]
         print(f"[download] {len(members)} files, {sum(m.compress_size for m in members) / 1e9:.1f} GB in the "
               f"archive; {len(members) - len(todo)} already here, {len(todo)} to fetch"
@@ -186,7 +185,7 @@ def _extract(archive, member, dst: Path) -> Path:
 def _store(films: list, resize: int, workers: int):
     """Shrink the films held at full size into place, then let them go (`films` is emptied)."""
     jobs = [(str(src), str(dst)) for src, dst in films]
-    for (src, dst), (status, _, _) in zip(films, store_all(jobs, resize, workers, desc=None)):
+    for (src, dst), (status, _, _) in zip(films, images.store_all(jobs, resize, workers, desc=None)):
         if status == "unreadable":  # kept as it came: the separate stage records it as unreadable
             os.replace(src, dst)
         src.unlink(missing_ok=True)

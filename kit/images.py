@@ -8,15 +8,21 @@ decodes.
 
 `store_one` is the separate stage's unit of work.
 """
+import multiprocessing
 import os
 import shutil
+import sys
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image
 
+from kit.errors import KitError
 from kit.io import atomic_path
+from kit.progress import progress
 
 try:
     import simplejpeg
@@ -193,3 +199,46 @@ def _stored_already(src: Path, resize: int) -> bool:
         return False
     with Image.open(src) as im:
         return im.mode == "L" and min(im.size) == resize
+
+
+def stored_names(image_ids: pd.Series, resize: int) -> pd.Series:
+    """Per id, a relative file name under images/ that mirrors it and cannot escape the folder:
+    backslashes read as /, the parts "", "." and ".." dropped, and when resizing the suffix (as
+    pathlib reads it: the last dot of the name, not its first character) replaced by .jpg.
+    String operations on the column, where a path object per id costs seconds at 200k ids."""
+    names = (image_ids.astype(str).str.replace("\\", "/", regex=False)
+             .str.replace(r"(?:^|/)\.\.?(?=/|\Z)", "", regex=True)
+             .str.replace(r"/+", "/", regex=True).str.strip("/"))
+    empty = names == ""
+    if empty.any():
+        raise KitError(f"image id {image_ids[empty].iloc[0]!r} names no file once its '.', '..' and '/' "
+                       f"parts are dropped; give each image a file name in the CSV")
+    if resize:
+        names = names.str.replace(r"(?<=[^/])\.[^./]+\Z", "", regex=True) + ".jpg"
+    return names
+
+
+def store_all(jobs, resize: int, workers: int, desc: "str | None" = "[separate]"):
+    """Results of store_one for every job, in job order, using `workers` processes;
+    progress shown under `desc` (None: none, the caller shows its own).
+
+    On Linux the workers are forked: they start in milliseconds with everything imported,
+    where a forkserver or spawned pool takes 0.4-0.7 s to import OpenCV again. A forked child
+    inherits OpenCV's thread pool without its threads and hangs if it touches the pool, even to
+    resize it: the parent turns OpenCV's threading off for the fork, so the children run
+    OpenCV sequentially and never call into the pool."""
+    work = partial(store_one, resize=resize)
+    shown = partial(progress, total=len(jobs), desc=desc) if desc else iter
+    if workers <= 1:
+        return list(shown(map(work, jobs)))
+    chunk = max(1, min(64, len(jobs) // (workers * 8)))
+    fork = sys.platform.startswith("linux")
+    threads = cv2.getNumThreads()
+    if fork:
+        cv2.setNumThreads(0)
+    try:
+        with multiprocessing.get_context("fork" if fork else None).Pool(
+                workers, initializer=None if fork else single_threaded) as pool:
+            return list(shown(pool.imap(work, jobs, chunksize=chunk)))
+    finally:
+        cv2.setNumThreads(threads)

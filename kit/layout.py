@@ -21,8 +21,18 @@ META_COLUMNS = ("image_id", "patient_id", "view", "path", "label", "official_spl
 SPLITS = ("train", "val", "test")
 
 
+def run_config(work) -> Path:
+    """Every setting of the last run, defaults written out."""
+    return Path(work) / "run_config.json"
+
+
 def filtered_csv(work) -> Path:
     return Path(work) / "filtered.csv"
+
+
+def class_distribution(work, suffix=".csv") -> Path:
+    """Images and patients per class (.csv), and its bar chart (.png)."""
+    return Path(work) / f"class_distribution{suffix}"
 
 
 def dataset_dir(work) -> Path:
@@ -171,12 +181,40 @@ def soup_weights(work) -> Path:
     return Path(work) / "eva_x_final_soup.pth"
 
 
+def weights_path(work, weights="") -> Path:
+    """The weights to evaluate and predict with: `weights` (--weights), else the soup; a clear
+    error when neither exists."""
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            found = "is a folder" if path.is_dir() else "not found"
+            raise KitError(f"--weights {path} {found}; pass a weights file (the soup, or "
+                           f"checkpoints/epoch_NN.pth)")
+        return path
+    path = soup_weights(work)
+    if not path.is_file():
+        raise KitError(f"{path} not found: run --stage soup first, or pass --weights PATH")
+    return path
+
+
+def soup_report(work) -> Path:
+    """The soup and each of its ingredients scored on val."""
+    return reports_dir(work) / "soup.csv"
+
+
 def reports_dir(work) -> Path:
     return Path(work) / "reports"
 
 
-def submission_csv(work) -> Path:
-    return Path(work) / "submission.csv"
+def submission_csv(work, part="") -> Path:
+    """submission.csv; with `part`: submission_<part>.csv (partial: the rows a failed predict
+    made; previous: an earlier run's, moved aside so that it cannot pass for this run's)."""
+    return Path(work) / (f"submission_{part}.csv" if part else "submission.csv")
+
+
+def unreadable_csv(work) -> Path:
+    """The test images predict could not read."""
+    return Path(work) / "predict_unreadable.csv"
 
 
 def submission_report(work) -> Path:
@@ -192,3 +230,17 @@ def kernel_output(work, kernel) -> Path:
 def run_log(work, stage, started) -> Path:
     """The log of a run of `stage` (or all) started at `started` (a time.struct_time)."""
     return Path(work) / "logs" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S', started)}.log"
+
+
+# what the stage table (kit/stages/__init__.py) names as a stage's reads and writes: the file or
+# folder that shows the artifact is there
+ARTIFACTS = {
+    "filtered": filtered_csv,
+    "dataset": manifest_csv,
+    "splits": lambda work: split_csv(work, "train"),
+    "checkpoints": checkpoint_dir,
+    "history": history_csv,
+    "soup": soup_weights,
+    "reports": reports_dir,
+    "submission": submission_csv,
+}

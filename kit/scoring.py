@@ -5,7 +5,7 @@ import time
 import numpy as np
 import torch
 
-from kit import layout
+from kit import layout, settings
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.infer import predict
@@ -21,8 +21,9 @@ def device() -> torch.device:
 
 def batch_size(cfg, on: torch.device) -> int:
     """The training batch when one was given; inference needs no more memory than training."""
-    if cfg.batch_size.isdigit():
-        return int(cfg.batch_size)
+    given = settings.count(cfg.batch_size, "--batch-size")
+    if given != "auto":
+        return given
     return GPU_BATCH if on.type == "cuda" else CPU_BATCH
 
 

@@ -6,20 +6,17 @@ The clock starts when the run starts. Worker processes started by the run (torch
 its start through the environment, so every process stops at the same moment.
 """
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 
-from kit import env, layout
+from kit import env, layout, settings
 from kit.errors import KitError
 from kit.io import atomic_path
 
 KAGGLE_TIME_LIMIT = "11h30m"  # of the 12 h session: room left to save and to finish the run
 KAGGLE_OUTPUT_BUDGET = "19GB"  # Kaggle keeps about 20 GB of /kaggle/working
 SESSION_ENV = "XRAY_KIT_SESSION"  # "<pid>:<start time>" of the process that began the run
-DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
-SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12}
 OPTIMIZER_COPIES = 4  # last.pth: the weights, their EMA and AdamW's two moments
 SEARCH_DEPTH = 5  # /kaggle/input/notebooks/<owner>/<kernel>/checkpoints/last.pth
 MANY_FOLDERS = 100  # a folder of this many sub-folders is a dataset's tree: not searched
@@ -34,30 +31,6 @@ class TimeUp(Exception):
     """The time limit came; the work so far is saved and the message says how to continue."""
 
 
-def parse_duration(text) -> "float | None":
-    """Seconds of '11h30m', '90m', '600s' or '600'; None for 'none' or 0."""
-    t = str(text).strip().lower()
-    if t in ("none", "0", ""):
-        return None
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
-    if not parts or "".join(n + u for n, u in parts) != t:
-        raise KitError(f"--time-limit {text!r}: pass a duration such as 11h30m, 90m or 600s, or none")
-    return sum(float(n) * DURATION_UNITS[u] for n, u in parts)
-
-
-def parse_size(text) -> "float | None":
-    """Bytes of '19GB', '500MB', '1.5T'; None for 'none' or 0."""
-    t = str(text).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", t)
-    if t in ("none", "0", ""):
-        return None
-    if not match or match[2] not in SIZE_UNITS:
-        raise KitError(f"--output-budget {text!r}: pass a size such as 19GB or 500MB, or none")
-    return float(match[1]) * SIZE_UNITS[match[2]]
-
-
 def size(n) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
@@ -70,11 +43,11 @@ def _auto(value, on_kaggle, where=None) -> str:
 
 
 def time_limit(cfg) -> "float | None":
-    return parse_duration(_auto(cfg.time_limit, KAGGLE_TIME_LIMIT))
+    return settings.parse_duration(_auto(cfg.time_limit, KAGGLE_TIME_LIMIT))
 
 
 def output_budget(cfg) -> "float | None":
-    return parse_size(_auto(cfg.output_budget, KAGGLE_OUTPUT_BUDGET))
+    return settings.parse_size(_auto(cfg.output_budget, KAGGLE_OUTPUT_BUDGET))
 
 
 def resolve(cfg, where):

@@ -4,32 +4,12 @@ Uniform soup: the mean of the chosen epochs' weights. Greedy soup (Wortsman et a
 "Model soups"): try ingredients best-first and keep each only if the soup's validation score
 does not drop.
 """
-import re
 
 import torch
 
 from kit.errors import KitError
 
 CHECKED_FIELDS = ("arch", "classes", "img_size")
-
-
-def parse_epochs(spec: str, total_epochs: int) -> list:
-    """Epochs named by --soup-epochs: "5,6", or "lastN" for the last N of a `total_epochs` run
-    (all of them when the run is shorter, so the default suits a quick 1-epoch try)."""
-    spec = spec.strip().lower()
-    last = re.fullmatch(r"last(\d+)", spec)
-    if last:
-        n = int(last.group(1))
-        if n < 1:
-            raise KitError(f"--soup-epochs {spec}: average at least one epoch, e.g. last1")
-        return list(range(max(1, total_epochs - n + 1), total_epochs + 1))
-    try:
-        epochs = sorted({int(e) for e in spec.split(",") if e.strip()})
-    except ValueError:
-        epochs = []
-    if not epochs or min(epochs) < 1:
-        raise KitError(f"--soup-epochs {spec!r} is not a list of epochs: pass e.g. 5,6 or last2")
-    return epochs
 
 
 def check_compatible(checkpoints: dict):

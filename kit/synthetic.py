@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from kit import layout
+from kit.images import store_all, stored_names
 from kit.config import Config
 from kit.errors import KitError
 from kit.sources.common import normalize_name, read_csv_checked
-from kit.stages.separate import store_all, stored_names
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 FOLDER = "synthetic"

@@ -192,11 +192,11 @@ def test_workers_forked_while_opencv_threads_run_do_not_hang(tmp_path):
         jpeg(tmp_path / f"img{k}.jpg", 300, 200, seed=k)
     script = textwrap.dedent(f"""
         import cv2, numpy as np
-        from kit.stages import separate
+        from kit import images
         cv2.setNumThreads(2)
         cv2.GaussianBlur(np.zeros((3000, 3000), np.uint8), (0, 0), 5)
         jobs = [(f"{tmp_path}/img{{k}}.jpg", f"{tmp_path}/out/img{{k}}.jpg") for k in range(4)]
-        print([r[0] for r in separate.store_all(jobs, 64, 2)], cv2.getNumThreads())
+        print([r[0] for r in images.store_all(jobs, 64, 2)], cv2.getNumThreads())
     """)
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -218,15 +218,15 @@ TRICKY_IDS = ["a/../b.png", "./x.jpeg", "C:\\dir\\y.JPG", "noext", "dir.d/noext"
 
 @pytest.mark.parametrize("resize", [0, 512])
 def test_stored_names_follow_the_per_id_rule_and_cannot_escape_the_images_folder(resize):
-    names = separate.stored_names(pd.Series(TRICKY_IDS), resize)
+    names = images.stored_names(pd.Series(TRICKY_IDS), resize)
     assert names.tolist() == [stored_name_per_id(i, resize) for i in TRICKY_IDS]
     assert not names.str.contains(r"(?:^|/)\.\.?(?:/|$)|^/|\\\\").any()
-    assert separate.stored_names(pd.Series(["../../etc/x.png"]), 512).tolist() == ["etc/x.jpg"]
+    assert images.stored_names(pd.Series(["../../etc/x.png"]), 512).tolist() == ["etc/x.jpg"]
 
 
 def test_an_id_that_names_no_file_is_a_clear_error():
     with pytest.raises(KitError, match="names no file"):
-        separate.stored_names(pd.Series(["a.png", "./.."]), 512)
+        images.stored_names(pd.Series(["a.png", "./.."]), 512)
 
 
 def test_image_paths_are_each_stored_images_path_as_a_string(tmp_path):

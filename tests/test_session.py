@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from kit import env, interrupt, layout, session
+from kit import env, interrupt, layout, session, settings
 from kit.config import Config
 from kit.distributed import World
 from kit.errors import KitError
@@ -14,13 +14,13 @@ from kit.errors import KitError
 @pytest.mark.parametrize("text, seconds", [("11h30m", 41400), ("90m", 5400), ("600s", 600), ("600", 600),
                                            ("1.5h", 5400), ("2h5s", 7205), ("none", None), ("0", None)])
 def test_durations(text, seconds):
-    assert session.parse_duration(text) == seconds
+    assert settings.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text, size", [("19GB", 19e9), ("500mb", 5e8), ("1.5T", 1.5e12), ("2048", 2048),
                                         ("none", None)])
 def test_sizes(text, size):
-    assert session.parse_size(text) == size
+    assert settings.parse_size(text) == size
 
 
 @pytest.mark.parametrize("field, text", [("time_limit", "11h30"), ("time_limit", "soon"),

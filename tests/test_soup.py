@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kit import layout, soup
+from kit.settings import parse_epochs
 from kit.data import XrayDataset, make_loader
 from kit.errors import KitError
 from kit.infer import predict
@@ -19,13 +20,13 @@ from kit.stages import soup as soup_stage
 
 
 def test_parse_epochs():
-    assert soup.parse_epochs("last2", 6) == [5, 6]
-    assert soup.parse_epochs("LAST3", 6) == [4, 5, 6]
-    assert soup.parse_epochs("6, 3,5", 6) == [3, 5, 6]
-    assert soup.parse_epochs("last2", 1) == [1]  # a run shorter than N: all its epochs
+    assert parse_epochs("last2", 6) == [5, 6]
+    assert parse_epochs("LAST3", 6) == [4, 5, 6]
+    assert parse_epochs("6, 3,5", 6) == [3, 5, 6]
+    assert parse_epochs("last2", 1) == [1]  # a run shorter than N: all its epochs
     for bad in ("last0", "five", "", "0,1"):
         with pytest.raises(KitError, match="--soup-epochs"):
-            soup.parse_epochs(bad, 6)
+            parse_epochs(bad, 6)
 
 
 def _ckpt(seed, arch="m", classes=("a", "b"), shape=(3, 4)):

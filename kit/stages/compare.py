@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from kit import layout, metrics, stamps, study_plots
+from kit import layout, metrics, study_plots
 from kit.errors import KitError
 from kit.io import write_csv
+from kit.stages import Stamp, stamped
 
 LEVEL = 0.95
 PREDICTIONS = "test_predictions.csv"
@@ -128,7 +129,7 @@ def comparison(y, p_a, p_b, groups, classes, resamples, seed, specificity) -> pd
     })
 
 
-def run(cfg):
+def runs(cfg) -> tuple:
     if len(cfg.runs) != 2:
         raise KitError("--stage compare needs --runs WORK_A WORK_B: the work dirs of the baseline run "
                        "and of the run to compare with it")
@@ -137,22 +138,32 @@ def run(cfg):
         raise KitError(f"--runs names {run_a} twice; give the baseline run's and the other run's work dirs")
     if not 0 < cfg.specificity < 1:
         raise KitError(f"--specificity {cfg.specificity} must be between 0 and 1, such as 0.9")
-    reports = layout.reports_dir(cfg.work)
-    outputs = [reports / "compare.csv", reports / "compare.png"]
-    settings = dict(runs=[str(run_a), str(run_b)], bootstrap=cfg.bootstrap, seed=cfg.seed,
-                    specificity=cfg.specificity)
-    inputs = [predictions_csv(run_a), predictions_csv(run_b)]
-    if stamps.up_to_date(cfg, "compare", settings, inputs, outputs):
-        return
+    return run_a, run_b
+
+
+def outputs(work) -> list:
+    return [layout.reports_dir(work) / "compare.csv", layout.reports_dir(work) / "compare.png"]
+
+
+def stamp(cfg) -> Stamp:
+    run_a, run_b = runs(cfg)
+    return Stamp(dict(runs=[str(run_a), str(run_b)], bootstrap=cfg.bootstrap, seed=cfg.seed,
+                      specificity=cfg.specificity),
+                 [predictions_csv(run_a), predictions_csv(run_b)], outputs(cfg.work))
+
+
+@stamped("compare", stamp)
+def run(cfg):
+    run_a, run_b = runs(cfg)
+    table_csv, picture = outputs(cfg.work)
     (a, classes_a), (b, classes_b) = read_predictions(run_a), read_predictions(run_b)
     y, p_a, p_b, groups = paired(a, classes_a, b, classes_b)
     table = comparison(y, p_a, p_b, groups, classes_a, cfg.bootstrap, cfg.seed, cfg.specificity)
     table.insert(0, "run_b", str(run_b))
     table.insert(0, "run_a", str(run_a))
-    write_csv(table, outputs[0])
-    study_plots.compare_runs(table, (run_a.name, run_b.name), cfg.specificity, outputs[1])
-    stamps.record(cfg, "compare", settings, inputs)
-    _print(table, len(y), cfg, run_a, run_b, reports)
+    write_csv(table, table_csv)
+    study_plots.compare_runs(table, (run_a.name, run_b.name), cfg.specificity, picture)
+    _print(table, len(y), cfg, run_a, run_b, layout.reports_dir(cfg.work))
 
 
 def _print(table, n, cfg, run_a, run_b, reports):

@@ -5,36 +5,20 @@ come from a seeded bootstrap over test patients (all films of a drawn patient, s
 one patient are not independent); every epoch checkpoint still on disk is scored on test too,
 so the soup's gain is measured where it was not selected.
 """
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from kit import layout, metrics, plots, stamps
+from kit import layout, metrics, plots
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
 from kit.scoring import Scorer, check_classes, check_unseen
+from kit.stages import Stamp, stamped
 
 LEVEL = 0.95
 DECISION_RULE = ("the class furthest above its val threshold: argmax of logit(p) - logit(threshold), "
                  "thresholds from val (Youden's J)")
 SHOWN = 5
-
-
-def weights_path(cfg) -> Path:
-    """--weights, else the soup; a clear error when neither exists."""
-    if cfg.weights:
-        path = Path(cfg.weights)
-        if not path.is_file():
-            found = "is a folder" if path.is_dir() else "not found"
-            raise KitError(f"--weights {path} {found}; pass a weights file (the soup, or "
-                           f"checkpoints/epoch_NN.pth)")
-        return path
-    path = layout.soup_weights(cfg.work)
-    if not path.is_file():
-        raise KitError(f"{path} not found: run --stage soup first, or pass --weights PATH")
-    return path
 
 
 def skipped(cfg) -> "str | None":
@@ -55,25 +39,35 @@ def _num(x):
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
 
+def _test_split(cfg):
+    """(test table, classes, single-label report or not)."""
+    test, classes = layout.read_split(cfg.work, "test")
+    if test.empty:
+        raise KitError(f"{layout.split_csv(cfg.work, 'test')} is empty: the split was made with --test-frac 0; "
+                       f"rerun --stage split --test-frac 0.1 (and train again) for a test report")
+    return test, classes, cfg.label_mode == "single" and bool((test[classes].sum(1) == 1).all())
+
+
+def stamp(cfg) -> Stamp:
+    work, weights = cfg.work, layout.weights_path(cfg.work, cfg.weights)
+    _, _, single = _test_split(cfg)
+    history = layout.history_csv(work)
+    return Stamp(dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=cfg.tta, amp=cfg.amp,
+                      single=single),
+                 [weights, layout.split_csv(work, "val"), layout.split_csv(work, "test"), history,
+                  *layout.epoch_checkpoints(work).values()],
+                 _outputs(layout.reports_dir(work), single, history.exists()))
+
+
+@stamped("evaluate", stamp)
 def run(cfg):
     work, reports = cfg.work, layout.reports_dir(cfg.work)
-    weights = weights_path(cfg)
-    test, classes = layout.read_split(work, "test")
-    if test.empty:
-        raise KitError(f"{layout.split_csv(work, 'test')} is empty: the split was made with --test-frac 0; "
-                       f"rerun --stage split --test-frac 0.1 (and train again) for a test report")
+    weights = layout.weights_path(work, cfg.weights)
+    test, classes, single = _test_split(cfg)
     val, _ = layout.read_split(work, "val")
     y_test, y_val = test[classes].to_numpy(), val[classes].to_numpy()
-    single = cfg.label_mode == "single" and bool((y_test.sum(1) == 1).all())
     history = layout.history_csv(work)
     epochs = layout.epoch_checkpoints(work)
-    settings = dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=cfg.tta,
-                    amp=cfg.amp, single=single)
-    inputs = [weights, layout.split_csv(work, "val"), layout.split_csv(work, "test"), history,
-              *epochs.values()]
-    outputs = _outputs(reports, single, history.exists())
-    if stamps.up_to_date(cfg, "evaluate", settings, inputs, outputs):
-        return
 
     ckpt = read_weights(weights)
     check_classes(ckpt, classes, "test")
@@ -136,7 +130,6 @@ def run(cfg):
     if history.exists():
         plots.training_curves(pd.read_csv(history), reports / "training_curves.png")
     write_json(result, reports / "test_metrics.json")
-    stamps.record(cfg, "evaluate", settings, inputs)
     _print(result, unreadable, reports)
 
 

@@ -7,9 +7,10 @@ multi label mode: kept when any target is positive; other findings are ignored.
 import numpy as np
 import pandas as pd
 
-from kit import env, layout, smoke, sources, stamps, submission, synthetic
+from kit import env, layout, smoke, sources, submission, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
+from kit.stages import Stamp, stamped
 
 SETTINGS = ("dataset", "data_dir", "csv", "image_col", "patient_col", "label_cols", "labels_col",
             "labels_sep", "view_col", "image_root", "classes", "label_mode", "views",
@@ -106,14 +107,18 @@ def _sample(cfg):
     return sample
 
 
+def stamp(cfg) -> Stamp:
+    _, csv_path = sources.locate(cfg, env.data_roots(env.platform()))
+    sample = _sample(cfg)
+    return Stamp({k: getattr(cfg, k) for k in SETTINGS},
+                 [csv_path, *([sample] if sample else []), *synthetic.source_files(cfg)],
+                 [layout.filtered_csv(cfg.work), layout.class_distribution(cfg.work)])
+
+
+@stamped("metadata", stamp)
 def run(cfg):
     adapter, csv_path = sources.locate(cfg, env.data_roots(env.platform()))
     sample = _sample(cfg)
-    settings = {k: getattr(cfg, k) for k in SETTINGS}
-    out, dist_csv = layout.filtered_csv(cfg.work), cfg.work / "class_distribution.csv"
-    inputs = [csv_path, *([sample] if sample else []), *synthetic.source_files(cfg)]
-    if stamps.up_to_date(cfg, "metadata", settings, inputs, [out, dist_csv]):
-        return
     print(f"[metadata] dataset {adapter.NAME}: {csv_path}")
     table = sources.read(adapter, csv_path, cfg)
     findings = sources.finding_columns(table)
@@ -140,9 +145,8 @@ def run(cfg):
     if cfg.synthetic_dir:  # found, before the split caps them per class
         dist["synthetic"] = synthetic.found_per_class(cfg, classes)
     print_distribution(dist, len(filtered))
-    write_csv(filtered, out)
-    write_csv(dist, dist_csv)
+    write_csv(filtered, layout.filtered_csv(cfg.work))
+    write_csv(dist, layout.class_distribution(cfg.work))
     from kit import plots
 
-    plots.class_distribution(dist, cfg.work / "class_distribution.png")
-    stamps.record(cfg, "metadata", settings, inputs)
+    plots.class_distribution(dist, layout.class_distribution(cfg.work, ".png"))

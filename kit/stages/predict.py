@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit import layout, smoke, stamps
+from kit import layout, smoke
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
 from kit.scoring import Scorer
-from kit.stages.evaluate import weights_path
+from kit.stages import Stamp, stamped
 from kit.submission import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
                             relative_ids, sample_classes, skip_reason)
 
@@ -33,7 +33,7 @@ def skipped(cfg) -> "str | None":
     return skip_reason(cfg, _trained_classes(cfg))
 
 
-def check_ahead(cfg):
+def check(cfg):
     """Once the metadata stage has chosen the targets: a sample submission that asks for other
     classes stops the run now, not after training."""
     csv, folder = find_inputs(cfg)
@@ -65,7 +65,7 @@ def latest_weights(work) -> "Path | None":
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
-def interim(cfg):
+def finish(cfg):
     """The time limit stopped the run: every session still ends with a submission, made from the
     latest weights and labelled interim unless they are the finished run's soup."""
     weights = latest_weights(cfg.work)
@@ -75,19 +75,28 @@ def interim(cfg):
     run(cfg, weights, interim=weights != layout.soup_weights(cfg.work))
 
 
-def run(cfg, weights=None, interim=False):
+def _inputs(cfg, weights):
+    """(sample submission or None, image folder, weights, the folder's image index)."""
     csv, folder = find_inputs(cfg)
     if folder is None:
         raise KitError("nothing to predict: pass --predict-csv SAMPLE_SUBMISSION and/or --predict-dir FOLDER")
-    weights, out = weights or weights_path(cfg), layout.submission_csv(cfg.work)
-    stored = layout.stored_resize(cfg.work, cfg.resize)
+    return csv, folder, weights or layout.weights_path(cfg.work, cfg.weights), index_images(folder)
+
+
+def stamp(cfg, weights=None, interim=False) -> Stamp:
+    csv, folder, weights, index = _inputs(cfg, weights)
     settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=cfg.tta, amp=cfg.amp,
-                    on_missing=cfg.on_missing, shorter_side=stored, smoke=cfg.smoke)
-    index = index_images(folder)
+                    on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
+                    smoke=cfg.smoke)
     # every image, not the folder: a file copied over another leaves the folder's time as it was
     inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
-    if stamps.up_to_date(cfg, "predict", settings, inputs, [out]):
-        return
+    return Stamp(settings, inputs, [layout.submission_csv(cfg.work)])
+
+
+@stamped("predict", stamp)
+def run(cfg, weights=None, interim=False):
+    csv, folder, weights, index = _inputs(cfg, weights)
+    out, stored = layout.submission_csv(cfg.work), layout.stored_resize(cfg.work, cfg.resize)
 
     ckpt = read_weights(weights)
     classes = list(ckpt["classes"])
@@ -122,7 +131,7 @@ def run(cfg, weights=None, interim=False):
     submission = pd.DataFrame({id_col: ids})
     submission[asked] = probs[:, columns]
 
-    partial, listed = cfg.work / "submission_partial.csv", cfg.work / "predict_unreadable.csv"
+    partial, listed = layout.submission_csv(cfg.work, "partial"), layout.unreadable_csv(cfg.work)
     if not ok.all():
         bad = pd.DataFrame({id_col: np.array(ids)[~ok], "path": np.array(paths, dtype=str)[~ok]})
         bad["problem"] = ["missing" if not Path(p).exists() else "unreadable" for p in bad["path"]]
@@ -135,7 +144,7 @@ def run(cfg, weights=None, interim=False):
             write_csv(submission[ok], partial)
             moved = ""
             if out.exists():  # an earlier run's file must not pass for this run's (Kaggle submits it)
-                out.replace(out.with_name("submission_previous.csv"))
+                out.replace(layout.submission_csv(cfg.work, "previous"))
                 moved = " (the earlier one is now submission_previous.csv)"
             raise KitError(f"{len(bad)} of {len(ids)} images could not be predicted ({shown}; all in "
                            f"{listed}); the {ok.sum()} others are in {partial}, submission.csv is not "
@@ -152,7 +161,6 @@ def run(cfg, weights=None, interim=False):
     write_json(dict(interim=interim, weights=str(weights), trained=trained, rows=len(submission),
                     filled=int((~ok).sum()), smoke=cfg.smoke, task=cfg.task, model=ckpt["arch"],
                     epochs=cfg.epochs), layout.submission_report(cfg.work))
-    stamps.record(cfg, "predict", settings, inputs)
     label = (f"interim submission (the time limit stopped training; weights: the EMA after {trained}; "
              f"--resume auto continues training)" if interim else "submission")
     print(f"[predict] {label} {out}: {len(submission)} rows, columns {id_col}, {', '.join(asked)}")

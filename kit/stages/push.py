@@ -6,10 +6,9 @@ the network are checked next, so that their absence is one line here rather than
 The push runs in-process because the CLI exits 0 when Kaggle refuses it or drops a data source
 (it only prints the reason); here either is an error.
 """
-from kit import kaggle_meta
+from kit import bundle, kaggle_meta
 from kit.download import kaggle_api, kaggle_errors
 from kit.errors import KitError
-from kit.stages import bundle
 
 # the fields of kaggle's ApiSaveKernelResponse that list the sources it dropped
 DROPPED = {"competition": "invalidCompetitionSources", "dataset": "invalidDatasetSources",
@@ -17,7 +16,7 @@ DROPPED = {"competition": "invalidCompetitionSources", "dataset": "invalidDatase
 
 
 def run(cfg):
-    folder = bundle.run(cfg, strict=True)
+    folder = bundle.write(cfg, strict=True)
     meta = kaggle_meta.read(folder / kaggle_meta.FILE)
     kaggle_meta.validate(meta, folder)
     if kaggle_meta.placeholder_owner(meta):

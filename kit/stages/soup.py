@@ -3,12 +3,13 @@ on the validation set whether averaging helped (reports/soup.csv)."""
 import numpy as np
 import pandas as pd
 
-from kit import layout, soup, stamps
+from kit import layout, settings, soup
 from kit.errors import KitError
 from kit.io import write_csv
 from kit.metrics import auc_per_class
 from kit.model import checkpoint_dict, read_weights, save_weights
 from kit.scoring import Scorer, check_classes
+from kit.stages import Stamp, stamped
 
 
 def chosen_checkpoints(cfg) -> dict:
@@ -18,7 +19,7 @@ def chosen_checkpoints(cfg) -> dict:
         raise KitError(f"no epoch checkpoints in {layout.checkpoint_dir(cfg.work)}: run --stage train first")
     if cfg.soup == "greedy":
         return found
-    wanted = soup.parse_epochs(cfg.soup_epochs, cfg.epochs)
+    wanted = settings.parse_epochs(cfg.soup_epochs, cfg.epochs)
     missing = [e for e in wanted if e not in found]
     if missing:
         raise KitError(f"the soup needs epochs {', '.join(map(str, wanted))} but there is no checkpoint "
@@ -40,14 +41,18 @@ def recorded_val_aucs(work, epochs, classes) -> dict:
     return {(e,): history.loc[e, columns].to_numpy(float) for e in epochs}
 
 
+def stamp(cfg) -> Stamp:
+    paths = chosen_checkpoints(cfg)
+    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=cfg.tta, amp=cfg.amp),
+                 [*paths.values(), layout.split_csv(cfg.work, "val"), layout.history_csv(cfg.work)],
+                 [layout.soup_weights(cfg.work), layout.soup_report(cfg.work)])
+
+
+@stamped("soup", stamp)
 def run(cfg):
     work = cfg.work
     paths = chosen_checkpoints(cfg)
-    out, report = layout.soup_weights(work), layout.reports_dir(work) / "soup.csv"
-    settings = dict(soup=cfg.soup, epochs=list(paths), tta=cfg.tta, amp=cfg.amp)
-    inputs = [*paths.values(), layout.split_csv(work, "val"), layout.history_csv(work)]
-    if stamps.up_to_date(cfg, "soup", settings, inputs, [out, report]):
-        return
+    out, report = layout.soup_weights(work), layout.soup_report(work)
 
     ckpts = {e: read_weights(p) for e, p in paths.items()}
     soup.check_compatible({paths[e].name: c for e, c in ckpts.items()})
@@ -90,7 +95,6 @@ def run(cfg):
 
     rows = [row(f"epoch {e}", [e]) for e in ingredients] + [row(f"{cfg.soup} soup", kept)]
     write_csv(pd.DataFrame(rows), report)
-    stamps.record(cfg, "soup", settings, inputs)
     _print(cfg.soup, scores, kept, best, tried, out, recorded)
 
 

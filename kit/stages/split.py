@@ -10,9 +10,10 @@ per-fold Python search takes minutes on a 100k-image dataset.
 import numpy as np
 import pandas as pd
 
-from kit import layout, stamps, synthetic
+from kit import layout, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
+from kit.stages import Stamp, stamped
 
 FEW_IMAGES = 10
 
@@ -91,20 +92,16 @@ def summary(parts: dict, classes) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(cfg):
-    manifest = layout.manifest_csv(cfg.work)
-    outputs = [layout.split_csv(cfg.work, s) for s in layout.SPLITS + ("summary",)]
+def stamp(cfg) -> Stamp:
     settings = {k: getattr(cfg, k) for k in ("val_frac", "test_frac", "seed", "split")}
-    settings.update(synthetic.settings(cfg))
-    inputs = [manifest, *synthetic.source_files(cfg)]
-    if stamps.up_to_date(cfg, "split", settings, inputs, outputs):
-        return
-    for name in ("val_frac", "test_frac"):
-        if not 0 <= getattr(cfg, name) < 1:
-            raise KitError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be in [0, 1)")
-    if cfg.val_frac + cfg.test_frac >= 1:
-        raise KitError("--val-frac plus --test-frac leave nothing to train on; lower them")
-    df = layout.read_table(manifest, "separate")
+    return Stamp({**settings, **synthetic.settings(cfg)},
+                 [layout.manifest_csv(cfg.work), *synthetic.source_files(cfg)],
+                 [layout.split_csv(cfg.work, s) for s in layout.SPLITS + ("summary",)])
+
+
+@stamped("split", stamp)
+def run(cfg):
+    df = layout.read_table(layout.manifest_csv(cfg.work), "separate")
     df = df[df["status"] == "ok"].reset_index(drop=True)
     classes = layout.class_columns(df)
     groups = patient_groups(df)
@@ -135,7 +132,6 @@ def run(cfg):
         write_csv(part.drop(columns="_group"), layout.split_csv(cfg.work, name))
     write_csv(table, layout.split_csv(cfg.work, "summary"))
     report(table, classes)
-    stamps.record(cfg, "split", settings, inputs)
 
 
 def report(table: pd.DataFrame, classes):

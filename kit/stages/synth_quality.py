@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from kit import env, features, fidelity, layout, metrics, stamps, study_plots
+from kit import env, features, fidelity, layout, metrics, study_plots
 from kit.errors import KitError
 from kit.images import load_gray
 from kit.io import write_csv
 from kit.model import create_model, load_model, norm_stats, read_weights
 from kit.scoring import check_classes, device
-from kit.stages.evaluate import weights_path
+from kit.stages import Stamp, stamped
 
 OUTPUTS = ("synthetic_quality.csv", "synthetic_nearest.csv", "synthetic_grid.png")
 GRID_COLUMNS = 8
@@ -135,15 +135,19 @@ def grid_pairs(work, nearest: pd.DataFrame) -> dict:
     return pairs
 
 
+def stamp(cfg) -> Stamp:
+    weights = layout.weights_path(cfg.work, cfg.weights)
+    return Stamp(dict(weights=str(weights), seed=cfg.seed, near_copy=cfg.near_copy, pretrained=cfg.pretrained,
+                      amp=cfg.amp),
+                 [weights, *(layout.split_csv(cfg.work, s) for s in layout.SPLITS)],
+                 [layout.reports_dir(cfg.work) / n for n in OUTPUTS])
+
+
+@stamped("synth-quality", stamp)
 def run(cfg):
     work, reports = cfg.work, layout.reports_dir(cfg.work)
-    weights = weights_path(cfg)
+    weights = layout.weights_path(cfg.work, cfg.weights)
     outputs = [reports / n for n in OUTPUTS]
-    settings = dict(weights=str(weights), seed=cfg.seed, near_copy=cfg.near_copy, pretrained=cfg.pretrained,
-                    amp=cfg.amp)
-    inputs = [weights, *(layout.split_csv(work, s) for s in layout.SPLITS)]
-    if stamps.up_to_date(cfg, "synth-quality", settings, inputs, outputs):
-        return
     images, classes = images_table(work)
     ckpt = read_weights(weights)
     check_classes(ckpt, classes, "train")
@@ -169,7 +173,6 @@ def run(cfg):
     write_csv(table, outputs[0])
     write_csv(nearest, outputs[1])
     study_plots.synthetic_grid(grid_pairs(work, nearest), outputs[2])
-    stamps.record(cfg, "synth-quality", settings, inputs)
     _print(table, nearest, weights, cfg.near_copy, reports)
 
 

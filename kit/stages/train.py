@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import batching, distributed, env, infer, interrupt, layout, resume, session, submission, timing
+from kit import batching, distributed, env, infer, interrupt, layout, resume, session, settings, submission, timing
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.io import write_csv
@@ -22,7 +22,6 @@ from kit.losses import build_loss
 from kit.metrics import auc_per_class, macro_auc, single_label_report
 from kit.model import checkpoint_dict, create_model, init_head_prior, save_weights
 from kit.precision import allow_tf32, autocast_dtype
-from kit.soup import parse_epochs
 from kit.trainer import Trainer, compile_failed, compiles
 
 EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
@@ -266,14 +265,9 @@ def keep_policy(cfg):
     if cfg.keep_epochs == "all" or (cfg.keep_epochs == "auto" and cfg.soup == "greedy"):
         return lambda history: {row["epoch"] for row in history}
     if cfg.keep_epochs == "auto":
-        soup = set(parse_epochs(cfg.soup_epochs, cfg.epochs))
+        soup = set(settings.parse_epochs(cfg.soup_epochs, cfg.epochs))
         return lambda history: soup | {best_epoch(history)}
-    try:
-        n = int(cfg.keep_epochs)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise KitError(f"--keep-epochs {cfg.keep_epochs!r}: pass auto, all, or a number of latest epochs")
+    n = settings.count(cfg.keep_epochs, "--keep-epochs", ("auto", "all"))
     return lambda history: {row["epoch"] for row in history[-n:]}
 
 

@@ -1,0 +1,59 @@
+"""The stage contract: the table in kit/stages/__init__.py is the whole pipeline, every stage
+reads what an earlier one wrote, and imports run top-down (command line -> stages -> library)."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from kit import layout, stages
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS = {"check": "check", "optional": "skipped", "finish": "finish"}
+
+
+def test_every_stage_reads_what_an_earlier_stage_wrote():
+    written = set()
+    for stage in stages.PIPELINE:
+        assert set(stage.reads) <= written, (stage.name, set(stage.reads) - written)
+        written |= set(stage.writes)
+    for tool in stages.TOOLS:
+        assert set(tool.reads) <= written, (tool.name, set(tool.reads) - written)
+    named = {a for s in stages.PIPELINE + stages.TOOLS for a in s.reads + s.writes}
+    assert named <= set(layout.ARTIFACTS)  # every artifact is a path of the work directory's contract
+
+
+@pytest.mark.parametrize("stage", stages.PIPELINE + stages.TOOLS, ids=lambda s: s.name)
+def test_each_stage_is_a_module_with_run_and_the_hooks_it_declares(stage):
+    module = stage.load()
+    assert callable(module.run)
+    for flag, hook in HOOKS.items():
+        assert hasattr(module, hook) == getattr(stage, flag), (stage.name, hook)
+
+
+def test_the_stage_folder_holds_exactly_the_table():
+    files = {p.stem for p in (ROOT / "kit" / "stages").glob("*.py") if p.stem != "__init__"}
+    assert files == {s.name.replace("-", "_") for s in stages.PIPELINE + stages.TOOLS}
+    assert [s.name for s in stages.plan("all")] == [s.name for s in stages.PIPELINE]
+
+
+def _imports(path: Path) -> set:
+    """Modules of the kit that `path` imports (`from kit import x` counts as kit.x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m.startswith("kit.")}
+
+
+def test_imports_run_top_down():
+    stage_modules = {f"kit.stages.{p.stem}" for p in (ROOT / "kit" / "stages").glob("*.py") if p.stem != "__init__"}
+    for path in (ROOT / "kit").rglob("*.py"):
+        name = "kit." + ".".join(path.relative_to(ROOT / "kit").with_suffix("").parts)
+        imported = _imports(path) - {name}
+        if name == "kit.cli":
+            continue
+        assert "kit.cli" not in imported, f"{name} imports the command line"
+        assert not imported & stage_modules, f"{name} imports stage(s) {imported & stage_modules}"
