@@ -45,7 +45,7 @@ def _test_split(cfg):
     if test.empty:
         raise KitError(f"{layout.split_csv(cfg.work, 'test')} is empty: the split was made with --test-frac 0; "
                        f"rerun --stage split --test-frac 0.1 (and train again) for a test report")
-    return test, classes, cfg.label_mode == "single" and bool((test[classes].sum(1) == 1).all())
+    return test, classes, cfg.label_mode == "single" and bool((test[classes].sum(axis=1) == 1).all())
 
 
 def stamp(cfg) -> Stamp:
