@@ -121,9 +121,9 @@ class Config:
     keep_epochs: str = opt("auto", "epoch checkpoints to keep: auto (the soup's and the best), "
                                    "all, or a number of latest", "train")
     compile: str = opt("auto", "torch.compile the training step: auto compiles on GPUs of compute "
-                               "capability 8.0 and newer, which Triton supports (2.05x the images/s of "
-                               "EVA-02 base on an H100), not on older GPUs or the CPU; a compile that "
-                               "fails falls back to not compiled", "train", ("auto", "on", "off"))
+                               "capability 8.0 and newer, which Triton supports, not on older GPUs or the "
+                               "CPU; a compile that fails falls back to not compiled", "train",
+                       ("auto", "on", "off"))
     grad_checkpointing: bool = opt(False, "trade compute for memory", "train")
     ddp: str = opt("auto", "several GPUs: auto relaunches under torchrun; off uses one", "train",
                    ("auto", "off"))

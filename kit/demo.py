@@ -30,10 +30,9 @@ HEIGHT, WIDTH = 288, 320
 # CPU-sized settings; flags the user passes explicitly win over these. Without pretrained weights
 # a plain ViT (eva02_tiny) stays at the class priors for the few hundred updates a CPU affords;
 # LeViT's convolutional stem learns the drawn signs within them. No layer-wise decay from scratch.
-# Light augmentation: through the strong one, a model from scratch on 450 images stalled for some
-# seeds in 160 updates (test macro AUC 0.72-0.93 over seeds 1-3 at --lr 2e-3, 0.78-0.92 with 10
-# epochs at 1e-3); the strong recipe is for pretrained weights and real datasets.
-# Not compiled: on an H100 its first epoch took 49 s instead of 1-2 s, compiling.
+# Light augmentation: through the strong one, a model from scratch on 450 images stalls for some
+# seeds within these 160 updates (the README gives the figures); the strong recipe is for
+# pretrained weights and real datasets. Not compiled: compiling costs more than its epochs take.
 TRAIN_OVERRIDES = dict(
     dataset="gxs", resize=128, model="levit_128s", img_size=112, pretrained="none",
     epochs=6, batch_size="16", effective_batch=16, lr=5e-4, layer_decay=1.0, warmup_epochs=0.5,

@@ -10,8 +10,8 @@ from timm.scheduler import CosineLRScheduler
 
 
 def build_optimizer(model, cfg):
-    # fused: one kernel over all the weights, the same update; 3x faster than the default
-    # per-tensor loop on CPU, and the fastest on GPUs
+    # fused: one kernel over all the weights, the same update, faster than the default
+    # per-tensor loop on CPU and GPUs
     return create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
                                layer_decay=cfg.layer_decay, fused=True)
 

@@ -33,8 +33,8 @@ TRITON_SUPPORTED = (8, 0)  # Triton's README: NVIDIA GPUs of compute capability 
 def compiles(setting, device) -> bool:
     """--compile auto: on GPUs that Triton supports (compute capability 8.0 and newer: not the
     T4 or the P100, where inductor still tries from 7.0 on), where fusing EVA-02's elementwise
-    operations doubles its images/s; off on CPU, where compiling the demo's LeViT took 172 s on
-    2 cores to make its forward and backward pass 1.16x faster."""
+    operations pays most; off on CPU, where compiling costs minutes for little (bench/README.md
+    has both measured)."""
     if setting != "auto":
         return setting == "on"
     device = torch.device(device)
