@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from kit import smoke
 from kit.config import Config, apply_defaults
 from kit.images import encode_jpeg
 from kit.io import atomic_path, write_csv
@@ -146,7 +147,8 @@ def generate(root: Path, seed: int = 0) -> Path:
 
 def prepare(cfg: Config):
     """Point the config at the generated data and give it CPU-sized defaults."""
-    apply_defaults(cfg, TRAIN_OVERRIDES)
+    short = smoke.defaults(cfg.task) if cfg.smoke else {}
+    apply_defaults(cfg, {k: v for k, v in TRAIN_OVERRIDES.items() if k not in short})
     if not cfg.data_dir:
         cfg.data_dir = str(cfg.work / "demo_data")
     csv_path = generate(Path(cfg.data_dir))

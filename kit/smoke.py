@@ -26,8 +26,12 @@ def resolve(cfg):
         cfg.work_dir = str(Path(cfg.work_dir) / FOLDER)
     if cfg.dataset_dir != "auto" and Path(cfg.dataset_dir).name != FOLDER:  # not the real run's images
         cfg.dataset_dir = str(Path(cfg.dataset_dir) / FOLDER)
-    apply_defaults(cfg, dict(epochs=1, bootstrap=100, val_frac=0.1,
-                             test_frac=0.1 if cfg.task == "study" else 0.0))
+    apply_defaults(cfg, defaults(cfg.task))
+
+
+def defaults(task) -> dict:
+    """What a smoke run changes where the user did not choose (the demo's defaults included)."""
+    return dict(epochs=1, bootstrap=100, val_frac=0.1, test_frac=0.1 if task == "study" else 0.0)
 
 
 def take(df: pd.DataFrame, classes, seed: int) -> pd.DataFrame:
