@@ -91,7 +91,7 @@ def test_confusion_matrix_picture_of_a_fixed_matrix(tmp_path):
 
 
 def test_weights_flag_multi_label_mode_and_an_unreadable_test_image(run, tmp_path, capsys):
-    cfg = run[0]
+    cfg = dataclasses.replace(run[0])  # the module's run stays as it is for the tests after this one
     shutil.copytree(cfg.work, tmp_path / "work")
     cfg.work_dir, cfg.label_mode = str(tmp_path / "work"), "multi"
     cfg.weights = str(layout.epoch_checkpoint(cfg.work, 3))
@@ -210,7 +210,7 @@ def test_thresholds_are_chosen_on_val_where_test_would_choose_others(run):
 
 
 def test_tta_averages_the_flipped_film_in_the_report(run, tmp_path):
-    cfg = run[0]
+    cfg = dataclasses.replace(run[0])
     shutil.copytree(cfg.work, tmp_path / "work")
     cfg.work_dir, cfg.tta, cfg.bootstrap = str(tmp_path / "work"), True, 20
     with contextlib.redirect_stdout(io.StringIO()) as printed:
