@@ -103,3 +103,26 @@ def evaluated_run(tmp_path_factory):
             evaluate.run(cfg)
         _evaluated.update(cfg=cfg, printed=printed.getvalue())
     return dataclasses.replace(_evaluated["cfg"]), _evaluated["printed"]
+
+
+def plain_timm_probs(weights, grays, flip=False) -> np.ndarray:
+    """Independent of the kit's inference path: timm's own model and checkpoint loader, the
+    normalization written out, on uint8 images already at the model's input size."""
+    import timm
+    import timm.models
+
+    ckpt = torch.load(weights, weights_only=False)
+    model = timm.create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), img_size=ckpt["img_size"])
+    timm.models.load_checkpoint(model, str(weights))
+    x = np.stack(grays).astype(np.float64) / 255.0
+    x = torch.tensor(np.stack([(x - m) / s for m, s in zip(ckpt["mean"], ckpt["std"])], 1), dtype=torch.float32)
+    with torch.no_grad():
+        return model.eval()(x.flip(-1) if flip else x).sigmoid().numpy()
+
+
+def youden(y, p) -> float:
+    """The threshold maximizing sensitivity + specificity - 1 over every cut of `p` (brute force)."""
+    cuts = np.unique(p)
+    called = p[None, :] >= cuts[:, None]
+    j = (called & (y == 1)).sum(1) / (y == 1).sum() + (~called & (y == 0)).sum(1) / (y == 0).sum()
+    return float(cuts[::-1][np.argmax(j[::-1])])  # of equal ones, the highest, as roc_curve's order gives

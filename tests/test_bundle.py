@@ -232,12 +232,12 @@ def test_the_kaggle_cli_takes_the_bundle_and_fails_only_at_the_connection(tmp_pa
     out = bundled(tmp_path, "--stage", "all")
     meta = json.loads((out / kaggle_meta.FILE).read_text())
     (out / kaggle_meta.FILE).write_text(json.dumps({**meta, "id": "someone/xray-kit-eva-x"}))
-    env = clean_env(tmp_path, KAGGLE_USERNAME="someone", KAGGLE_KEY="0" * 32)
-    try:
-        done = subprocess.run([sys.executable, "-m", "kaggle", "kernels", "push", "-p", str(out)], env=env,
-                              capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        return  # past its checks, waiting on a network that does not answer
+    # the connection goes through a proxy on a closed local port: refused at once, never a wait
+    env = clean_env(tmp_path, KAGGLE_USERNAME="someone", KAGGLE_KEY="0" * 32, **{
+        name: "http://127.0.0.1:9" for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")})
+    env.pop("NO_PROXY", None), env.pop("no_proxy", None)
+    done = subprocess.run([sys.executable, "-m", "kaggle", "kernels", "push", "-p", str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "api.kaggle.com" in output, output
     assert not re.search(r"must be|Invalid|not found|cannot contain", output), output

@@ -3,6 +3,8 @@ import errno
 import json
 import os
 import re
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -56,16 +58,38 @@ def test_bad_inputs_are_one_line_errors_with_a_fix(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "w" / "filtered.csv").exists()
 
 
-@pytest.mark.parametrize("flag, value, wanted", [
-    ("--epochs", "0", "at least 1"), ("--lr", "-1", "above 0"), ("--keep-negatives", "2", "from 0 to 1"),
-    ("--bootstrap", "0", "at least 1"), ("--drop-path", "1.5", "from 0 to 1"), ("--clip-grad", "-1", "at least 0")])
-def test_numbers_out_of_range_are_refused_in_one_line(capsys, flag, value, wanted):
-    with pytest.raises(SystemExit) as done:
-        cli.main([flag, value])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert done.value.code == 2 and len(err) == 1, err
-    assert err[0] == f"error: argument {flag}: {value} is out of range (it must be {wanted}); " \
-                     f"run.py --help lists every flag"
+def out_and_in(wanted: str, kind) -> tuple:
+    """(values just outside the range that `wanted` states, values on its edges), read from the
+    words the error shows."""
+    step = 1 if kind is int else 0.5
+    if m := re.fullmatch(r"at least (\S+)", wanted):
+        low = kind(m[1])
+        return [low - step], [low]
+    if m := re.fullmatch(r"above (\S+)", wanted):
+        low = kind(m[1])
+        return [low, low - step], [low + step]
+    m = re.fullmatch(r"from (\S+) to (\S+)", wanted)
+    low, high = kind(m[1]), kind(m[2])
+    return [low - step, high + step], [low, high]
+
+
+CHECKED = [f for f in dataclasses.fields(Config) if f.metadata["check"]]
+
+
+@pytest.mark.parametrize("field", CHECKED, ids=[f.name for f in CHECKED])
+def test_numbers_out_of_range_are_refused_in_one_line(capsys, field):
+    flag, kind, wanted = "--" + field.name.replace("_", "-"), field.type, field.metadata["check"][1]
+    assert kind in (int, float)
+    outside, edges = out_and_in(wanted, kind)
+    for value in outside:
+        with pytest.raises(SystemExit) as done:
+            cli.main([flag, str(value)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert done.value.code == 2 and len(err) == 1, err
+        assert err[0] == f"error: argument {flag}: {value} is out of range (it must be {wanted}); " \
+                         f"run.py --help lists every flag"
+    for value in edges:
+        assert getattr(cli.parse_config([flag, str(value)]), field.name) == value
 
 
 def test_every_default_is_in_its_range():
@@ -103,12 +127,49 @@ def test_a_file_where_a_folder_belongs_and_the_reverse_are_named(tmp_path, capsy
           r"--resume .*nowhere does not exist")
 
 
-def test_a_full_disk_or_a_forbidden_path_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
-    def full(cfg):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / "checkpoints" / "last.pth"))
-    monkeypatch.setattr(cli, "run", full)
-    fails(capsys, ["--work-dir", str(tmp_path / "w")],
-          r"^error: No space left on device: .*checkpoints/last\.pth; check that path's permissions and the free")
+FULL_DEVICE, REFUSING = Path("/dev/full"), Path("/sys/fs")  # sysfs refuses new files even to root
+
+
+def refuses_writes(folder) -> bool:
+    try:
+        fd, name = tempfile.mkstemp(dir=folder)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return False
+
+
+@pytest.mark.skipif(not FULL_DEVICE.exists(), reason="no /dev/full on this system")
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    real_to_csv = pd.DataFrame.to_csv
+
+    def onto_full_device(self, path=None, *args, **kwargs):  # the metadata table's bytes go to /dev/full
+        if Path(str(path)).name.startswith(".filtered.csv."):
+            path = FULL_DEVICE
+        return real_to_csv(self, path, *args, **kwargs)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", onto_full_device)
+    dataset(tmp_path / "d")
+    fails(capsys, ["--data-dir", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), "--stage", "metadata"],
+          rf"^error: No space left on device: {re.escape(str(tmp_path / 'w' / 'filtered.csv'))}; check that "
+          rf"path's permissions and the free disk space, then rerun")
+    assert not list((tmp_path / "w").glob("*filtered.csv*"))
+
+
+@pytest.mark.skipif(not refuses_writes(REFUSING), reason=f"{REFUSING} takes new files here")
+def test_a_forbidden_path_is_one_line_naming_it(tmp_path, capsys):
+    argv = ["--data-dir", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), "--stage"]
+    dataset(tmp_path / "d")
+    fails(capsys, [*argv[:2], "--work-dir", str(REFUSING / "xray-kit"), "--stage", "metadata"],
+          rf"^error: work dir {REFUSING / 'xray-kit'} is not writable \(.+\); pass a writable folder with --work-dir")
+    for stage in ("metadata", "separate"):
+        assert cli.main(argv + [stage]) == 0
+    (tmp_path / "w" / "splits").symlink_to(REFUSING)  # a folder of the work dir the machine refuses
+    # named by the temporary file the write begins with, in the refused folder
+    fails(capsys, argv + ["split"], rf"^error: Permission denied: {re.escape(str(tmp_path / 'w' / 'splits'))}/"
+                                    rf"\.train\.csv\.\S+; check that path's permissions")
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):

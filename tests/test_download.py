@@ -85,6 +85,9 @@ def test_credentials_are_found_where_the_kaggle_package_looks(tmp_path, monkeypa
 
 def test_colab_secrets_become_the_environment(monkeypatch):
     secrets = {"KAGGLE_USERNAME": "someone", "KAGGLE_KEY": "k"}
+    for name in secrets:  # recorded by monkeypatch, so the tests after this one get them back as they were
+        monkeypatch.setenv(name, "before")
+        monkeypatch.delenv(name)
 
     def get(name):
         if name not in secrets:

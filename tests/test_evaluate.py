@@ -11,12 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from eval_fixtures import CLASSES, evaluated_run, finished_run, write_checkpoints, write_splits
+from eval_fixtures import (CLASSES, IMG_SIZE, evaluated_run, finished_run, plain_timm_probs, write_checkpoints,
+                           write_splits, youden)
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, confusion_matrix,
                              roc_auc_score)
 
 from kit import layout, metrics, plots
 from kit.errors import KitError
+from kit.images import area_resize
 from kit.model import read_weights, save_weights
 from kit.stages import evaluate, soup
 
@@ -89,7 +91,7 @@ def test_confusion_matrix_picture_of_a_fixed_matrix(tmp_path):
 
 
 def test_weights_flag_multi_label_mode_and_an_unreadable_test_image(run, tmp_path, capsys):
-    cfg = run[0]
+    cfg = dataclasses.replace(run[0])  # the module's run stays as it is for the tests after this one
     shutil.copytree(cfg.work, tmp_path / "work")
     cfg.work_dir, cfg.label_mode = str(tmp_path / "work"), "multi"
     cfg.weights = str(layout.epoch_checkpoint(cfg.work, 3))
@@ -166,16 +168,65 @@ def test_weights_that_saw_test_patients_are_refused(cfg, tmp_path):
 
 
 def test_intervals_resample_patients_and_say_so(run):
+    """Oracle: draws of patients made with numpy (the documented convention: the patients'
+    sorted ids indexed by default_rng(seed).integers), each scored by scikit-learn."""
     _, _, m, preds = run
     assert m["bootstrap"]["patients"] == preds["patient_id"].nunique() == len(preds) // 2
     assert "patients resampled" in m["bootstrap"]["method"]
     y, p = preds[CLASSES].to_numpy(), preds[[f"prob_{c}" for c in CLASSES]].to_numpy()
-    per_class, macro, used = metrics.bootstrap_auc(y, p, 200, m["bootstrap"]["seed"], 0.95,
-                                                   layout.patient_keys(preds))
-    np.testing.assert_allclose([m["classes"][c]["auc_ci"] for c in CLASSES], per_class, atol=1e-6)
-    np.testing.assert_allclose(m["macro_auc_ci"], macro, atol=1e-6)
-    assert [m["classes"][c]["auc_ci_draws"] for c in CLASSES] == used[:-1].tolist()
-    assert m["bootstrap"]["macro_draws"] == used[-1] <= min(used[:-1])
+    patients = np.unique(preds["patient_id"])
+    rows = {pid: np.flatnonzero(preds["patient_id"].to_numpy() == pid) for pid in patients}
+    picks = np.random.default_rng(m["bootstrap"]["seed"]).integers(0, len(patients), (200, len(patients)))
+    aucs = np.full((200, len(CLASSES)), np.nan)
+    for r, picked in enumerate(picks):
+        idx = np.concatenate([rows[patients[i]] for i in picked])
+        for k in range(len(CLASSES)):
+            if 0 < y[idx, k].sum() < len(idx):
+                aucs[r, k] = roc_auc_score(y[idx, k], p[idx, k])
+    for k, c in enumerate(CLASSES):
+        scored = aucs[np.isfinite(aucs[:, k]), k]
+        assert m["classes"][c]["auc_ci_draws"] == len(scored)
+        np.testing.assert_allclose(m["classes"][c]["auc_ci"], np.percentile(scored, [2.5, 97.5]), atol=1e-6)
+    whole = np.isfinite(aucs).all(axis=1)
+    assert m["bootstrap"]["macro_draws"] == whole.sum()
+    np.testing.assert_allclose(m["macro_auc_ci"], np.percentile(aucs[whole].mean(1), [2.5, 97.5]), atol=1e-6)
+    per_image = metrics.bootstrap_auc(y, p, 200, m["bootstrap"]["seed"])[0]  # what ignoring patients gives
+    assert not np.allclose(per_image, [m["classes"][c]["auc_ci"] for c in CLASSES], atol=1e-3)
+
+
+def test_thresholds_are_chosen_on_val_where_test_would_choose_others(run):
+    """val's probabilities from plain timm on the stored images; the report's thresholds are
+    Youden's on val, and differ from those test would choose."""
+    cfg, _, m, preds = run
+    val, _ = layout.read_split(cfg.work, "val")
+    grays = [area_resize(cv2.imread(str(layout.image_path(cfg.work, f)), cv2.IMREAD_GRAYSCALE), (IMG_SIZE,) * 2)
+             for f in val["file"]]  # the kit's resize, checked against an exact area average in test_separate
+    p_val = plain_timm_probs(layout.soup_weights(cfg.work), grays)
+    chosen = np.array([m["classes"][c]["threshold"] for c in CLASSES])
+    on_val = [youden(val[c].to_numpy(), p_val[:, k]) for k, c in enumerate(CLASSES)]
+    on_test = [youden(preds[c].to_numpy(), preds[f"prob_{c}"].to_numpy()) for c in CLASSES]
+    np.testing.assert_allclose(chosen, on_val, atol=1e-5)
+    assert not np.allclose(chosen, on_test, atol=1e-3)
+
+
+def test_tta_averages_the_flipped_film_in_the_report(run, tmp_path):
+    cfg = dataclasses.replace(run[0])
+    shutil.copytree(cfg.work, tmp_path / "work")
+    cfg.work_dir, cfg.tta, cfg.bootstrap = str(tmp_path / "work"), True, 20
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        evaluate.run(cfg)
+    reports = layout.reports_dir(cfg.work)
+    m = json.loads((reports / "test_metrics.json").read_text())
+    preds = pd.read_csv(reports / "test_predictions.csv")
+    test, _ = layout.read_split(cfg.work, "test")
+    grays = [area_resize(cv2.imread(str(layout.image_path(cfg.work, f)), cv2.IMREAD_GRAYSCALE), (IMG_SIZE,) * 2)
+             for f in test["file"]]
+    weights = layout.soup_weights(cfg.work)
+    plain, flipped = plain_timm_probs(weights, grays), plain_timm_probs(weights, grays, flip=True)
+    got = preds[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(got, (plain + flipped) / 2, atol=1e-5)
+    assert not np.allclose(got, plain, atol=1e-4)
+    assert m["tta"] is True and "with flip TTA" in printed.getvalue()
 
 
 def test_missing_soup_says_which_stage_to_run(tmp_path, cfg):

@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 from train_fixtures import one_thread  # noqa: F401 (autouse)
 
 from kit import model as kit_model
@@ -18,6 +19,10 @@ def test_pretrained_file_loads_through_timm_with_a_new_head_and_resampled_positi
     assert model.head.weight.shape == (3, 192)
     assert torch.equal(model.blocks[5].mlp.fc1.weight, source.blocks[5].mlp.fc1.weight)
     assert model.pos_embed.shape[1] == 1 + 4 * 4 and source.pos_embed.shape[1] == 1 + 2 * 2
+    # the 2x2 grid of positions at 28 px, resampled by timm's own function to 56 px's 4x4
+    expected = resample_abs_pos_embed(source.pos_embed, new_size=[4, 4], num_prefix_tokens=1)
+    assert torch.allclose(model.pos_embed, expected, atol=1e-6)
+    assert not torch.allclose(model.pos_embed[:, 1:5], source.pos_embed[:, 1:], atol=1e-3)
 
 
 def test_weights_of_another_model_are_refused_in_one_line(tmp_path):

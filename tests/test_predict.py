@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from eval_fixtures import CLASSES, evaluated_run
+from eval_fixtures import CLASSES, evaluated_run, plain_timm_probs
 
 from kit import images, layout, submission
 from kit.errors import KitError
+from kit.images import area_resize
 from kit.io import write_json
-from kit.scoring import Scorer
 from kit.stages import predict
 
 
@@ -185,7 +185,9 @@ def test_a_folder_without_the_named_images_stops_before_predicting(run, tmp_path
 def test_full_size_films_are_read_the_way_the_training_images_were_stored(run, tmp_path):
     """A competition's films are not stored by the separate stage: predict shrinks them as it
     would have (reduced-size decode, area average to the stored side), so a film scores like
-    the stored copy the separate stage makes of it, up to that copy's JPEG re-encoding."""
+    plain OpenCV's reduced decode and area resize through plain timm (within 0.005: the kit's
+    faster area average; a bilinear or nearest-neighbour read of the film is 0.02-0.04 off),
+    and like the stored copy the separate stage makes of it, up to that copy's JPEG re-encoding."""
     cfg, test = run
     _own_work(cfg, tmp_path)
     films, copies = tmp_path / "films", tmp_path / "copies"
@@ -205,15 +207,44 @@ def test_full_size_films_are_read_the_way_the_training_images_were_stored(run, t
         return pd.read_csv(layout.submission_csv(cfg.work)).set_index("image").loc[ids, CLASSES].to_numpy()
 
     from_films, from_copies = predicted(films), predicted(copies)
-    scorer = Scorer({"films": [films / i for i in ids]}, 32, cfg, shorter_side=300)
-    expected, _ = scorer(torch.load(layout.soup_weights(cfg.work), weights_only=False), "films", None)
-    np.testing.assert_allclose(from_films, expected, atol=1e-6)
+    weights = layout.soup_weights(cfg.work)
+    np.testing.assert_allclose(from_films, plain_timm_probs(weights, plain_opencv(films, ids, 300)), atol=5e-3)
     np.testing.assert_allclose(from_films, from_copies, atol=0.01)
 
     write_json({"resize": 16}, layout.dataset_settings(cfg.work))  # below the model's 32 px input
-    at_input_size, _ = Scorer({"films": [films / i for i in ids]}, 32, cfg, shorter_side=32)(
-        torch.load(layout.soup_weights(cfg.work), weights_only=False), "films", None)
-    np.testing.assert_allclose(predicted(films), at_input_size, atol=1e-6)
+    np.testing.assert_allclose(predicted(films), plain_timm_probs(weights, plain_opencv(films, ids, 32)), atol=5e-3)
+
+
+def plain_opencv(folder, ids, shorter_side):
+    """Each film decoded by OpenCV at the largest of 1/8, 1/4, 1/2 that keeps `shorter_side`,
+    area-averaged to that shorter side, then to the model's 32 x 32."""
+    out = []
+    for name in ids:
+        h, w = cv2.imread(str(folder / name), cv2.IMREAD_GRAYSCALE).shape
+        factor = next((f for f in (8, 4, 2) if min(h, w) // f >= shorter_side), 1)
+        flag = {8: cv2.IMREAD_REDUCED_GRAYSCALE_8, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 1: cv2.IMREAD_GRAYSCALE}[factor]
+        img = cv2.imread(str(folder / name), flag)
+        scale = shorter_side / min(img.shape)
+        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        out.append(cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def test_tta_averages_each_film_with_its_mirror_image(run, tmp_path):
+    cfg, test = run
+    _own_work(cfg, tmp_path)
+    ids = list(test["image_id"][:8])
+    cfg.predict_csv = str(_sample(tmp_path / "sample.csv", ids, CLASSES))
+    cfg.predict_dir, cfg.tta = str(layout.dataset_dir(cfg.work) / "images"), True
+    predict.run(cfg)
+    got = pd.read_csv(layout.submission_csv(cfg.work))[CLASSES].to_numpy()
+    grays = [area_resize(cv2.imread(str(layout.image_path(cfg.work, f)), cv2.IMREAD_GRAYSCALE), (32, 32))
+             for f in test["file"][:8]]  # the kit's resize, checked against an exact area average in test_separate
+    weights = layout.soup_weights(cfg.work)
+    plain, flipped = plain_timm_probs(weights, grays), plain_timm_probs(weights, grays, flip=True)
+    np.testing.assert_allclose(got, (plain + flipped) / 2, atol=1e-5)
+    assert not np.allclose(got, plain, atol=1e-4)
 
 
 def index_per_file(folder: Path) -> dict:

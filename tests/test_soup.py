@@ -1,4 +1,8 @@
 """Soup arithmetic: epoch selection, refusal of mismatched checkpoints, uniform and greedy soups."""
+import glob
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,14 +50,32 @@ def test_check_compatible_names_what_differs():
         soup.check_compatible({"x": _ckpt(0), "y": _ckpt(1, shape=(3, 5))})
 
 
-def timm_average(paths):
-    """Independent oracle: timm's avg_checkpoints.py algorithm (timm's own file loader, each
-    tensor summed in float64, divided by the count, cast to float32), written with numpy."""
-    total = {}
-    for path in paths:
-        for key, value in timm.models.load_state_dict(str(path), use_ema=True).items():
-            total[key] = total.get(key, 0) + value.numpy().astype(np.float64)
-    return {k: (v / len(paths)).astype(np.float32) for k, v in total.items()}
+def timm_average(folder, pattern):
+    """Oracle: the averaging of timm's avg_checkpoints.py (huggingface/pytorch-image-models, repo
+    root), which the installed timm does not ship: its main() with --no-sort, run step by step
+    on the files the glob finds, through the timm function it imports (load_state_dict, EMA
+    weights first) and the file it saves, read back."""
+    from timm.models import load_state_dict  # the script's `timm.models.helpers` import, now re-exported here
+
+    checkpoints = glob.glob(os.path.join(str(folder), pattern), recursive=True)
+    avg_state_dict, avg_counts = {}, {}
+    for c in checkpoints:
+        new_state_dict = load_state_dict(c, True)
+        for k, v in new_state_dict.items():
+            if k not in avg_state_dict:
+                avg_state_dict[k] = v.clone().to(dtype=torch.float64)
+                avg_counts[k] = 1
+            else:
+                avg_state_dict[k] += v.to(dtype=torch.float64)
+                avg_counts[k] += 1
+    for k, v in avg_state_dict.items():
+        v.div_(avg_counts[k])
+    float32_info = torch.finfo(torch.float32)
+    final_state_dict = {k: v.clamp(float32_info.min, float32_info.max).to(dtype=torch.float32)
+                        for k, v in avg_state_dict.items()}
+    output = Path(folder) / "averaged.pth"
+    torch.save(final_state_dict, output)
+    return {k: v.numpy() for k, v in torch.load(output, weights_only=True).items()}
 
 
 def test_uniform_average_equals_timm_algorithm(tmp_path):
@@ -63,11 +85,12 @@ def test_uniform_average_equals_timm_algorithm(tmp_path):
         torch.save(_ckpt(seed), paths[-1])
     sds = [torch.load(p, weights_only=True)["state_dict"] for p in paths]
     avg = soup.uniform_average(sds)
-    oracle = timm_average(paths)
+    oracle = timm_average(tmp_path, "epoch_*.pth")
     for key in ("w", "b"):
         assert avg[key].dtype == torch.float32
         np.testing.assert_array_equal(avg[key].numpy(), oracle[key])
-    assert avg["steps"].dtype == torch.int64 and avg["steps"].item() == 2  # from the last one
+    # timm averages integer buffers too (a step count of 1.0); the kit keeps the last one's
+    assert avg["steps"].dtype == torch.int64 and avg["steps"].item() == 2 and oracle["steps"] == 1.0
 
 
 def _linear_auc(features, targets):
@@ -140,7 +163,7 @@ def test_stage_uniform_soup_equals_timm_average_and_loads_in_plain_timm(cfg, cap
     soup_stage.run(c)
     out = layout.soup_weights(c.work)
     ckpt = torch.load(out, weights_only=True)
-    oracle = timm_average([paths[2], paths[3]])
+    oracle = timm_average(layout.checkpoint_dir(c.work), "epoch_0[23].pth")
     assert ckpt["state_dict"].keys() == oracle.keys()
     for key, value in ckpt["state_dict"].items():
         assert value.dtype == torch.float32
@@ -174,7 +197,7 @@ def test_stage_soup_epochs_choose_the_ingredients_scored_on_val_without_history(
     ckpt = torch.load(layout.soup_weights(c.work), weights_only=True)
     assert ckpt["soup"]["epochs"] == [1, 3]
     np.testing.assert_array_equal(ckpt["state_dict"]["head.bias"].numpy(),
-                                  timm_average([paths[1], paths[3]])["head.bias"])
+                                  timm_average(layout.checkpoint_dir(c.work), "epoch_0[13].pth")["head.bias"])
     report = pd.read_csv(layout.reports_dir(c.work) / "soup.csv").set_index("model")
     val, _ = layout.read_split(c.work, "val")
     loader = make_loader(XrayDataset([layout.image_path(c.work, f) for f in val["file"]], None, IMG_SIZE),

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,6 +71,23 @@ def test_deterministic_for_a_seed_and_different_across_seeds(cfg, tmp_path):
     assert a["test"]["image_id"].tolist() != c["test"]["image_id"].tolist()
 
 
+def worst_spread(df, assignment, classes=CLASSES, frac=0.2):
+    """The largest gap between a class's share in val or test and the asked-for fraction."""
+    return max(abs(df.loc[assignment == s, c].sum() / df[c].sum() - frac) for s in ("val", "test") for c in classes)
+
+
+def chance_split(df, rng, fracs=(("test", 0.2), ("val", 0.2))):
+    """Whole patients in random order, cut where the images reach each fraction."""
+    patients = rng.permutation(df["patient_id"].unique())
+    sizes = df.groupby("patient_id").size()[patients].cumsum() / len(df)
+    split_of = pd.Series("train", index=patients, dtype=object)
+    low = 0.0
+    for name, frac in fracs:
+        split_of[(sizes > low) & (sizes <= low + frac)] = name
+        low += frac
+    return split_of[df["patient_id"]].to_numpy()
+
+
 def test_rare_class_spread_better_than_chance_and_as_well_as_sklearn():
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -79,11 +98,30 @@ def test_rare_class_spread_better_than_chance_and_as_well_as_sklearn():
     for k, (_, idx) in enumerate(StratifiedGroupKFold(5, shuffle=True, random_state=0).split(df, keys, groups)):
         folds[idx] = k
     theirs = np.where(folds == 0, "test", np.where(folds == 1, "val", "train"))
+    rng = np.random.default_rng(0)
+    chance = [worst_spread(df, chance_split(df, rng)) for _ in range(100)]
+    assert worst_spread(df, ours) < np.percentile(chance, 5)  # better than 95 of 100 random patient splits
+    assert worst_spread(df, ours) <= worst_spread(df, theirs) + 0.02
 
-    def worst(assignment):
-        return max(abs(df.loc[assignment == s, c].sum() / df[c].sum() - 0.2) for s in ("val", "test") for c in CLASSES)
 
-    assert worst(ours) <= worst(theirs) + 0.02
+def test_multi_label_images_are_stratified_by_their_rarest_class():
+    """D is rare and always comes with the common A: stratified by its first class an image of D
+    counts as A, and D's share of val and test drifts; by its rarest, D is spread like the rest."""
+    df = manifest(12, n_patients=400, multi=True, weights=(0.5, 0.3, 0.2, 0.0))
+    counts = df[CLASSES].sum()
+    rarest = df[CLASSES].apply(lambda row: min((c for c in CLASSES if row[c]), key=counts.get, default="(none)"),
+                               axis=1)
+    assert split.strat_keys(df, CLASSES).tolist() == rarest.tolist()
+    rng = np.random.default_rng(1)
+    carriers = rng.choice(df.index[df["A"] == 1], 60, replace=False)
+    df.loc[carriers, "D"] = 1
+    keys, groups = split.strat_keys(df, CLASSES), df["patient_id"].to_numpy()
+    first = df[CLASSES].idxmax(axis=1).to_numpy()  # the first positive class
+    assert (keys[carriers] == "D").all() and (first[carriers] == "A").all()
+    fracs = {"test": 0.2, "val": 0.2}
+    by_rarest = [worst_spread(df, split.assign(keys, groups, fracs, seed), ["D"]) for seed in range(5)]
+    by_first = [worst_spread(df, split.assign(first, groups, fracs, seed), ["D"]) for seed in range(5)]
+    assert np.mean(by_rarest) < np.mean(by_first) / 2 and max(by_rarest) < 0.06
 
 
 def test_summary_counts_match_the_split_files(cfg):
@@ -96,9 +134,28 @@ def test_summary_counts_match_the_split_files(cfg):
 
 
 def test_without_patient_ids_it_warns_and_splits_per_image(cfg, capsys):
-    parts = run_split(cfg, manifest(4, no_ids=True))
-    assert "no patient ids" in capsys.readouterr().out
-    assert sum(len(p) for p in parts.values()) > 0
+    df = manifest(4, no_ids=True)
+    parts = run_split(cfg, df)
+    assert "no patient ids, so images are split one by one" in capsys.readouterr().out
+    ids = pd.concat([p["image_id"] for p in parts.values()])
+    assert sorted(ids) == sorted(df.loc[df.status == "ok", "image_id"]) and not ids.duplicated().any()
+    # the hidden patient of each image (p12_3: patient 12): some have images in two splits
+    split_of = pd.concat([p.assign(split=name) for name, p in parts.items()])
+    hidden = split_of["image_id"].str.split("_").str[0]
+    assert (split_of.groupby(hidden)["split"].nunique() > 1).sum() > 20
+    summary = pd.read_csv(layout.split_csv(cfg().work, "summary"))
+    every = summary[summary["class"] == "all"]
+    assert (every["patients"] == every["images"]).all()  # every image a patient of its own
+
+
+def test_a_class_with_fewer_than_10_images_in_a_split_is_warned_about(cfg, capsys):
+    df = manifest(8, n_patients=150, weights=(0.5, 0.3, 0.17, 0.03))
+    parts = run_split(cfg, df)
+    printed = capsys.readouterr().out
+    few = [(name, c, int(p[c].sum())) for name, p in parts.items() for c in CLASSES if p[c].sum() < 10]
+    assert few and all(p[c].sum() >= 10 for p in parts.values() for c in CLASSES[:2])
+    warned = re.findall(r"\[split\] warning: (\w+) has only (\d+) image\(s\) of (\w+)", printed)
+    assert sorted((name, c, int(n)) for name, n, c in warned) == sorted(few)
 
 
 def test_official_test_list_is_the_test_set(cfg):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -104,14 +106,14 @@ def test_a_csv_in_either_form_lists_the_same_images(cfg, tmp_path):
     pd.DataFrame({"path": names, "label": labels}).to_csv(folder / "by_label.csv", index=False)
     pd.DataFrame({"path": names, "seed": range(5), "A": [int(lab == "A") for lab in labels],
                   "C": [int(lab == "C") for lab in labels]}).to_csv(folder / "by_column.csv", index=False)
-    c = cfg()
-    expected = synthetic.listing(cfg(synthetic_dir=str(folder)), CLASSES)
-    for csv_name in ("by_label.csv", "by_column.csv"):
-        c.synthetic_dir = str(folder / csv_name)
-        got = synthetic.listing(c, CLASSES)
-        assert got["name"].tolist() == expected["name"].tolist()
-        assert got[CLASSES].to_numpy().tolist() == expected[CLASSES].to_numpy().tolist()
-        assert [str(p) for p in got["path"]] == [str(p) for p in expected["path"]]
+    # the reference: the files written above, by name, with their folder's class
+    expected = pd.DataFrame({"name": names, **{k: [int(lab == k) for lab in labels] for k in CLASSES}})
+    for source in (folder, folder / "by_label.csv", folder / "by_column.csv"):
+        got = synthetic.listing(cfg(synthetic_dir=str(source)), CLASSES)
+        got = got.assign(name=[str(n) for n in got["name"]]).sort_values("name").reset_index(drop=True)
+        assert got["name"].tolist() == names, source
+        assert got[CLASSES].to_numpy().tolist() == expected[CLASSES].to_numpy().tolist(), source
+        assert [Path(p) for p in got["path"]] == [folder / n for n in names], source
 
 
 def test_a_synthetic_image_of_another_class_is_a_clear_error(cfg, tmp_path):

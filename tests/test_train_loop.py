@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import os
 import shutil
@@ -13,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from train_fixtures import CLASSES, last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 from kit import batching, infer, layout
+from kit.config import Config
 from kit import trainer as trainer_module
 from kit.data import XrayDataset, make_loader
 from kit.distributed import World
@@ -51,7 +53,8 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     # timm's warmup, 1 - (1 + t)^(-2/3) with t = 0 at the first update: t = 3 and 7 at the epochs' ends
     assert history.ema_decay.tolist() == pytest.approx([1 - 4 ** (-2 / 3), 1 - 8 ** (-2 / 3)])
     kept = layout.epoch_checkpoints(work)
-    assert 2 in kept and set(kept) <= {1, 2}  # the soup's last epoch and the best one
+    best = int(history.epoch[history.val_macro_auc == history.val_macro_auc.max()].max())  # of equal ones, the latest
+    assert set(kept) == {2, best}  # --keep-epochs auto: the soup's (last1) and the best
     ckpt = read_weights(kept[2])
     assert ckpt["epoch"] == 2 and ckpt["metric"] == pytest.approx(history.val_macro_auc[1])
     seen = pd.concat([layout.read_split(work, s)[0] for s in ("train", "val")])
@@ -86,13 +89,60 @@ def test_a_run_killed_at_the_end_of_an_epoch_leaves_no_short_history(tmp_path, m
     assert pd.read_csv(layout.history_csv(work)).epoch.tolist() == [1, 2]
 
 
-def test_gradient_checkpointing_changes_memory_not_results(trained, tmp_path):
+def test_gradient_checkpointing_changes_memory_not_results(trained, tmp_path, monkeypatch):
+    """Checkpointed blocks run their forward pass again in the backward pass: twice per
+    micro-batch with gradients, against once without (the reference run)."""
     work, _ = trained
+    forwards = []
+
+    def counted(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        block, forward = model.blocks[0], model.blocks[0].forward
+
+        def counting(*a, **kw):  # checkpoint's recomputation calls forward, not the module's hooks
+            forwards.append(torch.is_grad_enabled())
+            return forward(*a, **kw)
+        block.forward = counting
+        return model
+    monkeypatch.setattr(train, "create_model", counted)
     again = make_work(tmp_path)
     run_quietly(tiny_cfg(again, grad_checkpointing=True))
     state, reference = last_state(again), last_state(work)
+    micro_batches = state["updates"] * state["accum"]
+    assert sum(forwards) == 2 * micro_batches == 32  # 8 updates of 2 micro-batches
     for k, v in reference["ema"].items():
         assert torch.allclose(state["ema"][k], v, atol=1e-6), k
+    forwards.clear()
+    run_quietly(tiny_cfg(make_work(tmp_path / "plain"), epochs=1))
+    assert sum(forwards) == micro_batches // 2  # one epoch without checkpointing: one pass each
+
+
+def test_epochs_more_continue_a_finished_run(trained, tmp_path):
+    work, _ = trained
+    shutil.copytree(work, tmp_path / "work")
+    out = run_quietly(tiny_cfg(tmp_path / "work", epochs=3))
+    assert f"resuming from {layout.last_state(tmp_path / 'work')} at epoch 3, update 9" in out
+    history, before = pd.read_csv(layout.history_csv(tmp_path / "work")), pd.read_csv(layout.history_csv(work))
+    assert history.epoch.tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(history.iloc[:2][before.columns], before)  # the first two kept as they were
+    state = last_state(tmp_path / "work")
+    assert (state["epoch"], state["updates"]) == (3, 12)
+    assert 3 in layout.epoch_checkpoints(tmp_path / "work")
+
+
+def test_the_default_keep_epochs_deletes_what_the_soup_does_not_need(tmp_path):
+    """--keep-epochs auto with the recipe's soup (last2 of 6): a run whose best epoch is 3
+    keeps 3, 5 and 6 of six epoch files."""
+    cfg = tiny_cfg(tmp_path, epochs=6, soup_epochs=Config().soup_epochs, keep_epochs=Config().keep_epochs)
+    assert (cfg.keep_epochs, cfg.soup_epochs, cfg.soup) == ("auto", "last2", "uniform")
+    history = [{"epoch": e, "val_macro_auc": auc} for e, auc in enumerate([0.6, 0.7, 0.9, 0.8, 0.75, 0.85], 1)]
+    layout.checkpoint_dir(tmp_path).mkdir()
+    for row in history:
+        torch.save({}, layout.epoch_checkpoint(tmp_path, row["epoch"]))
+    train.prune(tmp_path, train.keep_policy(cfg)(history))
+    assert sorted(layout.epoch_checkpoints(tmp_path)) == [3, 5, 6]
+    greedy = dataclasses.replace(cfg, soup="greedy")  # a greedy soup may take any epoch: all stay
+    assert train.keep_policy(greedy)(history) == set(range(1, 7))
 
 
 def test_checkpoint_in_plain_timm_matches_the_kit_and_the_history(trained):

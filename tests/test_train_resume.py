@@ -84,21 +84,36 @@ def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference, mo
     assert not list(layout.checkpoint_dir(work).glob(".*.tmp"))
 
 
-def test_ctrl_c_saves_the_state_at_the_next_update_and_the_rerun_loses_nothing(tmp_path, reference):
+def default_signals():
+    """In the child, before run.py starts: Ctrl-C and SIGTERM at their default handlers, whatever
+    this process inherited (a shell's background job starts with SIGINT ignored)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def slowed_training(cfg, sleep, stdout=subprocess.DEVNULL):
+    """run.py's train stage in a child whose every micro-batch first sleeps `sleep` (an
+    expression in `self`, the Trainer)."""
+    script = ("import sys, time; import kit.trainer as t; update = t.Trainer._accumulate; "
+              f"t.Trainer._accumulate = lambda self, b: (time.sleep({sleep}), update(self, b))[1]; "
+              "from kit.cli import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.Popen([sys.executable, "-c", script, *config_flags(cfg, stage="train")], env=ENV,
+                            stdout=stdout, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_state_at_the_next_update_and_the_rerun_loses_nothing(tmp_path, reference, signum,
+                                                                                  code):
     work = make_work(tmp_path)
     cfg = tiny_cfg(work, model=MODEL, img_size=32, workers=1)
-    script = ("import sys, time; import kit.trainer as t; update = t.Trainer._accumulate; "
-              "t.Trainer._accumulate = lambda self, b: (time.sleep(0.5), update(self, b))[1]; "  # 2 s an epoch
-              "from kit.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", script, *config_flags(cfg, stage="train")], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = slowed_training(cfg, "0.5")  # 2 s an epoch
     first_epoch = layout.epoch_checkpoint(work, 1)
     while not first_epoch.exists() and proc.poll() is None:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)  # early in epoch 2, whose end would be the next save
+    proc.send_signal(signum)  # early in epoch 2, whose end would be the next save
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err
-    assert "SIGINT in epoch 2: the training state is saved" in err
+    assert proc.returncode == code and "Traceback" not in err
+    assert f"{signum.name} in epoch 2: the training state is saved" in err
     saved = last_state(work)
     assert saved["epoch"] == 1 and 4 < saved["updates"] < 8
     out = run_quietly(cfg)
@@ -107,6 +122,28 @@ def test_ctrl_c_saves_the_state_at_the_next_update_and_the_rerun_loses_nothing(t
     assert (state["epoch"], state["updates"]) == (2, 8)
     assert_same_weights(state["model"], reference["model"], atol=1e-6)
     assert_same_weights(state["ema"], reference["ema"], atol=1e-6)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    work = make_work(tmp_path)
+    cfg = tiny_cfg(work, model=MODEL, img_size=32, workers=1)
+    proc = slowed_training(cfg, "30 if self.epoch else 0", stdout=subprocess.PIPE)  # epoch 2's update: 60 s
+    last = layout.checkpoint_dir(work) / "last.pth"
+    while not last.exists() and proc.poll() is None:  # epoch 1's end is saved
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stdout:
+        if "stopping after this update" in line:
+            break
+    proc.send_signal(signal.SIGINT)  # long before that update's end
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "interrupted: rerun the same command to resume" in err and "the training state is saved" not in err
+    saved = last_state(work)
+    assert (saved["epoch"], saved["updates"]) == (1, 4)  # epoch 1's save, none since
 
 
 def test_two_gloo_processes_train_like_one(tmp_path, reference):
