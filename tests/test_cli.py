@@ -1,5 +1,4 @@
 import dataclasses
-import errno
 import json
 import os
 import re

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from eval_fixtures import CLASSES, evaluated_run, plain_timm_probs
 
 from kit import images, layout, submission

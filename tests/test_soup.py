@@ -159,7 +159,7 @@ def run_dir(tmp_path, cfg):
 
 def test_stage_uniform_soup_equals_timm_average_and_loads_in_plain_timm(cfg, capsys):
     c = cfg(epochs=3, workers=0)
-    paths = finished_run(c.work, epochs=(2, 3), arch=STUDY_ARCH, img_size=STUDY_IMG_SIZE)
+    finished_run(c.work, epochs=(2, 3), arch=STUDY_ARCH, img_size=STUDY_IMG_SIZE)
     soup_stage.run(c)
     out = layout.soup_weights(c.work)
     ckpt = torch.load(out, weights_only=True)
