@@ -1,12 +1,21 @@
 """checkpoints/last.pth: the whole state of a training run, written at every epoch's end, every
-few minutes within one and when a signal stops it, so that a rerun continues from there."""
+few minutes within one and when a signal stops it, so that a rerun continues from there; and
+--resume, which takes over such a state from an earlier session's output (on Kaggle: an input)."""
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from kit import env, layout
 from kit.errors import KitError
+from kit.io import atomic_path
+
+SEARCH_DEPTH = 5  # /kaggle/input/notebooks/<owner>/<kernel>/checkpoints/last.pth
+MANY_FOLDERS = 100  # a folder of this many sub-folders is a dataset's tree: not searched
+CHECKPOINTS, LAST, HISTORY = layout.checkpoint_dir("").name, layout.last_state("").name, layout.history_csv("").name
 
 # what a checkpoint is only valid for; other settings may change between sessions
 SIGNATURE = {"model": "--model", "classes": "the classes", "img_size": "--img-size",
@@ -63,3 +72,76 @@ def recipe_changes(state, cfg) -> list:
     saved = state.get("recipe") or {}  # states written before recipes were saved: nothing to compare
     return [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in recipe(cfg).items()
             if k in saved and saved[k] != v]
+
+
+# --resume -------------------------------------------------------------------------------------
+
+def find_states(roots) -> list:
+    """Every checkpoints/last.pth under `roots` (a root may be such a file itself)."""
+    found = []
+    for root in map(Path, roots):
+        if root.is_file():
+            found.append(root)
+            continue
+        for folder, dirs, files in os.walk(root):
+            folder = Path(folder)
+            if folder.name == CHECKPOINTS and LAST in files:
+                found.append(folder / LAST)
+            if len(folder.relative_to(root).parts) >= SEARCH_DEPTH or len(dirs) > MANY_FOLDERS:
+                dirs.clear()
+            dirs.sort()
+    return found
+
+
+def _progress(path) -> "tuple[dict, int]":
+    """(signature, updates done) of a saved training state, read without loading its tensors."""
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return state.get("signature", {}), int(state["updates"])
+    except Exception:  # a damaged or foreign file is simply not a candidate
+        return {}, -1
+
+
+def _copy(src, dst):
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def take_over(cfg, last_path, signature, world):
+    """--resume: copy the furthest matching training state found (last.pth, its epoch files and
+    history.csv) into the work dir, unless the work dir's own state is as far along."""
+    if cfg.resume == "none" or cfg.force:
+        return
+    if world.is_main:
+        roots = env.data_roots(env.platform()) if cfg.resume == "auto" else [Path(cfg.resume)]
+        _take_over(roots, Path(last_path), signature)
+    from kit import distributed
+
+    distributed.gather(None, world)  # the other processes wait for the copy
+
+
+def _take_over(roots, last_path, signature):
+    candidates = []
+    for path in find_states(roots):
+        if path.resolve() == last_path.resolve():  # the work dir under a searched root (Colab's /content)
+            continue
+        saved, updates = _progress(path)
+        if saved == signature:
+            candidates.append((updates, path))
+        else:
+            print(f"[train] --resume: {path} is from another run (other model, classes, image size or "
+                  f"split), skipped")
+    if not candidates:
+        print(f"[train] --resume: no matching checkpoints/last.pth under {', '.join(map(str, roots))}")
+        return
+    updates, source = max(candidates)
+    own_signature, own = _progress(last_path) if last_path.exists() else ({}, -1)
+    if own_signature == signature and own >= updates:
+        print(f"[train] --resume: the work dir's last.pth is as far along as {source}; kept")
+        return
+    for path in sorted(source.parent.glob("*.pth")):
+        _copy(path, last_path.parent / path.name)
+    history = source.parent.parent / HISTORY
+    if history.is_file():
+        _copy(history, layout.history_csv(last_path.parent.parent))
+    print(f"[train] --resume: took over {source.parent} (update {updates})")

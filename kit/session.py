@@ -6,21 +6,16 @@ The clock starts when the run starts. Worker processes started by the run (torch
 its start through the environment, so every process stops at the same moment.
 """
 import os
-import shutil
 import time
 from pathlib import Path
 
 from kit import env, layout, settings
 from kit.errors import KitError
-from kit.io import atomic_path
 
 KAGGLE_TIME_LIMIT = "11h30m"  # of the 12 h session: room left to save and to finish the run
 KAGGLE_OUTPUT_BUDGET = "19GB"  # Kaggle keeps about 20 GB of /kaggle/working
 SESSION_ENV = "XRAY_KIT_SESSION"  # "<pid>:<start time>" of the process that began the run
 OPTIMIZER_COPIES = 4  # last.pth: the weights, their EMA and AdamW's two moments
-SEARCH_DEPTH = 5  # /kaggle/input/notebooks/<owner>/<kernel>/checkpoints/last.pth
-MANY_FOLDERS = 100  # a folder of this many sub-folders is a dataset's tree: not searched
-CHECKPOINTS, LAST, HISTORY = layout.checkpoint_dir("").name, layout.last_state("").name, layout.history_csv("").name
 
 clock = time.time  # wall time: shared by every process of a run
 _deadline = None
@@ -152,78 +147,3 @@ def warn_output_budget(cfg, model, keep_rule):
               f"--output-budget {cfg.output_budget}: {files} weights files of {size(weights)}, last.pth "
               f"of {size(OPTIMIZER_COPIES * weights)} and {size(other)} already there; keep fewer "
               f"epoch files (--keep-epochs, --soup-epochs) or a smaller --resize")
-
-
-# --resume -------------------------------------------------------------------------------------
-
-def find_states(roots) -> list:
-    """Every checkpoints/last.pth under `roots` (a root may be such a file itself)."""
-    found = []
-    for root in map(Path, roots):
-        if root.is_file():
-            found.append(root)
-            continue
-        for folder, dirs, files in os.walk(root):
-            folder = Path(folder)
-            if folder.name == CHECKPOINTS and LAST in files:
-                found.append(folder / LAST)
-            if len(folder.relative_to(root).parts) >= SEARCH_DEPTH or len(dirs) > MANY_FOLDERS:
-                dirs.clear()
-            dirs.sort()
-    return found
-
-
-def _progress(path) -> "tuple[dict, int]":
-    """(signature, updates done) of a saved training state, read without loading its tensors."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        return state.get("signature", {}), int(state["updates"])
-    except Exception:  # a damaged or foreign file is simply not a candidate
-        return {}, -1
-
-
-def _copy(src, dst):
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
-def take_over(cfg, last_path, signature, world):
-    """--resume: copy the furthest matching training state found (last.pth, its epoch files and
-    history.csv) into the work dir, unless the work dir's own state is as far along."""
-    if cfg.resume == "none" or cfg.force:
-        return
-    if world.is_main:
-        roots = env.data_roots(env.platform()) if cfg.resume == "auto" else [Path(cfg.resume)]
-        _take_over(roots, Path(last_path), signature)
-    from kit import distributed
-
-    distributed.gather(None, world)  # the other processes wait for the copy
-
-
-def _take_over(roots, last_path, signature):
-    candidates = []
-    for path in find_states(roots):
-        if path.resolve() == last_path.resolve():  # the work dir under a searched root (Colab's /content)
-            continue
-        saved, updates = _progress(path)
-        if saved == signature:
-            candidates.append((updates, path))
-        else:
-            print(f"[train] --resume: {path} is from another run (other model, classes, image size or "
-                  f"split), skipped")
-    if not candidates:
-        print(f"[train] --resume: no matching checkpoints/last.pth under {', '.join(map(str, roots))}")
-        return
-    updates, source = max(candidates)
-    own_signature, own = _progress(last_path) if last_path.exists() else ({}, -1)
-    if own_signature == signature and own >= updates:
-        print(f"[train] --resume: the work dir's last.pth is as far along as {source}; kept")
-        return
-    for path in sorted(source.parent.glob("*.pth")):
-        _copy(path, last_path.parent / path.name)
-    history = source.parent.parent / HISTORY
-    if history.is_file():
-        _copy(history, layout.history_csv(last_path.parent.parent))
-    print(f"[train] --resume: took over {source.parent} (update {updates})")

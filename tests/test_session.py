@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from kit import env, interrupt, layout, session, settings
+from kit import env, interrupt, layout, resume, session, settings
 from kit.config import Config
 from kit.distributed import World
 from kit.errors import KitError
@@ -126,12 +126,12 @@ def test_states_are_found_in_old_and_new_kaggle_layouts_but_not_in_image_trees(t
     old = saved_run(tmp_path / "xray-kit-eva-x", 10)
     new = saved_run(tmp_path / "notebooks" / "someone" / "xray-kit-eva-x", 20)
     images = tmp_path / "competitions" / "big"
-    for k in range(session.MANY_FOLDERS + 1):
+    for k in range(resume.MANY_FOLDERS + 1):
         (images / f"patient{k:03d}").mkdir(parents=True)
     saved_run(images / "patient000", 30)
     saved_run(tmp_path / "a" / "b" / "c" / "d" / "e", 40)  # deeper than any Kaggle mount
-    assert sorted(session.find_states([tmp_path])) == sorted([old, new])
-    assert session.find_states([old]) == [old]
+    assert sorted(resume.find_states([tmp_path])) == sorted([old, new])
+    assert resume.find_states([old]) == [old]
 
 
 def test_resume_auto_takes_over_the_furthest_matching_state(tmp_path, capsys, monkeypatch):
@@ -142,16 +142,16 @@ def test_resume_auto_takes_over_the_furthest_matching_state(tmp_path, capsys, mo
     monkeypatch.setattr(env, "platform", lambda: "kaggle")
     monkeypatch.setattr(env, "KAGGLE_INPUT", inputs)
     last = layout.checkpoint_dir(work) / "last.pth"
-    session.take_over(Config(resume="auto", work_dir=str(work)), last, SIGNATURE, World())
+    resume.take_over(Config(resume="auto", work_dir=str(work)), last, SIGNATURE, World())
     assert "other-model/checkpoints/last.pth is from another run" in capsys.readouterr().out
     assert last.read_bytes() == furthest.read_bytes()
     assert sorted(layout.epoch_checkpoints(work)) == [2, 3]
     assert layout.history_csv(work).read_text() == "epoch\n3\n"
 
     saved_run(inputs / "v0", 15)
-    session.take_over(Config(resume=str(inputs / "v0"), work_dir=str(work)), last, SIGNATURE, World())
+    resume.take_over(Config(resume=str(inputs / "v0"), work_dir=str(work)), last, SIGNATURE, World())
     assert "as far along as" in capsys.readouterr().out and torch.load(last)["updates"] == 20
-    session.take_over(Config(resume="auto", work_dir=str(work), force=True), last, SIGNATURE, World())
+    resume.take_over(Config(resume="auto", work_dir=str(work), force=True), last, SIGNATURE, World())
     assert capsys.readouterr().out == ""
 
 

@@ -13,11 +13,11 @@ from eval_fixtures import CLASSES, IMG_SIZE, STUDY_ARCH, STUDY_IMG_SIZE, finishe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit import layout, soup
+from kit import averaging, layout
 from kit.settings import parse_epochs
 from kit.data import XrayDataset, make_loader
 from kit.errors import KitError
-from kit.infer import predict
+from kit.inference import predict
 from kit.metrics import macro_auc
 from kit.model import load_model
 from kit.stages import soup as soup_stage
@@ -41,13 +41,13 @@ def _ckpt(seed, arch="m", classes=("a", "b"), shape=(3, 4)):
 
 
 def test_check_compatible_names_what_differs():
-    soup.check_compatible({"epoch_05.pth": _ckpt(0), "epoch_06.pth": _ckpt(1)})
+    averaging.check_compatible({"epoch_05.pth": _ckpt(0), "epoch_06.pth": _ckpt(1)})
     with pytest.raises(KitError, match=r"epoch_06.pth.*arch \(m vs other\)"):
-        soup.check_compatible({"epoch_05.pth": _ckpt(0), "epoch_06.pth": _ckpt(1, arch="other")})
+        averaging.check_compatible({"epoch_05.pth": _ckpt(0), "epoch_06.pth": _ckpt(1, arch="other")})
     with pytest.raises(KitError, match="classes"):
-        soup.check_compatible({"x": _ckpt(0), "y": _ckpt(1, classes=("a", "c"))})
+        averaging.check_compatible({"x": _ckpt(0), "y": _ckpt(1, classes=("a", "c"))})
     with pytest.raises(KitError, match="shapes"):
-        soup.check_compatible({"x": _ckpt(0), "y": _ckpt(1, shape=(3, 5))})
+        averaging.check_compatible({"x": _ckpt(0), "y": _ckpt(1, shape=(3, 5))})
 
 
 def timm_average(folder, pattern):
@@ -84,7 +84,7 @@ def test_uniform_average_equals_timm_algorithm(tmp_path):
         paths.append(tmp_path / f"epoch_{seed:02d}.pth")
         torch.save(_ckpt(seed), paths[-1])
     sds = [torch.load(p, weights_only=True)["state_dict"] for p in paths]
-    avg = soup.uniform_average(sds)
+    avg = averaging.uniform_average(sds)
     oracle = timm_average(tmp_path, "epoch_*.pth")
     for key in ("w", "b"):
         assert avg[key].dtype == torch.float32
@@ -103,8 +103,8 @@ def _linear_auc(features, targets):
 
 def _greedy(ingredients, score):
     scores = {n: score(sd) for n, sd in ingredients.items()}
-    kept, best, steps = soup.greedy(
-        scores, lambda names: score(soup.uniform_average([ingredients[n] for n in names])))
+    kept, best, steps = averaging.greedy(
+        scores, lambda names: score(averaging.uniform_average([ingredients[n] for n in names])))
     return scores, kept, best, steps
 
 
@@ -128,7 +128,7 @@ def test_greedy_soup_skips_a_harmful_ingredient(val_data):
     assert [s[0] for s in steps] == sorted(scores, key=scores.get, reverse=True)
     assert kept[0] == "epoch_06" and "epoch_04" not in kept
     assert best >= max(scores.values())
-    assert best == pytest.approx(score(soup.uniform_average([{"epoch_04": harmful, "epoch_05": noisy,
+    assert best == pytest.approx(score(averaging.uniform_average([{"epoch_04": harmful, "epoch_05": noisy,
                                                                 "epoch_06": good}[n] for n in kept])))
 
 
@@ -144,7 +144,7 @@ def test_greedy_soup_never_scores_below_its_best_ingredient(noise_levels, seed, 
     score = _linear_auc(features, targets)
     scores, kept, best, steps = _greedy(ingredients, score)
     assert best >= max(scores.values())
-    assert best == pytest.approx(score(soup.uniform_average([ingredients[n] for n in kept])))
+    assert best == pytest.approx(score(averaging.uniform_average([ingredients[n] for n in kept])))
     assert [v for _, v, accepted in steps if accepted] == sorted(v for _, v, accepted in steps if accepted)
 
 

@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from train_fixtures import CLASSES, last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
-from kit import batching, infer, layout
+from kit import batching, inference, layout
 from kit.config import Config
 from kit import trainer as trainer_module
 from kit.data import XrayDataset, make_loader
@@ -160,9 +160,9 @@ def test_checkpoint_in_plain_timm_matches_the_kit_and_the_history(trained):
         expected = plain.eval()(x).sigmoid().numpy()
         flipped = plain(x.flip(-1)).sigmoid().numpy()
     loader = make_loader(XrayDataset(paths, None, 28), 5, shuffle=False, workers=0)
-    probs, ok = infer.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"])
+    probs, ok = inference.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"])
     assert ok.all() and np.allclose(probs, expected, atol=1e-5)
-    tta, _ = infer.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"], tta=True)
+    tta, _ = inference.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"], tta=True)
     assert np.allclose(tta, (expected + flipped) / 2, atol=1e-5)
     history = pd.read_csv(layout.history_csv(work))
     for k, c in enumerate(classes):

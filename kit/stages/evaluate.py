@@ -12,7 +12,7 @@ from kit import layout, metrics, plots
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
-from kit.scoring import Scorer, check_classes, check_unseen
+from kit.inference import Scorer, check_classes, check_unseen
 from kit.stages import Stamp, stamped
 
 LEVEL = 0.95

@@ -3,12 +3,12 @@ on the validation set whether averaging helped (reports/soup.csv)."""
 import numpy as np
 import pandas as pd
 
-from kit import layout, settings, soup
+from kit import averaging, layout, settings
 from kit.errors import KitError
 from kit.io import write_csv
 from kit.metrics import auc_per_class
 from kit.model import checkpoint_dict, read_weights, save_weights
-from kit.scoring import Scorer, check_classes
+from kit.inference import Scorer, check_classes
 from kit.stages import Stamp, stamped
 
 
@@ -55,7 +55,7 @@ def run(cfg):
     out, report = layout.soup_weights(work), layout.soup_report(work)
 
     ckpts = {e: read_weights(p) for e, p in paths.items()}
-    soup.check_compatible({paths[e].name: c for e, c in ckpts.items()})
+    averaging.check_compatible({paths[e].name: c for e, c in ckpts.items()})
     last = ckpts[max(ckpts)]
     val, classes = layout.read_split(work, "val")
     check_classes(last, classes, "val")
@@ -69,20 +69,20 @@ def run(cfg):
     def score_mix(epochs):
         key = tuple(sorted(epochs))
         if key not in val_aucs:
-            state_dict = soup.uniform_average([ingredients[e] for e in key])
+            state_dict = averaging.uniform_average([ingredients[e] for e in key])
             probs, ok = scorer({**last, "state_dict": state_dict}, "val", "[soup] val")
             val_aucs[key] = auc_per_class(y[ok], probs[ok])
         return float(np.nanmean(val_aucs[key]))
 
     scores = {e: score_mix([e]) for e in ingredients}
     if cfg.soup == "greedy":
-        kept, best, steps = soup.greedy(scores, score_mix)
+        kept, best, steps = averaging.greedy(scores, score_mix)
         kept, tried = sorted(kept), {e: value for e, value, _ in steps}
     else:
         kept, tried = list(ingredients), {}
         best = score_mix(kept)
 
-    final = checkpoint_dict(soup.uniform_average([ingredients[e] for e in kept]), arch=last["arch"],
+    final = checkpoint_dict(averaging.uniform_average([ingredients[e] for e in kept]), arch=last["arch"],
                             classes=classes, img_size=last["img_size"], mean=last["mean"], std=last["std"],
                             epoch=max(kept), metric=best, seen_patients=last.get("seen_patients"))
     final["soup"] = {"method": cfg.soup, "epochs": kept}

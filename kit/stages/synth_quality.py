@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from kit import env, features, fidelity, layout, metrics, study_plots
+from kit import env, fidelity, inference, layout, metrics, study_plots
 from kit.errors import KitError
 from kit.images import load_gray
 from kit.io import write_csv
 from kit.model import create_model, load_model, norm_stats, read_weights
-from kit.scoring import check_classes, device
+from kit.inference import check_classes, device
 from kit.stages import Stamp, stamped
 
 OUTPUTS = ("synthetic_quality.csv", "synthetic_nearest.csv", "synthetic_grid.png")
@@ -59,13 +59,13 @@ def pretrained_backbone(cfg, ckpt):
 def embed(cfg, ckpt, paths):
     """({feature space: [N, D]}, judge probabilities [N, C], ok [N])."""
     on = device()
-    feats, logits, ok = features.extract(load_model(ckpt, on), paths, ckpt["img_size"], ckpt["mean"],
+    feats, logits, ok = inference.extract(load_model(ckpt, on), paths, ckpt["img_size"], ckpt["mean"],
                                          ckpt["std"], cfg, on, "[synth-quality] trained model")
     spaces = {"model": feats}
     backbone = pretrained_backbone(cfg, ckpt)
     if backbone is not None:
         mean, std = norm_stats(backbone)
-        spaces["backbone"], _, ok_backbone = features.extract(backbone.to(on).eval(), paths, ckpt["img_size"],
+        spaces["backbone"], _, ok_backbone = inference.extract(backbone.to(on).eval(), paths, ckpt["img_size"],
                                                               mean, std, cfg, on, "[synth-quality] backbone")
         ok &= ok_backbone
     return spaces, expit(logits), ok

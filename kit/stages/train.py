@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import batching, distributed, env, infer, interrupt, layout, resume, session, settings, submission, timing
+from kit import batching, distributed, env, inference, interrupt, layout, resume, session, settings, submission, timing
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.io import write_csv
@@ -51,7 +51,7 @@ def train(cfg, world):
     keep_rule = keep_policy(cfg)
     last_path = layout.last_state(cfg.work)
     signature = resume.signature(cfg, classes, [layout.split_csv(cfg.work, s) for s in ("train", "val")])
-    session.take_over(cfg, last_path, signature, world)
+    resume.take_over(cfg, last_path, signature, world)
     state = resume.load(last_path, signature, cfg.force)
     changes = resume.recipe_changes(state, cfg) if state else []
     if state and state["epoch"] >= cfg.epochs:
@@ -219,7 +219,7 @@ def make_val_loader(cfg, world, val_df, classes, batch):
 
 def validate(trainer, loader, targets, classes, cfg, world) -> dict:
     """Loss and metrics of the EMA weights on the whole validation split (gathered over ranks)."""
-    part = infer.logits(trainer.ema.module, loader, world.device, trainer.mean, trainer.std, cfg.amp)
+    part = inference.logits(trainer.ema.module, loader, world.device, trainer.mean, trainer.std, cfg.amp)
     index, logits, ok = (np.concatenate(a) for a in zip(*distributed.gather(part, world)))
     index, first = np.unique(index, return_index=True)  # DistributedSampler repeats a few rows
     logits, ok = logits[first], ok[first]

@@ -1,16 +1,59 @@
-"""Probabilities of weights files over a fixed list of images: the one inference path of the
-soup, evaluate and predict stages."""
+"""Running a model over images: one loop over a loader (raw logits for validation, probabilities
+in dataset order with optional flip averaging), the Scorer that soup, evaluate and predict use
+on weights files, and penultimate-layer features for judging synthetic images."""
 import time
 
 import numpy as np
 import torch
 
 from kit import layout, settings
-from kit.data import XrayDataset, make_loader, worker_count
+from kit.data import XrayDataset, make_loader, to_input, worker_count
 from kit.errors import KitError
-from kit.infer import predict
 from kit.model import load_model
 from kit.precision import Autocast, autocast_dtype
+from kit.progress import progress as report
+
+def _batches(model, loader, device, mean, std, amp, flips, progress):
+    """(index, [float32 CPU outputs, one per flip], ok) for each batch of the loader."""
+    device = torch.device(device)
+    dtype = autocast_dtype(amp, device)
+    model.eval()
+    batches = report(loader, len(loader), progress, unit="batch") if progress else loader
+    with torch.inference_mode():
+        for images, _, index, ok in batches:
+            x = to_input(images, mean, std, device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                outs = [model(x.flip(-1) if flip else x).float().cpu() for flip in flips]
+            yield index.numpy(), outs, ok.numpy()
+
+
+def logits(model, loader, device, mean, std, amp="auto", progress=None):
+    """(index, logits float32 [n, C], ok) for the rows the loader yields, in its order."""
+    parts = list(_batches(model, loader, device, mean, std, amp, (False,), progress))
+    if not parts:
+        return np.zeros(0, int), np.zeros((0, 0), np.float32), np.zeros(0, bool)
+    index, outs, ok = zip(*parts)
+    return np.concatenate(index), torch.cat([o[0] for o in outs]).numpy(), np.concatenate(ok)
+
+
+def predict(model, loader, device, mean, std, amp="auto", tta=False, progress=None):
+    """(probs float [N, C] in dataset order, NaN rows where ok is False; ok bool [N]).
+
+    tta averages the probabilities of the image and its horizontal flip. progress: a label to
+    show progress under, or None for none."""
+    n = len(loader.dataset)
+    probs, seen_ok = None, np.zeros(n, bool)
+    flips = (False, True) if tta else (False,)
+    for index, outs, ok in _batches(model, loader, device, mean, std, amp, flips, progress):
+        p = torch.stack([o.sigmoid() for o in outs]).mean(0).numpy()
+        if probs is None:
+            probs = np.full((n, p.shape[1]), np.nan)
+        probs[index] = np.where(ok[:, None], p, np.nan)
+        seen_ok[index] = ok
+    return (probs if probs is not None else np.zeros((0, 0))), seen_ok
+
+
+# weights files over fixed lists of images (soup, evaluate, predict) ----------------------------
 
 GPU_BATCH, CPU_BATCH = 64, 32
 
@@ -91,3 +134,32 @@ class Scorer:
         loader = next(iter(self.loaders.values()))
         return (f"{where}, batch {loader.batch_size}, {loader.num_workers} workers, "
                 f"amp {self.cfg.amp}, tta {'on' if self.cfg.tta else 'off'}")
+
+
+# features (synth-quality) --------------------------------------------------------------------
+
+class FeaturesAndLogits(torch.nn.Module):
+    """The model's pre-logits features with its logits appended as the last columns, so one
+    forward pass (and the loop above) gives both."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        # the head twice over one trunk pass, not get_classifier(): some heads are more than one
+        # layer (LeViT's distilled pair), and forward_head knows how to combine them
+        trunk = self.model.forward_features(x)
+        return torch.cat([self.model.forward_head(trunk, pre_logits=True), self.model.forward_head(trunk)], dim=1)
+
+
+def extract(model, paths, img_size, mean, std, cfg, device, desc):
+    """(features float32 [N, D], logits float32 [N, C], ok bool [N]) in `paths` order; rows of
+    unreadable images are not meaningful where ok is False."""
+    loader = make_loader(XrayDataset(paths, None, img_size), batch_size(cfg, device), shuffle=False,
+                         workers=worker_count(cfg.workers), seed=cfg.seed)
+    index, out, ok = logits(FeaturesAndLogits(model), loader, device, mean, std, cfg.amp, progress=desc)
+    n_classes = model.num_classes
+    ordered, good = np.empty_like(out), np.zeros(len(paths), bool)
+    ordered[index], good[index] = out, ok
+    return ordered[:, :-n_classes], ordered[:, -n_classes:], good
