@@ -16,7 +16,7 @@ from kit.errors import KitError
 from kit.io import remove_partial_writes, write_json
 
 # stages that never import timm: they start at once, without asking whether the hub answers
-MODEL_FREE = ("metadata", "separate", "split", "compare", "bundle", "push", "submit")
+MODEL_FREE = ("metadata", "separate", "split", "generate", "compare", "bundle", "push", "submit")
 
 GROUP_TITLES = {
     "general": "general",
