@@ -146,7 +146,8 @@ class Config:
                                  "path plus 0/1 class columns", "study")
     synthetic_max_ratio: float = opt(1.0, "at most this many synthetic images per real train image of "
                                           "their class", "study", check=at_least(0))
-    synthetic_classes: str = opt("", "comma-separated classes that take synthetic images (default: all)",
+    synthetic_classes: str = opt("", "comma-separated classes that take synthetic images (default: all; "
+                                     "generate: the classes it generates, default the two rarest)",
                                  "study")
     near_copy: float = opt(0.1, "synth-quality: flag a synthetic image whose nearest real image is closer "
                                 "than this fraction of the median real-to-nearest-real distance", "study",
@@ -155,8 +156,20 @@ class Config:
                                     "first), evaluated on the same test split", "study")
     specificity: float = opt(0.9, "compare: sensitivity is reported at this specificity", "study",
                              check=between(0, 1))
-    synthetic: bool = opt(False, "with --demo: also generate synthetic images of the two rarest classes, "
-                                 "train a second run with them, judge them and compare the runs", "study")
+    synthetic: bool = opt(False, "with --demo: also train a generator on the two rarest classes, generate "
+                                 "synthetic images with it, train a second run with them, judge them and "
+                                 "compare the runs", "study")
+    gen_size: int = opt(128, "generate: side of the generated images in pixels (the generator works at it)",
+                        "study", check=((lambda v: v in (64, 128, 256)), "64, 128 or 256"))
+    gen_width: int = opt(64, "generate: channels of the UNet's first level (then 2x, 2x, 4x, 4x down to 16 px)",
+                         "study", check=at_least(8))
+    gen_epochs: int = opt(300, "generate: training epochs of the generator over its real train images", "study",
+                          check=at_least(1))
+    gen_batch: int = opt(64, "generate: images per generator update", "study", check=at_least(1))
+    gen_lr: float = opt(2e-4, "generate: AdamW learning rate of the generator", "study", check=above(0))
+    gen_steps: int = opt(25, "generate: DPM-Solver++ steps per generated image", "study", check=between(1, 1000))
+    gen_per_class: int = opt(0, "generate: images per class (0: as many as --synthetic-max-ratio lets the "
+                                "split mix in)", "study", check=at_least(0))
 
     # kaggle and colab
     kernel_args: str = opt("", "bundle, push: the kernel's own run.py arguments; everything after -- lands "

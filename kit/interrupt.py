@@ -25,7 +25,7 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def stop_after_update(say=print):
+def stop_after_update(say=print, stage="train", state="checkpoints/last.pth"):
     """Within: a signal asks training to stop (see `reason`). Signal handlers belong to the main
     thread; elsewhere nothing changes. A signal that comes after the last update stops the run
     when the block ends."""
@@ -43,7 +43,7 @@ def stop_after_update(say=print):
             return
         if _asked is None:
             _asked = signal.Signals(signum)
-            say(f"\n[train] {_asked.name}: stopping after this update with the state saved"
+            say(f"\n[{stage}] {_asked.name}: stopping after this update with the state saved"
                 f"{' (once more: stop at once, losing the updates since the last save)' if once else ''}",
                 flush=True)
         elif once:
@@ -58,7 +58,7 @@ def stop_after_update(say=print):
             signal.signal(s, handler)
         asked, _asked = _asked, None
     if asked is not None:
-        raise interrupted("after the last update", asked)
+        raise interrupted("after the last update", asked, state)
 
 
 def reason(world) -> "str | None":
@@ -74,8 +74,8 @@ def reason(world) -> "str | None":
     return {0: None, 1: "time", 2: "signal"}[int(code)]
 
 
-def interrupted(when, signum=None) -> Interrupted:
+def interrupted(when, signum=None, state="checkpoints/last.pth") -> Interrupted:
     # SIGINT for a process that only heard of the signal from the others
     signum = signal.Signals(signum or _asked or signal.SIGINT)
-    return Interrupted(f"{signum.name} {when}: the training state is saved in checkpoints/last.pth; "
+    return Interrupted(f"{signum.name} {when}: the training state is saved in {state}; "
                        f"run the same command again to continue", signum)

@@ -202,6 +202,33 @@ def soup_report(work) -> Path:
     return reports_dir(work) / "soup.csv"
 
 
+def generated_dir(work) -> Path:
+    """The generate stage's images, <class>/*.png, with its tables and model: a --synthetic-dir."""
+    return Path(work) / "generated"
+
+
+def generated_manifest(work) -> Path:
+    return generated_dir(work) / "manifest.csv"
+
+
+def generated_trained_on(work) -> Path:
+    """The real train images the generator learned from."""
+    return generated_dir(work) / "trained_on.csv"
+
+
+def generator_weights(work) -> Path:
+    return generated_dir(work) / "generator.pth"
+
+
+def generator_state(work) -> Path:
+    """The generator's whole training state, for a rerun to resume."""
+    return generated_dir(work) / "last.pth"
+
+
+def generated_grid(work) -> Path:
+    return reports_dir(work) / "generated_grid.png"
+
+
 def reports_dir(work) -> Path:
     return Path(work) / "reports"
 
@@ -243,4 +270,5 @@ ARTIFACTS = {
     "soup": soup_weights,
     "reports": reports_dir,
     "submission": submission_csv,
+    "generated": generated_dir,
 }

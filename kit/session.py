@@ -101,7 +101,7 @@ def seconds_left() -> "float | None":
     return None if _deadline is None else _deadline - clock()
 
 
-def time_up(cfg, when) -> TimeUp:
+def time_up(cfg, when, state="checkpoints/last.pth") -> TimeUp:
     """The exception that stops the run, with the way to continue."""
     if env.platform() == "kaggle":
         how = ("attach this version's output as an input of the next one (Add Input > Your Work, or "
@@ -109,7 +109,7 @@ def time_up(cfg, when) -> TimeUp:
     else:
         how = "run the same command again"
     return TimeUp(f"time limit {cfg.time_limit} reached {when}: the work so far is in {cfg.work} (training "
-                  f"continues from checkpoints/last.pth); to continue, {how}")
+                  f"continues from {state}); to continue, {how}")
 
 
 def check_time(cfg, stage):

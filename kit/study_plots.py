@@ -30,6 +30,24 @@ def synthetic_grid(pairs: dict, path):
     save_and_close(fig, path)
 
 
+def generated_grid(rows: dict, path):
+    """rows: {class: (generated images, real train images)}. Per class, a row of each."""
+    cols = max(max(len(fake), len(real)) for fake, real in rows.values())
+    fig, axes = plt.subplots(2 * len(rows), cols, figsize=(1.4 * cols, 3.0 * len(rows)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, (name, pair) in enumerate(rows.items()):
+        for k, (kind, images) in enumerate(zip(("generated", "real train"), pair)):
+            for c, img in enumerate(images):
+                ax = axes[2 * r + k, c]
+                ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+                ax.axis("on")
+                ax.set(xticks=[], yticks=[])
+            axes[2 * r + k, 0].set_ylabel(f"{name}\n{kind}", fontsize=8)
+    fig.suptitle("Generated images (top) beside real train images of the same class (bottom)", fontsize=9)
+    save_and_close(fig, path)
+
+
 def compare_runs(table, names, specificity, path):
     """Left: test AUC per class of both runs. Right: B - A with its paired bootstrap 95% interval."""
     labels = table["class"].tolist()

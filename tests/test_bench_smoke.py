@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from bench import bootstrap, loader, predict, scale, separate, train_step
+from bench import bootstrap, generate, loader, predict, scale, separate, train_step
 
 SMALLEST = {
     separate: ["--images", "2", "--height", "300", "--width", "240", "--workers", "1", "--repeats", "1",
@@ -23,6 +23,8 @@ SMALLEST = {
               "--workers", "", "--repeats", "1"],
     bootstrap: ["--images", "300", "--classes", "3", "--resamples", "20", "--repeats", "1"],
     scale: ["--rows", "400", "--test-films", "30", "--repeats", "1"],
+    generate: ["--size", "32", "--width", "8", "--batch", "2", "--sample-batch", "2", "--steps", "2",
+               "--updates", "1", "--repeats", "1"],
 }
 
 
@@ -45,6 +47,8 @@ def rates(figures) -> list:
     """Every images/s figure of a bench's JSON line."""
     if figures["bench"] in ("separate", "loader", "bootstrap"):
         return [v for side in ("kit", "notebook") for v in figures[side].values()]
+    if figures["bench"] == "generate":
+        return [r for key, values in figures.items() if key.endswith("img_s") for r in values]
     if figures["bench"] == "scale":  # seconds: the rates' inverses
         return [1 / v for side in ("kit", "baseline") for v in figures[side].values()]
     return [r["images_per_s"] for r in figures["rows"]]

@@ -67,6 +67,9 @@ def out_and_in(wanted: str, kind) -> tuple:
     if m := re.fullmatch(r"above (\S+)", wanted):
         low = kind(m[1])
         return [low, low - step], [low + step]
+    if m := re.fullmatch(r"((?:\S+, )*\S+) or (\S+)", wanted):  # one of a few values
+        allowed = [kind(v) for v in m[1].split(", ")] + [kind(m[2])]
+        return [allowed[0] - step, allowed[-1] + step], allowed
     m = re.fullmatch(r"from (\S+) to (\S+)", wanted)
     low, high = kind(m[1]), kind(m[2])
     return [low - step, high + step], [low, high]

@@ -208,17 +208,6 @@ def test_synth_quality_flags_a_planted_copy_of_a_real_train_image(cfg, tmp_path,
     assert "1 near-copies" in capsys.readouterr().out
 
 
-def test_demo_synthetic_images_are_the_rarest_classes_and_readable(tmp_path):
-    from kit import demo, synthetic_demo
-
-    classes = synthetic_demo.rarest_classes()
-    assert sorted(classes) == ["Cardiomegaly", "Pneumothorax"]  # 1194 and 1059 of the study's images
-    root = synthetic_demo.generate(tmp_path / "syn", classes, per_class=3)
-    for c in classes:
-        files = sorted((root / c).glob("*.png"))
-        assert len(files) == 3 and all(load_gray(f).shape == (demo.HEIGHT, demo.WIDTH) for f in files)
-
-
 def test_synthetic_flag_without_demo_is_a_one_line_error(tmp_path, capsys):
     from kit import cli
 
@@ -227,11 +216,17 @@ def test_synthetic_flag_without_demo_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_the_synthetic_demo_runs_the_whole_study_with_the_demo_model(tmp_path, kit_cli):
-    """`--demo --synthetic`, one epoch a run: both runs, the judge (the demo's LeViT, whose
-    head is a distilled pair) and the comparison, with their reports."""
-    done = kit_cli("--demo", "--synthetic", "--epochs", "1", "--workers", "2", "--work-dir", tmp_path / "w")
+    """`--demo --synthetic`, one epoch a run and of the generator, 2 sampling steps: both runs,
+    the generator's images of the rarest classes, the judge (the demo's LeViT, whose head is a
+    distilled pair) and the comparison, with their reports."""
+    done = kit_cli("--demo", "--synthetic", "--epochs", "1", "--gen-epochs", "1", "--gen-steps", "2",
+                   "--workers", "2", "--work-dir", tmp_path / "w")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     work = tmp_path / "w"
+    generated = pd.read_csv(layout.generated_manifest(work))
+    assert sorted(generated["label"].unique()) == ["Cardiomegaly", "Pneumothorax"]
+    mixed = layout.read_split(work / "synthetic", "train")[0]
+    assert (mixed["source"] == "synthetic").sum() == len(generated)
     quality = pd.read_csv(work / "synthetic" / "reports" / "synthetic_quality.csv")
     assert sorted(quality["class"]) == ["Cardiomegaly", "Pneumothorax"]
     assert quality[["frechet", "precision", "recall", "agreement"]].notna().all().all()

@@ -55,6 +55,7 @@ PIPELINE = (
 )
 # run only when named
 TOOLS = (
+    Stage("generate", ("splits", "dataset"), ("generated",), doc="synthetic images of scarce classes"),
     Stage("synth-quality", ("splits", "soup"), ("reports",), model=True, doc="judge synthetic images"),
     Stage("compare", ("reports",), ("reports",), doc="two runs' test AUCs, paired"),
     Stage("bundle", doc="the kit as one kernel.py"),
