@@ -40,7 +40,7 @@ SAVE_EVERY_S = 600
 SAMPLE_BATCH = {"cpu": 16, "cuda": 256}
 FORWARD_SPEEDUP = 3  # images/s of sampling's forward passes over training's forward and backward
 GRID_COLUMNS = 8
-SETTINGS = ("gen_size", "gen_width", "gen_batch", "gen_lr", "gen_epochs", "gen_steps", "gen_per_class",
+SETTINGS = ("gen_size", "gen_width", "gen_batch", "gen_lr", "gen_epochs", "gen_target", "gen_steps", "gen_per_class",
             "synthetic_classes", "synthetic_max_ratio", "seed", "amp")
 
 
@@ -108,9 +108,9 @@ def run(cfg):
     allow_tf32()
 
     trained = train_generator(cfg, chosen, rows, images, labels, device, dtype, sum(counts.values()))
-    model = generator.load(torch.load(layout.generator_weights(work), map_location="cpu",
-                                      weights_only=True)).to(device)
-    write_images(cfg, model, chosen, counts, device, dtype, fresh=trained)
+    file = torch.load(layout.generator_weights(work), map_location="cpu", weights_only=True)
+    model = generator.load(file).to(device)
+    write_images(cfg, model, file["noise_schedule"]["prediction_type"], chosen, counts, device, dtype, fresh=trained)
     manifest = pd.DataFrame([{"path": f"{c}/{name(i)}", "label": c} for c in chosen for i in range(counts[c])])
     write_csv(manifest, layout.generated_manifest(work))
     write_csv(rows, layout.generated_trained_on(work))
@@ -125,20 +125,20 @@ def train_generator(cfg, chosen, rows, images, labels, device, dtype, to_sample)
     """Train to --gen-epochs, resuming generated/last.pth; write generator.pth. Whether any update ran."""
     work, state_path = cfg.work, layout.generator_state(cfg.work)
     signature = {"model": f"UNet2DModel width {cfg.gen_width} batch {cfg.gen_batch} lr {cfg.gen_lr} "
-                          f"seed {cfg.seed}",
+                          f"seed {cfg.seed} target {cfg.gen_target}",
                  "classes": chosen, "img_size": cfg.gen_size,
                  "splits": resume.signature(cfg, chosen, [layout.split_csv(work, "train")])["splits"]}
     state = resume.load(state_path, signature, cfg.force)
     torch.manual_seed(cfg.seed)
     model = generator.build(len(chosen), cfg.gen_size, cfg.gen_width)
-    run = generator.Training(model, cfg.gen_lr, cfg.seed, device, dtype, state)
+    run = generator.Training(model, cfg.gen_lr, cfg.seed, device, dtype, state, cfg.gen_target)
     batch = min(cfg.gen_batch, len(rows))
     per_epoch = len(rows) // batch
     if run.epoch >= cfg.gen_epochs:
         print(f"[generate] generator up to date: {run.epoch} epochs done (--gen-epochs more continues, "
               f"--force retrains)")
         if not layout.generator_weights(work).exists():
-            save_torch(generator.weights(run.ema_model(), chosen, cfg.gen_size, run.epoch),
+            save_torch(generator.weights(run.ema_model(), chosen, cfg.gen_size, run.epoch, cfg.gen_target),
                        layout.generator_weights(work))
         return False
     if state:
@@ -181,7 +181,7 @@ def train_generator(cfg, chosen, rows, images, labels, device, dtype, to_sample)
             row = {"epoch": run.epoch + 1, "loss": run.loss_sum / max(run.loss_count, 1),
                    "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": rate, "epoch_s": seconds}
             run.end_epoch(row)
-            save_torch(generator.weights(run.ema_model(), chosen, cfg.gen_size, run.epoch),
+            save_torch(generator.weights(run.ema_model(), chosen, cfg.gen_size, run.epoch, cfg.gen_target),
                        layout.generator_weights(work))
             save()  # last: a run killed before this redoes the epoch
             last_save = time.monotonic()
@@ -206,7 +206,7 @@ def name(index: int) -> str:
     return f"gen_{index:05d}.png"
 
 
-def write_images(cfg, model, chosen, counts, device, dtype, fresh: bool):
+def write_images(cfg, model, target, chosen, counts, device, dtype, fresh: bool):
     """generated/<class>/gen_NNNNN.png up to each class's count; images of an earlier generator
     (`fresh`: this run trained), of other classes or beyond the count go first."""
     root = layout.generated_dir(cfg.work)
@@ -228,7 +228,7 @@ def write_images(cfg, model, chosen, counts, device, dtype, fresh: bool):
         session.check_time(cfg, "rest of the generate")  # the images so far are kept; a rerun adds the rest
         imgs = generator.sample(model, [label for label, _, _ in part],
                                 [generator.image_seed(cfg.seed, label, i) for label, _, i in part],
-                                cfg.gen_steps, device, dtype)
+                                cfg.gen_steps, device, dtype, target)
         for (_, c, i), img in zip(part, imgs):
             write_png(img, root / c / name(i))
 
