@@ -191,4 +191,4 @@ def test_bad_generate_input_is_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         cli.main(["--stage", "generate", "--gen-size", "100"])
     assert stop.value.code == 2
-    assert "--gen-size: 100 is out of range (it must be 64, 128 or 256)" in capsys.readouterr().err
+    assert "--gen-size: 100 is out of range (it must be 32, 64, 128 or 256)" in capsys.readouterr().err
