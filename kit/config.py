@@ -160,13 +160,16 @@ class Config:
                                  "synthetic images with it, train a second run with them, judge them and "
                                  "compare the runs", "study")
     gen_size: int = opt(128, "generate: side of the generated images in pixels (the generator works at it)",
-                        "study", check=((lambda v: v in (64, 128, 256)), "64, 128 or 256"))
+                        "study", check=((lambda v: v in (32, 64, 128, 256)), "32, 64, 128 or 256"))
     gen_width: int = opt(64, "generate: channels of the UNet's first level (then 2x, 2x, 4x, 4x down to 16 px)",
                          "study", check=at_least(8))
     gen_epochs: int = opt(300, "generate: training epochs of the generator over its real train images", "study",
                           check=at_least(1))
     gen_batch: int = opt(64, "generate: images per generator update", "study", check=at_least(1))
     gen_lr: float = opt(2e-4, "generate: AdamW learning rate of the generator", "study", check=above(0))
+    gen_target: str = opt("epsilon", "generate: what the UNet predicts: epsilon (the noise), sample (the clean "
+                                     "image: film-like within a hundred updates, what the CPU demo uses) or "
+                                     "v_prediction", "study", choices=("epsilon", "sample", "v_prediction"))
     gen_steps: int = opt(25, "generate: DPM-Solver++ steps per generated image", "study", check=between(1, 1000))
     gen_per_class: int = opt(0, "generate: images per class (0: as many as --synthetic-max-ratio lets the "
                                 "split mix in)", "study", check=at_least(0))

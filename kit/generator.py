@@ -41,8 +41,9 @@ def build(num_classes: int, size: int, width: int) -> UNet2DModel:
         num_class_embeds=num_classes, norm_num_groups=min(32, width), attention_head_dim=min(64, channels[-1]))
 
 
-def noise_schedule() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
+def noise_schedule(target: str = "epsilon") -> DDPMScheduler:
+    """`target`: what the UNet predicts, diffusers' prediction_type (epsilon, sample or v_prediction)."""
+    return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE, prediction_type=target)
 
 
 def _generator(*entropy) -> torch.Generator:
@@ -61,9 +62,9 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 class Training:
     """The model, its EMA, AdamW, the warmup schedule and the gradient scaler, with the position."""
 
-    def __init__(self, model, lr, seed, device, dtype, state=None):
-        self.model, self.seed, self.device, self.dtype = model.to(device), seed, device, dtype
-        self.schedule = noise_schedule()
+    def __init__(self, model, lr, seed, device, dtype, state=None, target="epsilon"):
+        self.model, self.seed, self.device, self.dtype, self.target = model.to(device), seed, device, dtype, target
+        self.schedule = noise_schedule(target)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         self.lr = get_constant_schedule_with_warmup(self.optimizer, WARMUP_UPDATES)  # epochs can be added later
         self.scaler = grad_scaler(dtype, device)
@@ -96,16 +97,19 @@ class Training:
 
     def update(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer update on uint8 images [B, H, W] of classes `labels`: predict the noise
-        added at a random timestep (the DDPM objective); the loss."""
+        added at a random timestep (the DDPM objective), or the clean image or the velocity as
+        `target` says; the loss."""
         rng = _generator(self.seed, self.updates)
         x0 = to_model_range(images)
         noise = torch.randn(x0.shape, generator=rng)
         t = torch.randint(0, TRAIN_TIMESTEPS, (len(x0),), generator=rng)
         noisy = self.schedule.add_noise(x0, noise, t)
-        noisy, noise, t, labels = (v.to(self.device, non_blocking=True) for v in (noisy, noise, t, labels))
+        wanted = (noise if self.target == "epsilon" else x0 if self.target == "sample"
+                  else self.schedule.get_velocity(x0, noise, t))
+        noisy, wanted, t, labels = (v.to(self.device, non_blocking=True) for v in (noisy, wanted, t, labels))
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             predicted = self.model(noisy, t, class_labels=labels).sample
-        loss = torch.nn.functional.mse_loss(predicted.float(), noise)
+        loss = torch.nn.functional.mse_loss(predicted.float(), wanted)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP_GRAD)
@@ -133,12 +137,13 @@ class Training:
         return model.eval()
 
 
-def weights(model: UNet2DModel, classes, size: int, epoch: int) -> dict:
+def weights(model: UNet2DModel, classes, size: int, epoch: int, target: str) -> dict:
     """The EMA model as a file: `UNet2DModel.from_config(config)` then `load_state_dict(state_dict)`
-    restores it with diffusers alone; `classes[k]` is class label k."""
+    restores it with diffusers alone; `classes[k]` is class label k; noise_schedule's
+    prediction_type is what it predicts."""
     return {"state_dict": model.state_dict(), "config": _plain(model.config), "arch": type(model).__name__,
             "classes": list(classes), "img_size": size, "epoch": epoch,
-            "noise_schedule": _plain(noise_schedule().config)}
+            "noise_schedule": _plain(noise_schedule(target).config)}
 
 
 def _plain(config) -> dict:
@@ -158,10 +163,10 @@ def image_seed(seed: int, label: int, index: int) -> torch.Generator:
     return _generator(seed, 1 + label, index)
 
 
-def sample(model, labels, generators, steps: int, device, dtype) -> np.ndarray:
+def sample(model, labels, generators, steps: int, device, dtype, target="epsilon") -> np.ndarray:
     """uint8 images [N, size, size] of classes `labels`, each from its own generator's noise,
-    denoised in `steps` DPM-Solver++ steps."""
-    sampler = DPMSolverMultistepScheduler.from_config(noise_schedule().config)
+    denoised in `steps` DPM-Solver++ steps by a model predicting `target`."""
+    sampler = DPMSolverMultistepScheduler.from_config(noise_schedule(target).config)
     sampler.set_timesteps(steps, device=device)
     size = model.config.sample_size
     x = torch.stack([torch.randn((1, size, size), generator=g) for g in generators]).to(device)
@@ -169,6 +174,6 @@ def sample(model, labels, generators, steps: int, device, dtype) -> np.ndarray:
     labels = torch.as_tensor(labels, device=device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for t in sampler.timesteps:
-            eps = model(sampler.scale_model_input(x, t), t, class_labels=labels).sample
-            x = sampler.step(eps.float(), t, x).prev_sample
+            out = model(sampler.scale_model_input(x, t), t, class_labels=labels).sample
+            x = sampler.step(out.float(), t, x).prev_sample
     return to_uint8(x)

@@ -81,6 +81,18 @@ def test_the_generator_learns_from_train_images_only_and_writes_its_folder(refer
     assert "[generate] up to date, skipped" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("target", ["sample", "v_prediction"])
+def test_a_generator_predicting_the_image_or_velocity_trains_and_samples(target):
+    torch.manual_seed(0)
+    run = generator.Training(generator.build(2, 32, 8), 1e-3, 0, torch.device("cpu"), None, target=target)
+    images = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8)
+    assert np.isfinite(run.update(images, torch.tensor([0, 1, 0, 1])))
+    assert generator.weights(run.ema_model(), ["a", "b"], 32, 0, target)["noise_schedule"]["prediction_type"] == target
+    out = generator.sample(run.ema_model(), [0, 1], [torch.Generator().manual_seed(s) for s in (0, 1)], 2,
+                           torch.device("cpu"), None, target)
+    assert out.shape == (2, 32, 32) and out.dtype == np.uint8
+
+
 def test_a_killed_generator_resumes_to_the_uninterrupted_state(tmp_path, reference, monkeypatch, cfg):
     work = make_work(tmp_path)
     c = cfg(work_dir=str(work), gen_per_class=1, **TINY)
@@ -177,4 +189,4 @@ def test_bad_generate_input_is_one_line(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         cli.main(["--stage", "generate", "--gen-size", "100"])
     assert stop.value.code == 2
-    assert "--gen-size: 100 is out of range (it must be 64, 128 or 256)" in capsys.readouterr().err
+    assert "--gen-size: 100 is out of range (it must be 32, 64, 128 or 256)" in capsys.readouterr().err
