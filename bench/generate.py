@@ -9,7 +9,7 @@ scheduler)(batch_size, num_inference_steps)`, the plain pipeline call, at its de
 and at --steps; the class labels reach the UNet through a forward pre-hook, since diffusers'
 pixel-space pipelines are unconditional. Batches are demo films of two classes at --size.
 
-    python -m bench.generate [--size 64 --width 32 --batch 16 --steps 20]
+    python -m bench.generate [--size 32 --width 32 --batch 8 --steps 20]   # the demo's generator
     python -m bench.generate --size 128 --width 64 --batch 64 --sample-batch 256   # a GPU, bf16
 """
 import argparse
