@@ -30,7 +30,7 @@ from diffusers.training_utils import EMAModel
 from bench import common
 from kit import demo, generator
 from kit.precision import autocast_dtype
-from kit.synthetic_demo import GENERATOR_OVERRIDES, rarest_classes
+from kit.demo import GENERATOR_OVERRIDES, rarest_classes
 
 PIPELINE_STEPS = 50  # DDIMPipeline's default num_inference_steps
 

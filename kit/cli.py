@@ -38,9 +38,7 @@ def run(cfg: Config):
 
         demo.prepare(cfg)
         if cfg.synthetic:
-            from kit import synthetic_demo
-
-            return synthetic_demo.run(cfg, run)
+            return demo.run_synthetic(cfg, run)
     elif cfg.download:
         from kit import download
 

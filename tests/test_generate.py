@@ -168,7 +168,7 @@ def test_the_split_and_synth_quality_take_the_generated_folder_as_it_is(cfg, tmp
 
 def test_the_classifier_stages_never_import_diffusers():
     others = [s.name.replace("-", "_") for s in stages.PIPELINE + stages.TOOLS if s.name != "generate"]
-    code = ("import sys; import kit.cli, kit.synthetic_demo; "
+    code = ("import sys; import kit.cli, kit.demo; "
             + "; ".join(f"import kit.stages.{s}" for s in others)
             + "; print('diffusers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

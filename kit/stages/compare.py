@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from kit import layout, metrics, study_plots
+from kit import layout, metrics, plots
 from kit.errors import KitError
 from kit.io import write_csv
 from kit.stages import Stamp, stamped
@@ -162,7 +162,7 @@ def run(cfg):
     table.insert(0, "run_b", str(run_b))
     table.insert(0, "run_a", str(run_a))
     write_csv(table, table_csv)
-    study_plots.compare_runs(table, (run_a.name, run_b.name), cfg.specificity, picture)
+    plots.compare_runs(table, (run_a.name, run_b.name), cfg.specificity, picture)
     _print(table, len(y), cfg, run_a, run_b, layout.reports_dir(cfg.work))
 
 

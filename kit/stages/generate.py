@@ -26,7 +26,7 @@ from kit.precision import allow_tf32, autocast_dtype
 from kit.progress import progress
 from kit.sources.common import normalize_name
 from kit.stages import Stamp, stamped
-from kit.study_plots import generated_grid
+from kit.plots import generated_grid
 from kit.synthetic import taking_classes
 
 try:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from kit import env, fidelity, inference, layout, metrics, study_plots
+from kit import env, fidelity, inference, layout, metrics, plots
 from kit.errors import KitError
 from kit.images import load_gray
 from kit.io import write_csv
@@ -172,7 +172,7 @@ def run(cfg):
     nearest = pd.concat(nearest, ignore_index=True).sort_values(["features", "ratio"], kind="stable")
     write_csv(table, outputs[0])
     write_csv(nearest, outputs[1])
-    study_plots.synthetic_grid(grid_pairs(work, nearest), outputs[2])
+    plots.synthetic_grid(grid_pairs(work, nearest), outputs[2])
     _print(table, nearest, weights, cfg.near_copy, reports)
 
 
