@@ -15,13 +15,12 @@ import shlex
 import zipfile
 from pathlib import Path
 
-from kit import kaggle_meta
+from kit import ROOT, kaggle_meta
 from kit.config import apply_defaults
 from kit.errors import KitError
 from kit.flags import build_parser, parse_config
 from kit.io import write_json, write_text
 
-ROOT = Path(__file__).resolve().parents[1]
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: no file time leaks into the bytes
 
 KERNEL = '''\

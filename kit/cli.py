@@ -6,7 +6,7 @@ import time
 import traceback
 from pathlib import Path
 
-from kit import env, interrupt, layout, runlog, session, settings, smoke, stages
+from kit import env, interrupt, layout, runlog, session, settings, smoke, pipeline
 from kit.config import TASKS, Config, apply_defaults
 from kit.flags import build_parser, parse_config  # noqa: F401  (run.py's parser, also kit.cli's)
 from kit.errors import KitError
@@ -47,7 +47,7 @@ def run(cfg: Config):
         for folder in {cfg.work, *([Path(cfg.data_dir)] if cfg.demo else [])}:
             remove_partial_writes(folder)
     write_json(dataclasses.asdict(cfg), layout.run_config(cfg.work))
-    plan = stages.plan(cfg.stage)
+    plan = pipeline.plan(cfg.stage)
     if any(stage.model for stage in plan):
         env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub
     for stage in plan:  # before the facts, which say whether torch is loaded

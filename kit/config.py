@@ -35,7 +35,7 @@ def between(low, high):
 @dataclass
 class Config:
     # general
-    stage: str = opt("all", "stage to run, or all of the pipeline's stages in order (kit/stages/__init__.py)")
+    stage: str = opt("all", "stage to run, or all of the pipeline's stages in order (kit/pipeline.py)")
     task: str = opt("study", "study: the notebooks' 5 classes, single-label, frontal views, a held-out "
                              "test report; competition: what the competition's sample submission scores, "
                              "multi-label, every view and labelled image, a small val split, "

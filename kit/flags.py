@@ -4,7 +4,7 @@ import shlex
 import sys
 import typing
 
-from kit import stages
+from kit import pipeline
 from kit.config import Config, fields_by_group
 
 GROUP_TITLES = {
@@ -50,7 +50,7 @@ def build_parser(defaults=True):
     parser = Parser(
         prog="run.py",
         description="Chest X-ray classification study: "
-                    + " -> ".join(s.name for s in stages.PIPELINE) + ". Every artifact goes to --work-dir.",
+                    + " -> ".join(s.name for s in pipeline.PIPELINE) + ". Every artifact goes to --work-dir.",
         formatter_class=DefaultsFormatter,
     )
     for group, fields in fields_by_group().items():
@@ -67,7 +67,7 @@ def build_parser(defaults=True):
                 kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
                 if f.metadata["check"]:
                     kw["type"] = checked(kw["type"], f.metadata["check"])
-                kw["choices"] = (*stages.BY_NAME, "all") if f.name == "stage" else f.metadata["choices"]
+                kw["choices"] = (*pipeline.BY_NAME, "all") if f.name == "stage" else f.metadata["choices"]
                 kw["metavar"] = None if kw["choices"] else f.name.upper()
             g.add_argument(flag, **kw)
     return parser

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from slugify import slugify
 
+from kit import ROOT
 from kit.errors import KitError
 
 FILE = "kernel-metadata.json"
@@ -52,8 +53,6 @@ def read(path) -> dict:
 
 def template(cfg) -> Path:
     """--kernel-metadata, else the template beside run.py."""
-    from kit.bundle import ROOT
-
     return Path(cfg.kernel_metadata) if cfg.kernel_metadata else ROOT / FILE
 
 

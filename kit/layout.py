@@ -259,7 +259,7 @@ def run_log(work, stage, started) -> Path:
     return Path(work) / "logs" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S', started)}.log"
 
 
-# what the stage table (kit/stages/__init__.py) names as a stage's reads and writes: the file or
+# what the stage table (kit/pipeline.py) names as a stage's reads and writes: the file or
 # folder that shows the artifact is there
 ARTIFACTS = {
     "filtered": filtered_csv,

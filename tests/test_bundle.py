@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from kit import bundle, cli, kaggle_meta, stages
+from kit import bundle, cli, kaggle_meta, pipeline
 
 
 def bundled(tmp_path, *kernel_args):
@@ -44,7 +44,7 @@ def test_the_kernel_runs_alone_in_an_empty_folder(tmp_path):
     done = subprocess.run([sys.executable, "-I", "kernel.py"], cwd=alone, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for stage in (s.name for s in stages.PIPELINE):
+    for stage in (s.name for s in pipeline.PIPELINE):
         assert f"[{stage}] {'skipped: no test split' if stage == 'evaluate' else 'done in'}" in done.stdout
     work = alone / "work"
     assert (work / "eva_x_final_soup.pth").is_file()

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 from fake_data import gxs_dataset
-from kit import cli, env, sources, stages
+from kit import cli, env, sources, pipeline
 from kit.config import Config
 
 COMPETITION = "grand-xray-slam-division-a"
@@ -160,7 +160,7 @@ def test_an_unreachable_hub_turns_huggingface_offline(monkeypatch):
     assert not env.hub_reachable() and len(asked) == 2
 
 
-@pytest.mark.parametrize("stage", [s.name for s in stages.PIPELINE + stages.TOOLS if not s.model])
+@pytest.mark.parametrize("stage", [s.name for s in pipeline.PIPELINE + pipeline.TOOLS if not s.model])
 def test_model_free_stages_do_not_import_timm(stage):
     """Those stages skip the hub check, which is only right while timm stays out of them."""
     module = f"kit.stages.{stage.replace('-', '_')}"

@@ -13,7 +13,7 @@ import torch
 from test_synthetic import manifest, run_split
 from train_fixtures import make_work, one_thread  # noqa: F401 (one_thread: autouse)
 
-from kit import generator, interrupt, layout, stages, synthetic
+from kit import generator, interrupt, layout, pipeline, synthetic
 from kit.images import load_gray
 from kit.model import checkpoint_dict, create_model, norm_stats, save_weights
 from kit.stages import generate, synth_quality
@@ -167,7 +167,7 @@ def test_the_split_and_synth_quality_take_the_generated_folder_as_it_is(cfg, tmp
 
 
 def test_the_classifier_stages_never_import_diffusers():
-    others = [s.name.replace("-", "_") for s in stages.PIPELINE + stages.TOOLS if s.name != "generate"]
+    others = [s.name.replace("-", "_") for s in pipeline.PIPELINE + pipeline.TOOLS if s.name != "generate"]
     code = ("import sys; import kit.cli, kit.demo; "
             + "; ".join(f"import kit.stages.{s}" for s in others)
             + "; print('diffusers' in sys.modules)")

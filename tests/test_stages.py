@@ -1,11 +1,11 @@
-"""The stage contract: the table in kit/stages/__init__.py is the whole pipeline, every stage
+"""The stage contract: the table in kit/pipeline.py is the whole pipeline, every stage
 reads what an earlier one wrote, and imports run top-down (command line -> stages -> library)."""
 import ast
 from pathlib import Path
 
 import pytest
 
-from kit import layout, stages
+from kit import layout, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = {"check": "check", "optional": "skipped", "finish": "finish"}
@@ -13,16 +13,16 @@ HOOKS = {"check": "check", "optional": "skipped", "finish": "finish"}
 
 def test_every_stage_reads_what_an_earlier_stage_wrote():
     written = set()
-    for stage in stages.PIPELINE:
+    for stage in pipeline.PIPELINE:
         assert set(stage.reads) <= written, (stage.name, set(stage.reads) - written)
         written |= set(stage.writes)
-    for tool in stages.TOOLS:
+    for tool in pipeline.TOOLS:
         assert set(tool.reads) <= written, (tool.name, set(tool.reads) - written)
-    named = {a for s in stages.PIPELINE + stages.TOOLS for a in s.reads + s.writes}
+    named = {a for s in pipeline.PIPELINE + pipeline.TOOLS for a in s.reads + s.writes}
     assert named <= set(layout.ARTIFACTS)  # every artifact is a path of the work directory's contract
 
 
-@pytest.mark.parametrize("stage", stages.PIPELINE + stages.TOOLS, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", pipeline.PIPELINE + pipeline.TOOLS, ids=lambda s: s.name)
 def test_each_stage_is_a_module_with_run_and_the_hooks_it_declares(stage):
     module = stage.load()
     assert callable(module.run)
@@ -32,8 +32,8 @@ def test_each_stage_is_a_module_with_run_and_the_hooks_it_declares(stage):
 
 def test_the_stage_folder_holds_exactly_the_table():
     files = {p.stem for p in (ROOT / "kit" / "stages").glob("*.py") if p.stem != "__init__"}
-    assert files == {s.name.replace("-", "_") for s in stages.PIPELINE + stages.TOOLS}
-    assert [s.name for s in stages.plan("all")] == [s.name for s in stages.PIPELINE]
+    assert files == {s.name.replace("-", "_") for s in pipeline.PIPELINE + pipeline.TOOLS}
+    assert [s.name for s in pipeline.plan("all")] == [s.name for s in pipeline.PIPELINE]
 
 
 def _imports(path: Path) -> set:

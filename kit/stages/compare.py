@@ -15,7 +15,7 @@ from sklearn.metrics import roc_curve
 from kit import layout, metrics, plots
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 
 LEVEL = 0.95
 PREDICTIONS = "test_predictions.csv"

@@ -13,7 +13,7 @@ from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
 from kit.inference import Scorer, check_classes, check_unseen
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 
 LEVEL = 0.95
 DECISION_RULE = ("the class furthest above its val threshold: argmax of logit(p) - logit(threshold), "

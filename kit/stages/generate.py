@@ -25,7 +25,7 @@ from kit.io import atomic_path, save_torch, write_csv
 from kit.precision import allow_tf32, autocast_dtype
 from kit.progress import progress
 from kit.sources.common import normalize_name
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 from kit.plots import generated_grid
 from kit.synthetic import taking_classes
 

@@ -10,7 +10,7 @@ import pandas as pd
 from kit import env, layout, smoke, sources, submission, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 
 SETTINGS = ("dataset", "data_dir", "csv", "image_col", "patient_col", "label_cols", "labels_col",
             "labels_sep", "view_col", "image_root", "classes", "label_mode", "views",

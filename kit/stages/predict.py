@@ -15,7 +15,7 @@ from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
 from kit.inference import Scorer
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 from kit.submission import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
                             relative_ids, sample_classes, skip_reason)
 

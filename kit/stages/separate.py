@@ -15,7 +15,7 @@ from kit import layout
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.images import store_all, stored_names
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 
 STATUSES = ("written", "skipped", "missing", "unreadable")
 

@@ -9,7 +9,7 @@ from kit.io import write_csv
 from kit.metrics import auc_per_class
 from kit.model import checkpoint_dict, read_weights, save_weights
 from kit.inference import Scorer, check_classes
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 
 
 def chosen_checkpoints(cfg) -> dict:

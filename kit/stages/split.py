@@ -13,7 +13,7 @@ import pandas as pd
 from kit import layout, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 
 FEW_IMAGES = 10
 

@@ -22,7 +22,7 @@ from kit.images import load_gray
 from kit.io import write_csv
 from kit.model import create_model, load_model, norm_stats, read_weights
 from kit.inference import check_classes, device
-from kit.stages import Stamp, stamped
+from kit.pipeline import Stamp, stamped
 
 OUTPUTS = ("synthetic_quality.csv", "synthetic_nearest.csv", "synthetic_grid.png")
 GRID_COLUMNS = 8

@@ -1,0 +1,94 @@
+"""The pipeline in one place: every stage, in order, with what it reads and writes.
+
+    metadata -> separate -> split -> train -> soup -> evaluate -> predict
+
+A stage is a module kit/stages/<name>.py (dashes as underscores) holding `run(cfg)`; the table
+below declares the rest, and the command line runs every stage the same way (order, time
+checks, timing). A stage whose outputs can be up to date wraps its `run` in `stamped`, with a
+`stamp(cfg)` that names the settings, inputs and outputs deciding it. Adding a stage is one
+module and one line here.
+
+Modules load only when their stage runs: the data stages start without importing timm.
+"""
+import functools
+import importlib
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from kit import stamps
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    reads: tuple = ()  # artifacts (layout's names) an earlier stage wrote
+    writes: tuple = ()
+    model: bool = False  # imports timm: the hub is asked first, so an offline machine never waits on it
+    # `check(cfg)`: run under --stage all as soon as the first stage has chosen the targets, so that a
+    # mistake stops the run before hours of training
+    check: bool = False
+    # `skipped(cfg) -> str | None`: under --stage all, why this run passes the stage by
+    optional: bool = False
+    # `finish(cfg)`: what it still does under --stage all when the time limit stops the run before
+    # it (predict: an interim submission from the latest weights)
+    finish: bool = False
+    doc: str = field(default="", compare=False)
+
+    def load(self):
+        return importlib.import_module(f"kit.stages.{self.name.replace('-', '_')}")
+
+    @property
+    def module(self):
+        return self.load()
+
+
+PIPELINE = (
+    Stage("metadata", (), ("filtered",), doc="keep the target classes' images"),
+    Stage("separate", ("filtered",), ("dataset",), doc="copy and shrink just those images"),
+    Stage("split", ("dataset",), ("splits",), doc="train/val/test by patient"),
+    Stage("train", ("dataset", "splits"), ("checkpoints", "history"), model=True, doc="fine-tune"),
+    Stage("soup", ("checkpoints", "splits", "history"), ("soup",), model=True, doc="average the last epochs"),
+    Stage("evaluate", ("soup", "splits", "checkpoints", "history"), ("reports",), model=True, optional=True,
+          doc="the held-out test report"),
+    Stage("predict", ("soup", "filtered"), ("submission",), model=True, check=True, optional=True, finish=True,
+          doc="submission.csv in the sample submission's order"),
+)
+# run only when named
+TOOLS = (
+    Stage("generate", ("splits", "dataset"), ("generated",), doc="synthetic images of scarce classes"),
+    Stage("synth-quality", ("splits", "soup"), ("reports",), model=True, doc="judge synthetic images"),
+    Stage("compare", ("reports",), ("reports",), doc="two runs' test AUCs, paired"),
+    Stage("bundle", doc="the kit as one kernel.py"),
+    Stage("push", doc="bundle and push the kernel"),
+    Stage("submit", ("submission",), doc="submit submission.csv"),
+    Stage("weights", model=True, doc="save pretrained weights for a machine without internet"),
+)
+BY_NAME = {s.name: s for s in PIPELINE + TOOLS}
+
+
+def plan(name: str) -> list:
+    """The stages `--stage name` runs, in order."""
+    return list(PIPELINE) if name == "all" else [BY_NAME[name]]
+
+
+class Stamp(NamedTuple):
+    """What decides whether a stage's outputs are up to date."""
+    settings: dict
+    inputs: list
+    outputs: list
+
+
+def stamped(name: str, stamp):
+    """`run` of stage `name`, skipped (saying so) when `stamp(cfg, ...)`'s outputs exist and its
+    settings and inputs did not change since they were made; recorded when it ran."""
+    def wrap(run):
+        @functools.wraps(run)
+        def checked(cfg, *args, **kwargs):
+            s = stamp(cfg, *args, **kwargs)
+            if stamps.up_to_date(cfg, name, s.settings, s.inputs, s.outputs):
+                return None
+            result = run(cfg, *args, **kwargs)
+            stamps.record(cfg, name, s.settings, s.inputs)
+            return result
+        return checked
+    return wrap
