@@ -92,9 +92,11 @@ def main(argv=None):
     model = generator.build(2, args.size, args.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     lr = get_constant_schedule_with_warmup(optimizer, generator.WARMUP_UPDATES)
-    ema, schedule = EMAModel(model.parameters(), decay=generator.EMA_DECAY, use_ema_warmup=True), generator.noise_schedule()
+    ema = EMAModel(model.parameters(), decay=generator.EMA_DECAY, use_ema_warmup=True)
+    schedule = generator.noise_schedule()
     plain_train = common.rates(lambda: [plain_update(model, schedule, optimizer, lr, ema, *batch, device)
-                                        for _ in range(args.updates)], args.updates * args.batch, args.repeats, warmup=1)
+                                        for _ in range(args.updates)],
+                               args.updates * args.batch, args.repeats, warmup=1)
 
     sampler = kit.ema_model()
     wanted = labels[:args.sample_batch]

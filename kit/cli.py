@@ -6,11 +6,12 @@ import time
 import traceback
 from pathlib import Path
 
-from kit import env, interrupt, layout, runlog, session, settings, smoke, pipeline
+from kit import env, interrupt, layout, pipeline, runlog, session, settings, smoke
 from kit.config import TASKS, Config, apply_defaults
-from kit.flags import build_parser, parse_config  # noqa: F401  (run.py's parser, also kit.cli's)
 from kit.errors import KitError
+from kit.flags import parse_config
 from kit.io import remove_partial_writes, write_json
+
 
 def resolve(cfg: Config) -> Config:
     """Fill the defaults that depend on where we run."""
