@@ -21,7 +21,8 @@ def count(text, flag: str, words=("auto",)) -> "int | str":
     except ValueError:
         value = 0
     if value < 1:
-        raise KitError(f"{flag} {text!r}: pass a positive whole number or {' or '.join(words)}")
+        raise KitError(f"{flag} {text!r}: pass {', '.join(('a positive whole number',) + tuple(words[:-1]))} "
+                       f"or {words[-1]}")
     return value
 
 

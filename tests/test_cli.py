@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fake_data import gxs_dataset
-from kit import cli
+from kit import cli, layout
 from kit.config import Config
 
 CLASSES = ["Pneumothorax", "Cardiomegaly", "Lung Opacity", "Pleural Effusion", "Support Devices"]
@@ -225,3 +225,16 @@ def test_a_run_clears_the_temporary_files_a_killed_run_left(tmp_path):
         os.utime(path, (0, 0))  # written by an earlier process
     assert cli.main(["--data-dir", str(root), "--work-dir", str(tmp_path / "w"), "--stage", "metadata"]) == 0
     assert not any(p.exists() for p in left)
+
+
+@pytest.mark.parametrize("flag, value, pattern", [
+    ("--keep-epochs", "x", r"--keep-epochs 'x': pass a positive whole number, auto or all"),
+    ("--batch-size", "0", r"--batch-size '0': pass a positive whole number or auto"),
+    ("--soup-epochs", "last0", r"--soup-epochs last0: average at least one epoch"),
+    ("--time-limit", "soon", r"--time-limit 'soon': pass a duration"),
+])
+def test_a_malformed_setting_stops_the_run_before_its_first_stage(tmp_path, capsys, flag, value, pattern):
+    root = dataset(tmp_path / "d").parent
+    work = tmp_path / "w"
+    fails(capsys, ["--data-dir", str(root), "--work-dir", str(work), flag, value], pattern)
+    assert not layout.filtered_csv(work).exists()
