@@ -130,16 +130,20 @@ def _tree_bytes(folder, skip=()) -> int:
     return total
 
 
+def most_kept(keep_rule, epochs) -> set:
+    """The epoch files `keep_rule(history) -> epochs kept` keeps at most in a run of `epochs`:
+    when the best epoch is the first."""
+    return keep_rule([{"epoch": e, "val_macro_auc": -e} for e in range(1, epochs + 1)])
+
+
 def warn_output_budget(cfg, model, keep_rule):
-    """Before training: warn when the work dir would end up larger than --output-budget.
-    `keep_rule(history) -> epochs kept`; the estimate assumes the best epoch is the first,
-    which keeps the most files."""
+    """Before training: warn when the work dir would end up larger than --output-budget, with
+    the most epoch files `keep_rule` can keep."""
     budget = output_budget(cfg)
     if budget is None:
         return
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    history = [{"epoch": e, "val_macro_auc": -e} for e in range(1, cfg.epochs + 1)]
-    files = len(keep_rule(history)) + 1  # and the soup, or the newest epoch before pruning
+    files = len(most_kept(keep_rule, cfg.epochs)) + 1  # and the soup, or the newest epoch before pruning
     checkpoints = files * weights + OPTIMIZER_COPIES * weights
     other = _tree_bytes(cfg.work, skip={layout.checkpoint_dir(cfg.work), layout.soup_weights(cfg.work)})
     if checkpoints + other > budget:

@@ -69,7 +69,7 @@ def skip_reason(cfg, trained) -> "str | None":
         return "no sample submission found and no --predict-dir: nothing to predict"
     if csv and not cfg.predict_csv and cfg.task == "study":
         asked = sample_classes(csv)
-        if [c for c in asked if normalize_name(c) not in set(map(normalize_name, trained))]:
+        if unknown_classes(asked, trained):
             return (f"{csv.name} scores {len(asked)} classes and the study trains {len(trained)} "
                     f"({', '.join(trained)}); --task competition trains on what it scores and writes "
                     f"submission.csv")
@@ -95,10 +95,16 @@ def sample_rows(csv) -> int:
         return max(sum(1 for line in f if line.strip()) - 1, 0)
 
 
+def unknown_classes(asked, known) -> list:
+    """The names of `asked` that none of `known` matches (case, `_` and spaces aside)."""
+    names = set(map(normalize_name, known))
+    return [c for c in asked if normalize_name(c) not in names]
+
+
 def match_classes(asked, known) -> list:
     """Model class index of each submission column, matched by normalized name."""
     by_name = {normalize_name(c): k for k, c in enumerate(known)}
-    unknown = [c for c in asked if normalize_name(c) not in by_name]
+    unknown = unknown_classes(asked, known)
     if unknown or not asked:
         raise KitError(f"the submission asks for classes {list(asked)} but the model knows {list(known)} "
                        f"({'unknown: ' + ', '.join(unknown) if unknown else 'no class column'}); train on "

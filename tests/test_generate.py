@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_synthetic import manifest, run_split
+from test_synthetic import manifest, run_split, store_real_images
 from train_fixtures import make_work, one_thread  # noqa: F401 (one_thread: autouse)
 
 from kit import generator, interrupt, layout, pipeline, synthetic
@@ -137,11 +137,7 @@ def test_ctrl_c_saves_the_generator_at_the_next_update_and_the_rerun_loses_nothi
 def test_the_split_and_synth_quality_take_the_generated_folder_as_it_is(cfg, tmp_path):
     df = manifest(n_patients=30)
     work = tmp_path / "run"
-    rng = np.random.default_rng(1)
-    for f in df["file"]:  # the real stored images
-        path = layout.image_path(work, f)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (0, 0), 1.5))
+    store_real_images(work, df["file"])
     c, real = run_split(cfg, df, work_dir=str(work), pretrained="none", workers=0)
     generate.run(cfg(work_dir=str(work), gen_per_class=3, **{**TINY, "gen_epochs": 1}))
     trained_on = pd.read_csv(layout.generated_trained_on(work))

@@ -40,6 +40,15 @@ def synthetic_folder(root, counts, bad=()):
     return root
 
 
+def store_real_images(work, files, seed=1):
+    """Blurred noise at each stored image's path, as the separate stage would have left them."""
+    rng = np.random.default_rng(seed)
+    for f in files:
+        path = layout.image_path(work, f)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (0, 0), 1.5))
+
+
 def run_split(make_cfg, df, **kw):
     c = make_cfg(resize=32, **kw)
     layout.manifest_csv(c.work).parent.mkdir(parents=True, exist_ok=True)
@@ -178,11 +187,7 @@ def test_synth_quality_flags_a_planted_copy_of_a_real_train_image(cfg, tmp_path,
     _, probe = run_split(cfg, df, work_dir=str(tmp_path / "probe"))
     copied = probe["train"][probe["train"]["C"] == 1].iloc[0]
     work = tmp_path / "run"
-    rng = np.random.default_rng(1)
-    for f in df["file"]:  # the real stored images
-        path = layout.image_path(work, f)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (0, 0), 1.5))
+    store_real_images(work, df["file"])
     folder = synthetic_folder(tmp_path / "syn", {"A": 6, "C": 6})
     cv2.imwrite(str(folder / "C" / "copy.png"), load_gray(layout.image_path(work, copied["file"])))
     c, parts = run_split(cfg, df, work_dir=str(work), synthetic_dir=str(folder), pretrained="none", workers=0)

@@ -82,13 +82,12 @@ def competition_classes(cfg, sample, findings, csv_path) -> list:
     """The classes the competition scores: the sample submission's columns in its order, under
     the training CSV's names."""
     asked = submission.sample_classes(sample)
-    by_name = {sources.normalize_name(f): f for f in findings}
-    missing = [c for c in asked if sources.normalize_name(c) not in by_name]
+    missing = submission.unknown_classes(asked, findings)
     if missing:
         raise KitError(f"{sample.name} scores {', '.join(missing)}, which {csv_path.name} has no column for "
                        f"(its findings: {', '.join(findings)}); pass the sample submission of the same "
                        f"competition (--predict-csv)")
-    classes = [by_name[sources.normalize_name(c)] for c in asked]
+    classes = [findings[k] for k in submission.match_classes(asked, findings)]
     if cfg.classes and not submission.same_classes(sources.resolve_classes(cfg.classes, findings, classes), classes):
         raise KitError(f"--classes {cfg.classes} disagrees with {sample.name}, which scores {', '.join(asked)}; "
                        f"the competition task trains on what it scores: drop --classes, or use --task study")

@@ -96,7 +96,7 @@ def train(cfg, world):
     val_targets = val_df[classes].to_numpy(np.float32)
     seen_patients = layout.patient_hashes(pd.concat([train_df, val_df]))
 
-    finish = finish_plan(cfg, val_df)
+    finish = finish_plan(cfg, val_df, len(session.most_kept(keep_rule, cfg.epochs)))
     clock = Clock(cfg, trainer, finish, len(val_df), say)
     trainer.on_rate = clock.measured
     session_start, session_epochs = time.perf_counter(), 0
@@ -143,17 +143,16 @@ def ema_weights(trainer, cfg, classes, seen_patients, metric) -> dict:
                            metric=metric, seen_patients=seen_patients)
 
 
-def finish_plan(cfg, val_df) -> timing.Finish:
+def finish_plan(cfg, val_df, epoch_files) -> timing.Finish:
     """What the stages after training will score (soup, evaluate where there is a test split,
-    predict where there is a submission to make)."""
+    with the soup and `epoch_files` epoch checkpoints, predict where there is a submission to make)."""
     test_csv = layout.split_csv(cfg.work, "test")
     test = len(layout.read_split(cfg.work, "test")[0]) if test_csv.exists() else 0
-    kept = keep_policy(cfg)([{"epoch": e, "val_macro_auc": -e} for e in range(1, cfg.epochs + 1)])
     films = 0
     if submission.skip_reason(cfg, layout.class_columns(val_df)) is None:
         sample, folder = submission.find_inputs(cfg)
         films = submission.sample_rows(sample) if sample else len(set(submission.index_images(folder).values()))
-    return timing.Finish(len(val_df), test, 1 + len(kept) if test else 0, films, cfg.tta)
+    return timing.Finish(len(val_df), test, 1 + epoch_files if test else 0, films, cfg.tta)
 
 
 class Clock:
@@ -167,14 +166,15 @@ class Clock:
 
     def measured(self, rate):
         infer_rate = self.infer_rate or timing.FORWARD_SPEEDUP * rate
-        session.reserve(self.finish.seconds(infer_rate))
+        finish_s = self.finish.seconds(infer_rate)
+        session.reserve(finish_s)
         if not self.planned:
             self.planned = True
             t = self.trainer
             self.say(timing.plan(rate=rate, infer_rate=infer_rate, train_images=self.train_images,
                                  val_images=self.val_images, epochs=self.cfg.epochs, epoch=t.epoch,
                                  fraction_done=t.offset / self.train_images, left_s=session.seconds_left(),
-                                 finish_s=self.finish.seconds(infer_rate)))
+                                 finish_s=finish_s))
 
     def epoch_done(self, rate, val_rate):
         self.infer_rate = val_rate
