@@ -114,7 +114,7 @@ def test_a_killed_generator_resumes_to_the_uninterrupted_state(tmp_path, referen
 
 
 def test_ctrl_c_saves_the_generator_at_the_next_update_and_the_rerun_loses_nothing(tmp_path, reference, monkeypatch,
-                                                                                   cfg, capsys):
+                                                                                   cfg, capsys, request):
     work = make_work(tmp_path)
     c = cfg(work_dir=str(work), gen_per_class=1, **TINY)
     update = generator.Training.update
@@ -124,6 +124,10 @@ def test_ctrl_c_saves_the_generator_at_the_next_update_and_the_rerun_loses_nothi
             os.kill(os.getpid(), signal.SIGINT)
         return update(self, images, labels)
     monkeypatch.setattr(generator.Training, "update", interrupted_in_update_3)
+    # Python's own Ctrl-C handler, whatever this process inherited (a background job starts with
+    # SIGINT ignored, which the kit keeps ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(interrupt.Interrupted, match="SIGINT in generator epoch 1: the training state is saved "
                                                     r"in .*generated/last.pth"):
         generate.run(c)
