@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit import pipeline
+
 # what --task changes, where the user did not choose: the competition trains on everything its
 # sample submission scores (classes from the sample, read by the metadata stage)
 TASKS = {
@@ -35,7 +37,8 @@ def between(low, high):
 @dataclass
 class Config:
     # general
-    stage: str = opt("all", "stage to run, or all of the pipeline's stages in order (kit/pipeline.py)")
+    stage: str = opt("all", "stage to run, or all of the pipeline's stages in order (kit/pipeline.py)",
+                     choices=(*pipeline.BY_NAME, "all"))
     task: str = opt("study", "study: the notebooks' 5 classes, single-label, frontal views, a held-out "
                              "test report; competition: what the competition's sample submission scores, "
                              "multi-label, every view and labelled image, a small val split, "

@@ -67,8 +67,8 @@ def build_parser(defaults=True):
                 kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
                 if f.metadata["check"]:
                     kw["type"] = checked(kw["type"], f.metadata["check"])
-                kw["choices"] = (*pipeline.BY_NAME, "all") if f.name == "stage" else f.metadata["choices"]
-                kw["metavar"] = None if kw["choices"] else f.name.upper()
+                kw["choices"] = f.metadata["choices"]
+                kw["metavar"] = None if f.metadata["choices"] else f.name.upper()
             g.add_argument(flag, **kw)
     return parser
 
