@@ -7,7 +7,7 @@ import traceback
 from pathlib import Path
 
 from kit import env, interrupt, layout, pipeline, runlog, session, settings, smoke
-from kit.config import TASKS, Config, apply_defaults
+from kit.config import KAGGLE_COMPETITION, TASKS, Config, apply_defaults
 from kit.errors import KitError
 from kit.flags import parse_config
 from kit.io import remove_partial_writes, write_json
@@ -19,6 +19,8 @@ def resolve(cfg: Config) -> Config:
     if not cfg.work_dir:
         cfg.work_dir = str(env.default_work_dir(where))
     apply_defaults(cfg, TASKS[cfg.task])
+    if cfg.task == "competition" and where == "kaggle":
+        apply_defaults(cfg, KAGGLE_COMPETITION)
     if cfg.smoke:
         smoke.resolve(cfg)
     if cfg.workers <= 0:
@@ -61,6 +63,15 @@ def run(cfg: Config):
         return stage.module.skipped(cfg) if whole and stage.optional else None
 
     done = []
+
+    def finish_early(error=None, failed=None) -> bool:
+        """Every session still ends with what it was run for, as far as it got: the stages with a
+        `finish` (predict) make an interim submission at the time limit, or after a failure
+        (`error`, --on-error submit) a fallback one. False: there were no weights to make it."""
+        return any([stage.module.finish(cfg, error) for stage in plan
+                    if whole and stage.finish and stage not in done and stage is not failed and not skipped(stage)])
+
+    stage = None
     try:
         for stage in plan:
             why = skipped(stage)
@@ -77,11 +88,18 @@ def run(cfg: Config):
                         later.module.check(cfg)
             done.append(stage)
     except session.TimeUp:
-        if done and first_process():  # every session still ends with what it was run for, as far as it got
-            for stage in plan:
-                if whole and stage.finish and stage not in done and not skipped(stage):
-                    stage.module.finish(cfg)
+        if done and first_process():
+            finish_early()
         raise
+    except interrupt.Interrupted:
+        raise
+    except Exception as e:  # any failure: out of memory, non-finite updates, unreadable data, a crashed worker
+        if not (done and cfg.on_error == "submit" and first_process()):
+            raise
+        if cfg.debug:
+            traceback.print_exc()
+        if not finish_early(f"[{stage.name}] {describe(e)}", failed=stage):
+            raise
 
 
 def first_process() -> bool:
@@ -91,9 +109,12 @@ def first_process() -> bool:
 
 def describe(e: Exception) -> str:
     """A KitError says problem and fix; an OSError out of a stage is the machine's (permissions,
-    a full disk, a vanished mount): name it and the path."""
+    a full disk, a vanished mount): name it and the path; anything else, its type and first line."""
     if isinstance(e, KitError):
         return str(e)
+    if not isinstance(e, OSError):
+        first = next((line for line in str(e).splitlines() if line.strip()), "")[:300]
+        return f"{type(e).__name__}: {first}"
     where = f": {e.filename}" if e.filename else ""
     return (f"{e.strerror or e}{where}; check that path's permissions and the free disk space, then "
             f"rerun (finished work is kept)")

@@ -13,8 +13,11 @@ from kit import pipeline
 # sample submission scores (classes from the sample, read by the metadata stage)
 TASKS = {
     "study": {},
-    "competition": dict(label_mode="multi", views="all", keep_negatives=1.0, val_frac=0.05, test_frac=0.0),
+    "competition": dict(label_mode="multi", views="all", keep_negatives=1.0, val_frac=0.05, test_frac=0.0,
+                        on_missing="fill"),
 }
+# and on Kaggle, where a session's length is known and its end must leave a submission behind
+KAGGLE_COMPETITION = dict(epochs="auto", on_error="submit")
 
 
 def opt(default, help, group="general", choices=None, flag=None, check=None):
@@ -98,7 +101,9 @@ class Config:
                                   "of the train split (RetinaNet's init: the first updates learn the signs, "
                                   "not the prevalence); zero: probability 0.5 for every class", "train",
                          ("prior", "zero"))
-    epochs: int = opt(6, "training epochs", "train", check=at_least(1))
+    epochs: str = opt("6", "training epochs, or auto: after the first updates, the most whole epochs that fit in "
+                           "the time limit (over --sessions sessions) with the stages after training, the "
+                           "schedule fitted to end there (competition default on Kaggle: auto)", "train")
     batch_size: str = opt("auto", "per-device batch, or auto: the largest that fits", "train")
     accum: str = opt("auto", "gradient accumulation steps, or auto: keep --effective-batch", "train")
     effective_batch: int = opt(64, "images per optimizer update across devices and accumulation", "train",
@@ -141,7 +146,7 @@ class Config:
     predict_csv: str = opt("", "sample submission listing the images to predict", "evaluate")
     predict_dir: str = opt("", "folder of images to predict", "evaluate")
     on_missing: str = opt("fail", "an image that cannot be predicted: fail, or fill with the "
-                                  "training prevalence", "evaluate", ("fail", "fill"))
+                                  "training prevalence (competition default: fill)", "evaluate", ("fail", "fill"))
 
     # synthetic-data study
     synthetic_dir: str = opt("", "generated images to add to train.csv (never val or test): a folder of "
@@ -195,6 +200,13 @@ class Config:
     output_budget: str = opt("auto", "warn before training when the work dir would outgrow this, e.g. 19GB "
                                      "or none (auto: 19GB on Kaggle, which keeps about 20 GB; none "
                                      "elsewhere)", "platform")
+    sessions: int = opt(1, "--epochs auto: fit the schedule to this many sessions of --time-limit; each but "
+                           "the last ends with an interim submission, and --resume auto continues", "platform",
+                        check=at_least(1))
+    on_error: str = opt("stop", "a failure once an epoch's weights exist (out of memory, non-finite updates, "
+                                "unreadable data, a crashed worker, ...): submit ends the run with a fallback "
+                                "submission from the val-best epoch and exit 0; stop ends it with the error "
+                                "(competition default on Kaggle: submit)", "platform", ("submit", "stop"))
     resume: str = opt("none", "auto: continue from a matching checkpoints/last.pth found under the data "
                               "roots (on Kaggle: a previous version's output attached as input); or the "
                               "folder or last.pth to continue from; none", "platform")

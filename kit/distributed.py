@@ -5,6 +5,7 @@ Multi-node runs use torchrun's usual flags (--nnodes, --node-rank, --rdzv-endpoi
 here depends on being on one machine.
 """
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from kit import layout
 from kit.config import Config
 from kit.errors import KitError
 
@@ -38,21 +40,34 @@ def should_relaunch(cfg) -> bool:
     return cfg.ddp == "auto" and not under_torchrun() and torch.cuda.device_count() > 1
 
 
-def relaunch_command(cfg, nproc) -> list:
+def relaunch_command(cfg, nproc, **changes) -> list:
     """torchrun running this same training, every setting passed on explicitly."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            str(RUN_PY), *config_flags(cfg, stage="train", demo=False)]
+            str(RUN_PY), *config_flags(cfg, stage="train", demo=False, **changes)]
 
 
-def relaunch(cfg):
-    nproc = torch.cuda.device_count()
-    print(f"[train] {nproc} GPUs: training data-parallel, one process each (torchrun, DDP)", flush=True)
-    with subprocess.Popen(relaunch_command(cfg, nproc)) as proc:
+def launch(command) -> int:
+    with subprocess.Popen(command) as proc:
         try:
-            code = proc.wait()
+            return proc.wait()
         except KeyboardInterrupt:  # torchrun has it too and passes it on: let the processes save
             proc.wait()
             raise
+
+
+def relaunch(cfg):
+    """Train under torchrun, one process per GPU; out of memory on any GPU, all of them start
+    again from the last saved state at the smaller batch it chose (the same effective batch)."""
+    nproc = torch.cuda.device_count()
+    print(f"[train] {nproc} GPUs: training data-parallel, one process each (torchrun, DDP)", flush=True)
+    smaller, changes = layout.batch_back_off(cfg.work), {}
+    smaller.unlink(missing_ok=True)
+    while (code := launch(relaunch_command(cfg, nproc, **changes))) and smaller.exists():
+        batch = json.loads(smaller.read_text())
+        smaller.unlink()
+        print(f"[train] out of GPU memory: every process restarts from the last saved state at batch "
+              f"{batch['batch']} x {batch['accum']} accumulation steps per GPU (same effective batch)", flush=True)
+        changes = dict(batch_size=str(batch["batch"]), accum=str(batch["accum"]))
     if code:
         raise KitError(f"data-parallel training stopped (exit code {code}, see above); rerun to "
                        f"resume, or --ddp off to train on one GPU")

@@ -173,8 +173,29 @@ def interim_weights(work) -> Path:
     return checkpoint_dir(work) / "interim.pth"
 
 
+def batch_back_off(work) -> Path:
+    """The smaller per-GPU batch data-parallel processes restart with after running out of memory."""
+    return checkpoint_dir(work) / "batch_back_off.json"
+
+
 def history_csv(work) -> Path:
     return Path(work) / "history.csv"
+
+
+def best_epoch(history: list) -> int:
+    """The epoch of the best val macro AUC among history rows (the last where none was scored)."""
+    scores = [(row["val_macro_auc"], row["epoch"]) for row in history if not np.isnan(row["val_macro_auc"])]
+    return int(max(scores)[1] if scores else history[-1]["epoch"])
+
+
+def best_epoch_weights(work) -> "Path | None":
+    """The epoch file of the val-best epoch on disk (the newest where history.csv scores none of them)."""
+    files = epoch_checkpoints(work)
+    if not files:
+        return None
+    history = pd.read_csv(history_csv(work)) if history_csv(work).is_file() else pd.DataFrame()
+    rows = history[history["epoch"].isin(list(files))].to_dict("records") if "epoch" in history else []
+    return files[best_epoch(rows)] if rows else files[max(files)]
 
 
 def soup_weights(work) -> Path:
@@ -240,8 +261,8 @@ def submission_csv(work, part="") -> Path:
 
 
 def unreadable_csv(work) -> Path:
-    """The test images predict could not read."""
-    return Path(work) / "predict_unreadable.csv"
+    """The test images predict could not read, and why."""
+    return reports_dir(work) / "predict_unreadable.csv"
 
 
 def submission_report(work) -> Path:

@@ -93,13 +93,33 @@ def find_states(roots) -> list:
     return found
 
 
-def _progress(path) -> "tuple[dict, int]":
-    """(signature, updates done) of a saved training state, read without loading its tensors."""
+def _peek(path) -> dict:
+    """A saved training state, its tensors left on disk; {} for a missing, damaged or foreign file."""
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        return state.get("signature", {}), int(state["updates"])
-    except Exception:  # a damaged or foreign file is simply not a candidate
-        return {}, -1
+    except Exception:  # torch raises many types
+        return {}
+    return state if isinstance(state, dict) and "updates" in state else {}
+
+
+def _progress(path) -> "tuple[dict, int]":
+    """(signature, updates done) of a saved training state; a damaged or foreign file is no candidate."""
+    state = _peek(path)
+    return (state.get("signature", {}), int(state["updates"])) if state else ({}, -1)
+
+
+def saved_schedule(path) -> "dict | None":
+    """How --epochs auto fitted the schedule of the training state at `path` (None: not fitted)."""
+    return _peek(path).get("schedule") if Path(path).exists() else None
+
+
+def apply_schedule(cfg):
+    """--epochs auto for stages after training: the epochs the train stage fitted."""
+    schedule = saved_schedule(layout.last_state(cfg.work))
+    if schedule is None:
+        raise KitError(f"--epochs auto: {layout.last_state(cfg.work)} holds no fitted schedule; run the train "
+                       f"stage first (it fits the epochs to the time limit), or pass a number of epochs")
+    cfg.epochs = schedule["epochs"]
 
 
 def _copy(src, dst):

@@ -69,12 +69,22 @@ def parse_epochs(spec: str, total_epochs: int) -> list:
     return epochs
 
 
+def soup_needs(spec: str) -> int:
+    """The fewest epochs a run needs for the soup --soup-epochs names."""
+    return len(parse_epochs(spec, 10**6)) if spec.strip().lower().startswith("last") else max(parse_epochs(spec, 1))
+
+
 def resolve(cfg):
-    """Parse every such setting of `cfg` in place (the numbers become ints), refusing a bad one."""
+    """Parse every such setting of `cfg` in place (the numbers become ints), refusing a bad one.
+    Runs after the time limit is resolved: --epochs auto needs one to fit the schedule to."""
+    cfg.epochs = count(cfg.epochs, "--epochs")
+    if cfg.epochs == "auto" and parse_duration(cfg.time_limit) is None:
+        raise KitError("--epochs auto fits the schedule to the time limit, and this run has none; pass "
+                       "--time-limit (e.g. 11h30m) or a number of epochs")
     cfg.batch_size = count(cfg.batch_size, "--batch-size")
     cfg.accum = count(cfg.accum, "--accum")
     cfg.keep_epochs = count(cfg.keep_epochs, "--keep-epochs", ("auto", "all"))
-    parse_epochs(cfg.soup_epochs, cfg.epochs)
+    soup_needs(cfg.soup_epochs)
     for name in ("val_frac", "test_frac"):
         if not 0 <= getattr(cfg, name) < 1:
             raise KitError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be in [0, 1)")

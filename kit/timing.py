@@ -13,6 +13,7 @@ FORWARD_SPEEDUP = 3.0  # a training step is a forward and a backward pass, about
 FILM_SLOWDOWN = 2.0  # predict decodes full-size films, slower than the stored val images
 STARTUP_S = 60.0  # each later stage loads its model and starts its loader workers
 MARGIN = 1.25  # rates vary over a session; better a few updates fewer than no submission
+FIT_MARGIN = 1.05  # --epochs auto: training's own share, measured over the whole first updates
 
 
 @dataclass
@@ -33,6 +34,22 @@ class Finish:
         images = (self.val_images * 2 + self.test_images * self.test_passes) * views \
             + self.films * views * FILM_SLOWDOWN
         return MARGIN * (images / rate + stages * STARTUP_S)
+
+
+def session_budget(*, left_s, limit_s, before_s, finish_s, sessions) -> float:
+    """Seconds of training left to a run spread over `sessions` sessions of `limit_s` each: the
+    rest of this one (`left_s`), and the later ones, each of which first redoes what this one did
+    before training (`before_s`: the data stages) and keeps `finish_s` for its own submission."""
+    return left_s - finish_s + (sessions - 1) * max(0.0, limit_s - before_s - finish_s)
+
+
+def fit_epochs(*, rate, infer_rate, train_images, val_images, epoch, fraction_done, budget_s, least):
+    """(epochs, fits): the most whole epochs, counted from the run's start, whose training from
+    here (epoch `epoch` plus `fraction_done` of the next) fits in `budget_s`; `fits` False when
+    that is fewer than `least` (what the soup averages), and then what fits, at least one more."""
+    epoch_s = (train_images / rate + val_images / infer_rate) * FIT_MARGIN
+    most = epoch + math.floor(budget_s / epoch_s + fraction_done)
+    return (most, True) if most >= least else (max(most, epoch + 1), False)
 
 
 def duration(seconds) -> str:

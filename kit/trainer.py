@@ -14,9 +14,10 @@ import torch
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
-from kit import batching, distributed, interrupt, resume, session
+from kit import batching, distributed, interrupt, layout, resume, session
 from kit.data import EpochSampler, make_loader, to_input, worker_count
 from kit.errors import KitError
+from kit.io import write_json
 from kit.model import norm_stats, save_weights
 from kit.optim import build_optimizer, build_scheduler
 from kit.precision import autocast_dtype, grad_scaler
@@ -71,6 +72,7 @@ class Trainer:
         self.epoch = self.offset = self.updates = 0
         self.loss_sum, self.loss_count, self.bad_in_row = 0.0, 0, 0
         self.history = []
+        self.schedule = None  # --epochs auto: how the schedule was fitted to the time (resumed with it)
         if state:
             self.load_state_dict(state)
         self.scheduler.step_update(self.updates)
@@ -99,7 +101,7 @@ class Trainer:
                 "epoch": self.epoch, "offset": self.offset, "updates": self.updates,
                 "loss_sum": self.loss_sum, "loss_count": self.loss_count,
                 "batch": self.batch, "accum": self.accum, "world_size": self.world.size,
-                "history": self.history, "recipe": resume.recipe(self.cfg)}
+                "history": self.history, "recipe": resume.recipe(self.cfg), "schedule": self.schedule}
 
     def load_state_dict(self, state):
         if state["batch"] * state["accum"] * state["world_size"] != self.effective:
@@ -113,6 +115,14 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "offset", "updates", "loss_sum", "loss_count", "history"):
             setattr(self, key, state[key])
+        self.schedule = state.get("schedule")
+
+    def refit(self, schedule: dict):
+        """The schedule to end after `schedule["epochs"]` (cfg.epochs is set to it). The updates so far
+        ran in warmup, which is the same for any length, so the run goes on as if planned so."""
+        self.schedule, self.cfg.epochs = schedule, schedule["epochs"]
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.updates_per_epoch)
+        self.scheduler.step_update(self.updates)
 
     def save(self, path, signature):
         if self.world.is_main:
@@ -238,15 +248,18 @@ class Trainer:
         return iter(self.loader)
 
     def _back_off(self):
-        """Out of memory: a smaller batch, more accumulation, and the current update redone."""
+        """Out of memory: a smaller batch, more accumulation, and the current update redone. With
+        several processes the others wait in this update's all-reduce: all of them restart from
+        the last saved state at the smaller batch (the process that started them reads it)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.world.device.type == "cuda":
             torch.cuda.empty_cache()
-        if self.world.size > 1:
-            raise KitError(f"out of GPU memory at batch {self.batch} per GPU; rerun with --batch-size "
-                           f"{self.batch // 2} (training resumes from the last checkpoint)")
         old = self.batch
         self.batch, self.accum = batching.back_off(self.batch, self.accum)
+        if self.world.size > 1:
+            write_json({"batch": self.batch, "accum": self.accum}, layout.batch_back_off(self.cfg.work))
+            raise KitError(f"out of GPU memory at batch {old} per GPU; every process restarts from the last "
+                           f"saved state at batch {self.batch} x {self.accum} accumulation steps")
         print(f"[train] out of GPU memory at batch {old}: continuing with batch {self.batch} x "
               f"{self.accum} accumulation steps (same effective batch)", flush=True)
         self.loader = self._loader()

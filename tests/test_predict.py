@@ -85,9 +85,9 @@ def test_unreadable_images_fail_by_default_keeping_the_rest(bad_folder):
     assert "from_an_earlier_run" in (cfg.work / "submission_previous.csv").read_text()
     partial = pd.read_csv(cfg.work / "submission_partial.csv")
     assert partial["Image_name"].tolist() == [ids[0], ids[2], ids[3]]
-    listed = pd.read_csv(cfg.work / "predict_unreadable.csv")
+    listed = pd.read_csv(cfg.work / "reports" / "predict_unreadable.csv")
     assert listed["Image_name"].tolist() == [ids[1], "absent.jpg"]
-    assert listed["problem"].tolist() == ["unreadable", "missing"]
+    assert listed["problem"].tolist() == ["cannot be decoded as an image", "missing"]
 
 
 def test_on_missing_fill_writes_every_row_with_the_real_training_prevalence(bad_folder, capsys):

@@ -5,12 +5,13 @@ the other columns are the classes asked for, in the order the submission must ke
 a folder (--predict-dir). Grand X-Ray Slam's sample_submission_N.csv with its testN/ folder is
 found without flags under the data folder (on Kaggle: /kaggle/input).
 """
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kit import layout, smoke
+from kit import layout, resume, smoke
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
@@ -57,6 +58,14 @@ def _fill_values(cfg, classes, probs, ok):
     return probs[ok].mean(0), "the mean prediction over the readable images (no splits/train.csv)"
 
 
+def problem(path) -> str:
+    """Why a test film could not be predicted."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    return "empty file" if path.stat().st_size == 0 else "cannot be decoded as an image"
+
+
 def latest_weights(work) -> "Path | None":
     """The newest of the soup, the time limit's interim EMA and the epoch files: the furthest
     trained model there is."""
@@ -65,14 +74,21 @@ def latest_weights(work) -> "Path | None":
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
-def finish(cfg):
-    """The time limit stopped the run: every session still ends with a submission, made from the
-    latest weights and labelled interim unless they are the finished run's soup."""
-    weights = latest_weights(cfg.work)
+def finish(cfg, error=None) -> bool:
+    """The run stops early and still ends with a submission: at the time limit one from the latest
+    weights, labelled interim unless they are the finished run's soup; after a failure (`error`,
+    --on-error submit) one from the val-best epoch, labelled fallback. False: no weights to make it."""
+    weights = layout.best_epoch_weights(cfg.work) if error else latest_weights(cfg.work)
     if weights is None:
-        print("[predict] the time limit came before any training: no submission this session")
-        return
-    run(cfg, weights, interim=weights != layout.soup_weights(cfg.work))
+        if error is None:
+            print("[predict] the time limit came before any training: no submission this session")
+        return False
+    if error:
+        print(f"error: {error}\n[predict] --on-error submit: a fallback submission from {weights.name}, the "
+              f"val-best epoch on disk", file=sys.stderr, flush=True)
+    kind = "fallback" if error else "final" if weights == layout.soup_weights(cfg.work) else "interim"
+    run(cfg, weights, kind, error)
+    return True
 
 
 def _inputs(cfg, weights):
@@ -83,18 +99,19 @@ def _inputs(cfg, weights):
     return csv, folder, weights or layout.weights_path(cfg.work, cfg.weights), index_images(folder)
 
 
-def stamp(cfg, weights=None, interim=False) -> Stamp:
+def stamp(cfg, weights=None, kind="final", error=None) -> Stamp:
     csv, folder, weights, index = _inputs(cfg, weights)
     settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=cfg.tta, amp=cfg.amp,
                     on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
-                    smoke=cfg.smoke)
+                    smoke=cfg.smoke, kind=kind, error=str(error or ""))
     # every image, not the folder: a file copied over another leaves the folder's time as it was
     inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
     return Stamp(settings, inputs, [layout.submission_csv(cfg.work)])
 
 
 @stamped("predict", stamp)
-def run(cfg, weights=None, interim=False):
+def run(cfg, weights=None, kind="final", error=None):
+    """kind: final, interim (the time limit stopped training) or fallback (the run failed: `error`)."""
     csv, folder, weights, index = _inputs(cfg, weights)
     out, stored = layout.submission_csv(cfg.work), layout.stored_resize(cfg.work, cfg.resize)
 
@@ -134,7 +151,7 @@ def run(cfg, weights=None, interim=False):
     partial, listed = layout.submission_csv(cfg.work, "partial"), layout.unreadable_csv(cfg.work)
     if not ok.all():
         bad = pd.DataFrame({id_col: np.array(ids)[~ok], "path": np.array(paths, dtype=str)[~ok]})
-        bad["problem"] = ["missing" if not Path(p).exists() else "unreadable" for p in bad["path"]]
+        bad["problem"] = [problem(p) for p in bad["path"]]
         write_csv(bad, listed)
         shown = ", ".join(bad[id_col][:SHOWN]) + (" ..." if len(bad) > SHOWN else "")
         if not ok.any():
@@ -157,10 +174,15 @@ def run(cfg, weights=None, interim=False):
     partial.unlink(missing_ok=True)  # an earlier failed run's: this run wrote the whole file
     if ok.all():
         listed.unlink(missing_ok=True)
-    trained = f"epoch {ckpt['epoch']} of {cfg.epochs}" if interim else "the finished run"
-    write_json(dict(interim=interim, weights=str(weights), trained=trained, rows=len(submission),
-                    filled=int((~ok).sum()), smoke=cfg.smoke, task=cfg.task, model=ckpt["arch"],
-                    epochs=cfg.epochs), layout.submission_report(cfg.work))
-    label = (f"interim submission (the time limit stopped training; weights: the EMA after {trained}; "
-             f"--resume auto continues training)" if interim else "submission")
+    trained = "the finished run" if kind == "final" else f"epoch {ckpt['epoch']} of {cfg.epochs}"
+    schedule = resume.saved_schedule(layout.last_state(cfg.work))
+    write_json(dict(kind=kind, interim=kind == "interim", weights=str(weights), trained=trained,
+                    rows=len(submission), filled=int((~ok).sum()), smoke=cfg.smoke, task=cfg.task,
+                    model=ckpt["arch"], epochs=cfg.epochs, schedule=schedule,
+                    **({"error": str(error)} if error else {})), layout.submission_report(cfg.work))
+    label = {"final": "submission",
+             "interim": f"interim submission (the time limit stopped training; weights: the EMA after {trained}; "
+                        f"--resume auto continues training)",
+             "fallback": f"fallback submission (the run failed; weights: {trained}, the val-best epoch on "
+                         f"disk; --on-error stop ends with the error instead)"}[kind]
     print(f"[predict] {label} {out}: {len(submission)} rows, columns {id_col}, {', '.join(asked)}")

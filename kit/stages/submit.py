@@ -1,5 +1,6 @@
 """Submit stage: <work>/submission.csv to the competition with the kaggle package's API, described
-by the run that made it: task, model, epochs, the last epoch's val macro AUC, interim or final.
+by the run that made it: task, model, epochs, the last epoch's val macro AUC, final, interim or
+fallback.
 
 `--from-kernel OWNER/SLUG` first fetches from a finished kernel's output what that takes (its
 submission.csv, reports/submission.json, history.csv and logs: kilobytes, not the gigabytes of
@@ -33,8 +34,9 @@ def description(work) -> str:
     if history_path.is_file():
         last = pd.read_csv(history_path).iloc[-1]
         parts.append(f"val macro AUC {last['val_macro_auc']:.4f} (epoch {int(last['epoch'])})")
-    if "interim" in report:
-        parts.append(f"interim, {report['trained']}" if report["interim"] else "final")
+    kind = report.get("kind") or ("interim" if report.get("interim") else "final" if "interim" in report else None)
+    if kind:
+        parts.append(kind if kind == "final" else f"{kind}, {report['trained']}")
     if report.get("smoke"):
         parts.append("--smoke")
     task = f" {report['task']}" if "task" in report else ""

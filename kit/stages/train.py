@@ -17,7 +17,7 @@ import torch
 from kit import batching, distributed, env, inference, interrupt, layout, resume, session, settings, submission, timing
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
-from kit.io import write_csv
+from kit.io import write_csv, write_json
 from kit.losses import build_loss
 from kit.metrics import auc_per_class, macro_auc, single_label_report
 from kit.model import checkpoint_dict, create_model, init_head_prior, save_weights
@@ -30,6 +30,8 @@ EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
 def run(cfg):
     if distributed.should_relaunch(cfg):
         distributed.relaunch(cfg)
+        if cfg.epochs == "auto" and resume.saved_schedule(layout.last_state(cfg.work)):
+            resume.apply_schedule(cfg)  # as the processes fitted it
         if layout.interim_weights(cfg.work).exists():  # the processes stopped at the time limit
             raise session.time_up(cfg, "in training")
         return
@@ -54,6 +56,9 @@ def train(cfg, world):
     resume.take_over(cfg, last_path, signature, world)
     state = resume.load(last_path, signature, cfg.force)
     changes = resume.recipe_changes(state, cfg) if state else []
+    fitting = cfg.epochs == "auto" and not (state and state.get("schedule"))
+    if cfg.epochs == "auto":  # until fitted, the shortest run the soup can average
+        cfg.epochs = settings.soup_needs(cfg.soup_epochs) if fitting else state["schedule"]["epochs"]
     if state and state["epoch"] >= cfg.epochs:
         if changes:
             raise KitError(f"{last_path} finished {state['epoch']} epochs with other settings "
@@ -97,7 +102,7 @@ def train(cfg, world):
     seen_patients = layout.patient_hashes(pd.concat([train_df, val_df]))
 
     finish = finish_plan(cfg, val_df, len(session.most_kept(keep_rule, cfg.epochs)))
-    clock = Clock(cfg, trainer, finish, len(val_df), say)
+    clock = Clock(cfg, world, trainer, finish, len(val_df), say, fitting)
     trainer.on_rate = clock.measured
     session_start, session_epochs = time.perf_counter(), 0
     with interrupt.stop_after_update(say):
@@ -113,6 +118,7 @@ def train(cfg, world):
             val_start = time.perf_counter()
             val = validate(trainer, val_loader, val_targets, classes, cfg, world)
             val_rate = len(val_df) / max(time.perf_counter() - val_start, 1e-9)
+            clock.epoch_done(stats["images_per_s"], val_rate)  # fits the schedule, if the first updates did not
             lr_high, lr_low = trainer.last_update_lrs()
             epoch = trainer.epoch + 1
             row = {"epoch": epoch, "train_loss": stats["train_loss"], **val, "lr": lr_high, "lr_lowest": lr_low,
@@ -131,7 +137,6 @@ def train(cfg, world):
             session_epochs += 1
             eta = (time.perf_counter() - session_start) / session_epochs * (cfg.epochs - epoch)
             say(summary(row, classes, cfg.epochs, eta))
-            clock.epoch_done(stats["images_per_s"], val_rate)
     if world.is_main:
         layout.interim_weights(cfg.work).unlink(missing_ok=True)  # the soup of the finished run replaces it
 
@@ -156,18 +161,24 @@ def finish_plan(cfg, val_df, epoch_files) -> timing.Finish:
 
 
 class Clock:
-    """Prints the plan once the training rate is measured, and keeps the time the stages after
-    training need out of the training's share of the time limit."""
+    """Once the training rate is measured: fits the schedule to the time (--epochs auto), prints
+    the plan, and keeps the time the stages after training need out of the training's share of
+    the time limit."""
 
-    def __init__(self, cfg, trainer, finish, val_images, say):
-        self.cfg, self.trainer, self.finish, self.say = cfg, trainer, finish, say
+    def __init__(self, cfg, world, trainer, finish, val_images, say, fitting):
+        self.cfg, self.world, self.trainer, self.finish, self.say = cfg, world, trainer, finish, say
         self.train_images = trainer.updates_per_epoch * trainer.effective
-        self.val_images, self.infer_rate, self.planned = val_images, None, False
+        self.val_images, self.infer_rate, self.planned, self.fitting = val_images, None, False, fitting
+        # what this session spent before training (the data stages, mainly): each later one spends it again
+        self.before_s = session.time_limit(cfg) - session.seconds_left() if fitting else 0.0
 
     def measured(self, rate):
         infer_rate = self.infer_rate or timing.FORWARD_SPEEDUP * rate
         finish_s = self.finish.seconds(infer_rate)
         session.reserve(finish_s)
+        if self.fitting:
+            self.fitting = False
+            self.fit(rate, infer_rate, finish_s)
         if not self.planned:
             self.planned = True
             t = self.trainer
@@ -175,6 +186,31 @@ class Clock:
                                  val_images=self.val_images, epochs=self.cfg.epochs, epoch=t.epoch,
                                  fraction_done=t.offset / self.train_images, left_s=session.seconds_left(),
                                  finish_s=finish_s))
+
+    def fit(self, rate, infer_rate, finish_s):
+        cfg, t = self.cfg, self.trainer
+        budget = timing.session_budget(left_s=session.seconds_left(), limit_s=session.time_limit(cfg),
+                                       before_s=self.before_s, finish_s=finish_s, sessions=cfg.sessions)
+        least = settings.soup_needs(cfg.soup_epochs)
+        epochs, _ = timing.fit_epochs(rate=rate, infer_rate=infer_rate, train_images=self.train_images,
+                                      val_images=self.val_images, epoch=t.epoch,
+                                      fraction_done=t.offset / self.train_images, budget_s=budget, least=least)
+        # every process measured its own rate: all take the shortest schedule
+        epochs = int(distributed.reduced(torch.tensor(epochs, device=self.world.device), self.world, "min").item())
+        schedule = dict(epochs=epochs, fits=epochs >= least, images_per_s=round(rate, 2), sessions=cfg.sessions,
+                        time_limit=cfg.time_limit)
+        t.refit(schedule)
+        where = f"{cfg.sessions} session{'s' * (cfg.sessions > 1)} of {cfg.time_limit}"
+        if schedule["fits"]:
+            self.say(f"[train] --epochs auto: {epochs} epochs fit in {where} at {rate:.1f} images/s, "
+                     f"{timing.duration(finish_s)} kept for the stages after training; the schedule ends on "
+                     f"update {epochs * t.updates_per_epoch}")
+        else:
+            self.say(f"[train] --epochs auto: the soup's {least} epochs do not fit in {where} at {rate:.1f} "
+                     f"images/s; training {epochs} (what fits, labelled short in reports/submission.json); "
+                     f"more --sessions fit more")
+        if self.world.is_main:
+            write_json({**cfg.to_dict(), "schedule": schedule}, layout.run_config(cfg.work))
 
     def epoch_done(self, rate, val_rate):
         self.infer_rate = val_rate
@@ -265,15 +301,10 @@ def keep_policy(cfg):
     if cfg.keep_epochs == "all" or (cfg.keep_epochs == "auto" and cfg.soup == "greedy"):
         return lambda history: {row["epoch"] for row in history}
     if cfg.keep_epochs == "auto":
-        soup = set(settings.parse_epochs(cfg.soup_epochs, cfg.epochs))
-        return lambda history: soup | {best_epoch(history)}
+        # read when asked: --epochs auto sets the run's length after its first updates
+        return lambda history: set(settings.parse_epochs(cfg.soup_epochs, cfg.epochs)) | {layout.best_epoch(history)}
     n = settings.count(cfg.keep_epochs, "--keep-epochs", ("auto", "all"))
     return lambda history: {row["epoch"] for row in history[-n:]}
-
-
-def best_epoch(history):
-    scores = [(row["val_macro_auc"], row["epoch"]) for row in history if not math.isnan(row["val_macro_auc"])]
-    return max(scores)[1] if scores else history[-1]["epoch"]
 
 
 def prune(work, keep):
