@@ -46,10 +46,11 @@ def session_budget(*, left_s, limit_s, before_s, finish_s, sessions) -> float:
 def fit_epochs(*, rate, infer_rate, train_images, val_images, epoch, fraction_done, budget_s, least):
     """(epochs, fits): the most whole epochs, counted from the run's start, whose training from
     here (epoch `epoch` plus `fraction_done` of the next) fits in `budget_s`; `fits` False when
-    that is fewer than `least` (what the soup averages), and then what fits, at least one more."""
+    that is fewer than `least` (what the soup averages) or than the epoch under way, and then what
+    fits, at least to the end of the epoch under way."""
     epoch_s = (train_images / rate + val_images / infer_rate) * FIT_MARGIN
     most = epoch + math.floor(budget_s / epoch_s + fraction_done)
-    return (most, True) if most >= least else (max(most, epoch + 1), False)
+    return max(most, epoch + 1), most >= max(least, epoch + 1)
 
 
 def duration(seconds) -> str:

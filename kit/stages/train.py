@@ -192,12 +192,13 @@ class Clock:
         budget = timing.session_budget(left_s=session.seconds_left(), limit_s=session.time_limit(cfg),
                                        before_s=self.before_s, finish_s=finish_s, sessions=cfg.sessions)
         least = settings.soup_needs(cfg.soup_epochs)
-        epochs, _ = timing.fit_epochs(rate=rate, infer_rate=infer_rate, train_images=self.train_images,
+        epochs, fits = timing.fit_epochs(rate=rate, infer_rate=infer_rate, train_images=self.train_images,
                                       val_images=self.val_images, epoch=t.epoch,
                                       fraction_done=t.offset / self.train_images, budget_s=budget, least=least)
         # every process measured its own rate: all take the shortest schedule
-        epochs = int(distributed.reduced(torch.tensor(epochs, device=self.world.device), self.world, "min").item())
-        schedule = dict(epochs=epochs, fits=epochs >= least, images_per_s=round(rate, 2), sessions=cfg.sessions,
+        agreed = distributed.reduced(torch.tensor([epochs, int(fits)], device=self.world.device), self.world, "min")
+        epochs, fits = int(agreed[0]), bool(agreed[1])
+        schedule = dict(epochs=epochs, fits=fits, images_per_s=round(rate, 2), sessions=cfg.sessions,
                         time_limit=cfg.time_limit)
         t.refit(schedule)
         where = f"{cfg.sessions} session{'s' * (cfg.sessions > 1)} of {cfg.time_limit}"
