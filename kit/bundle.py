@@ -9,13 +9,14 @@ import the kit from disk. The same sources always give the same kernel.py, byte 
 """
 import argparse
 import base64
+import dataclasses
 import hashlib
 import io
 import shlex
 import zipfile
 from pathlib import Path
 
-from kit import ROOT, kaggle_meta
+from kit import ROOT, kaggle_meta, session, settings
 from kit.config import apply_defaults
 from kit.errors import KitError
 from kit.flags import build_parser, parse_config
@@ -122,6 +123,11 @@ def kernel_args(cfg) -> tuple:
         raise KitError("a kernel cannot --download (Kaggle mounts the data instead): drop it after -- and "
                        "list the data in kernel-metadata.json's competition_sources or dataset_sources")
     kernel = parse_config(args)
+    try:  # the words-or-numbers (--epochs auto), as the kernel resolves them on Kaggle
+        limit = session.KAGGLE_TIME_LIMIT if kernel.time_limit == "auto" else kernel.time_limit
+        settings.resolve(dataclasses.replace(kernel, time_limit=limit))
+    except KitError as e:
+        raise KitError(f"kernel arguments: {e}") from e
     if kernel.demo:
         from kit.demo import TRAIN_OVERRIDES
 

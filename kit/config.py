@@ -101,7 +101,7 @@ class Config:
                                   "of the train split (RetinaNet's init: the first updates learn the signs, "
                                   "not the prevalence); zero: probability 0.5 for every class", "train",
                          ("prior", "zero"))
-    epochs: str = opt("6", "training epochs, or auto: after the first updates, the most whole epochs that fit in "
+    epochs: str = opt(6, "training epochs, or auto: after the first updates, the most whole epochs that fit in "
                            "the time limit (over --sessions sessions) with the stages after training, the "
                            "schedule fitted to end there (competition default on Kaggle: auto)", "train")
     batch_size: str = opt("auto", "per-device batch, or auto: the largest that fits", "train")

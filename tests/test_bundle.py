@@ -83,7 +83,7 @@ def test_everything_after_double_dash_becomes_the_kernels_arguments(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--stage", "al"], r"kernel arguments: argument --stage: invalid choice: 'al'"),
-    (["--epochs", "six"], r"invalid int value: 'six'"),
+    (["--epochs", "six"], r"kernel arguments: --epochs 'six': pass a positive whole number or auto"),
     (["--stagee", "all"], r"unknown kernel argument\(s\) --stagee"),
     (["--stage", "push"], r"a kernel cannot run --stage push"),
 ])
