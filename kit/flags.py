@@ -45,6 +45,10 @@ def checked(kind, check):
     return convert
 
 
+def number_or_word(text: str) -> "int | str":
+    return int(text) if text.strip().isdigit() else text
+
+
 def build_parser(defaults=True):
     """The command line; without `defaults`, parsing gives only the settings the user named."""
     parser = Parser(
@@ -65,6 +69,8 @@ def build_parser(defaults=True):
                           metavar=f.name.upper())
             else:
                 kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+                if kw["type"] is str and type(f.default) is int:  # a number that also takes words (--epochs auto)
+                    kw["type"] = number_or_word
                 if f.metadata["check"]:
                     kw["type"] = checked(kw["type"], f.metadata["check"])
                 kw["choices"] = f.metadata["choices"]

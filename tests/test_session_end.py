@@ -268,7 +268,7 @@ def test_out_of_memory_under_ddp_restarts_every_process_at_half_the_batch(tmp_pa
     (["--on-error", "maybe"], r"argument --on-error: invalid choice: 'maybe'"),
     (["--epochs", "auto"], r"--epochs auto fits the schedule to the time limit, and this run has none; pass "
                            r"--time-limit"),
-    (["--epochs", "0"], r"--epochs '0': pass a positive whole number or auto"),
+    (["--epochs", "0"], r"--epochs 0: pass a positive whole number or auto"),
 ])
 def test_bad_schedule_and_error_settings_are_one_line_before_any_stage(tmp_path, capsys, argv, message):
     work = tmp_path / "w"
