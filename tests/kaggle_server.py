@@ -18,6 +18,7 @@ import os
 import socket
 import tempfile
 import threading
+import urllib.parse
 from dataclasses import dataclass, field
 
 import pytest
@@ -64,7 +65,10 @@ class KaggleServer:
             def handle_request(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                request = Request(self.command, self.path, dict(self.headers), body)
+                # through the proxy of subprocess_env the path is a whole URL on the package's local endpoint
+                path = urllib.parse.urlsplit(self.path).path if "://" in self.path else self.path
+                path = path.removeprefix("/api") if path.startswith("/api/v1/") else path
+                request = Request(self.command, path, dict(self.headers), body)
                 if "json" in self.headers.get("Content-Type", "") and body:
                     request.json = json.loads(body)
                 if len(server.requests) >= MAX_REQUESTS:
@@ -151,6 +155,16 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def subprocess_env(server, base: dict) -> dict:
+    """`base` for a `kaggle` command in a subprocess whose calls reach `server`: the package's
+    local endpoint (KAGGLE_API_ENVIRONMENT=LOCALHOST, http://localhost) through `server` as the
+    HTTP proxy, HTTPS refused, the fake credentials."""
+    env = {k: v for k, v in base.items() if not k.startswith("KAGGLE_") and not k.lower().endswith("_proxy")}
+    return {**env, "KAGGLE_API_ENVIRONMENT": "LOCALHOST", "KAGGLE_USERNAME": USERNAME, "KAGGLE_KEY": KEY,
+            "HTTP_PROXY": server.url, "http_proxy": server.url,
+            "HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}", "https_proxy": f"http://127.0.0.1:{closed_port()}"}
 
 
 @pytest.fixture
