@@ -95,7 +95,8 @@ def kaggle_api(action: str):
 
         api = KaggleApi()
         try:
-            api.authenticate()
+            with kaggle_errors(action, f"the credentials were refused; {HOW_TO}"):  # a token is checked online
+                api.authenticate()
         except SystemExit as e:
             raise KitError(f"{action}: Kaggle did not accept the credentials; {HOW_TO}") from e
     return api

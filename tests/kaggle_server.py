@@ -26,6 +26,7 @@ import pytest
 LIFETIME = 120  # seconds: a server a test forgot to stop stops by itself
 MAX_REQUESTS = 1000  # recorded; more is a test gone wrong, answered 429
 USERNAME, KEY = "someone", "0" * 32  # the fake credentials the fixture sets
+TOKEN = "KGAT_" + "1" * 32  # a fake access token, the one the server takes as USERNAME's
 
 
 @dataclass
@@ -42,14 +43,16 @@ class Request:
         parts = self.path.split("/")
         return parts[3] if self.method == "POST" and len(parts) == 4 and parts[1] == "v1" else ""
 
-    def basic_auth(self) -> "tuple[str, str] | None":
+    def credentials(self) -> "tuple[str, str] | str | None":
+        """(user, key) of basic auth, the bearer token, or None."""
         kind, _, value = self.headers.get("Authorization", "").partition(" ")
-        return tuple(base64.b64decode(value).decode().split(":", 1)) if kind == "Basic" else None
+        return {"Basic": lambda: tuple(base64.b64decode(value).decode().split(":", 1)),
+                "Bearer": lambda: value}.get(kind, lambda: None)()
 
 
 class KaggleServer:
     """A loopback HTTP server that answers as Kaggle's API does. Tests set:
-    refuse[method] = HTTP status, to refuse that call as Kaggle does; answers[method] = a JSON
+    refuse[method] = HTTP status (or (status, message)), to refuse that call as Kaggle does; answers[method] = a JSON
     answer in place of the usual one; upload_status, the status of every upload; output, a
     kernel's output files (name -> bytes) and log; archive_url, where a download redirects."""
 
@@ -125,13 +128,15 @@ class KaggleServer:
             return 200, self.output[parts[1]], [("Last-Modified", when)]
         method, body = request.call, request.json
         if method in self.refuse:
-            status = self.refuse[method]
-            return status, {"code": status, "message": f"Permission denied ({status})"}
+            status, message = (self.refuse[method] if isinstance(self.refuse[method], tuple)
+                               else (self.refuse[method], "Permission denied"))
+            return status, {"code": status, "message": message}
         if method in self.answers:
             return 200, self.answers[method]
         if method in ("DownloadDataFiles", "DownloadDataset") and self.archive_url:
             return 302, {}, [("Location", self.archive_url)]
         usual = {
+            "IntrospectToken": lambda: {"active": body.get("token") == TOKEN, "username": USERNAME},
             "SaveKernel": lambda: {"ref": f"/code/{body.get('slug')}", "versionNumber": 1, "kernelId": 7,
                                    "url": f"https://www.kaggle.com/code/{body.get('slug')}"},
             "ListKernelSessionOutput": lambda: {

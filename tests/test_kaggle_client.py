@@ -11,7 +11,7 @@ from timm.models import save_for_hf
 
 from conftest import ROOT
 from fake_data import gxs_dataset, nih_dataset
-from kaggle_server import KEY, USERNAME, kaggle_server, range_server  # noqa: F401 (a fixture)
+from kaggle_server import KEY, TOKEN, USERNAME, kaggle_server, range_server  # noqa: F401 (a fixture)
 from kit import cli, kaggle_meta
 from kit.config import Config
 
@@ -46,7 +46,7 @@ def test_push_sends_the_bundled_kernel_with_its_metadata(tmp_path, capsys, kaggl
     assert cli.main(push(tmp_path, path, "--task", "competition", "--resume", "auto")) == 0
     assert [r.call for r in kaggle_server.requests] == ["SaveKernel"]
     sent = kaggle_server.requests[0]
-    assert sent.basic_auth() == (USERNAME, KEY)
+    assert sent.credentials() == (USERNAME, KEY)
     body = sent.json
     assert body["text"] == (tmp_path / "dist" / "kernel.py").read_text()  # the one file, as bundled
     assert (body["slug"], body["newTitle"], body["language"], body["kernelType"]) == (
@@ -86,7 +86,7 @@ def test_submit_uploads_the_file_then_submits_its_token_with_the_message(tmp_pat
     assert start.json["contentLength"] == csv.stat().st_size and upload.body == csv.read_bytes()
     assert create.json == {"competitionName": COMPETITION, "blobFileTokens": "submission-blob",
                            "submissionDescription": "xray kit: submission"}  # a work dir with no report
-    assert {start.basic_auth(), create.basic_auth()} == {(USERNAME, KEY)}
+    assert {start.credentials(), create.credentials()} == {(USERNAME, KEY)}
     assert "Successfully submitted to grand-xray-slam-division-a (submission 42" in capsys.readouterr().out
 
 
@@ -97,6 +97,35 @@ def test_a_failed_upload_is_one_line_and_nothing_is_submitted(tmp_path, capsys, 
     assert re.match(rf"error: --stage submit to {COMPETITION}: the upload of .*/w/submission.csv failed; rerun$",
                     line), line
     assert kaggle_server.calls("CreateSubmission") == []
+
+
+@pytest.mark.parametrize("status, message", [
+    (400, "Submission not allowed: your team has used its daily Submission allowance (5)"),
+    (404, "not found; check the name"),
+])
+def test_a_refused_submission_is_one_line_with_kaggles_reason(tmp_path, capsys, kaggle_server, status, message):
+    finished_run(tmp_path / "w")
+    kaggle_server.refuse["CreateSubmission"] = (status, message if status == 400 else "Competition not found")
+    line = one_error(capsys, ["--stage", "submit", "--work-dir", str(tmp_path / "w")])
+    assert line == f"error: --stage submit to {COMPETITION}: {message}"
+
+
+def test_an_access_token_is_sent_as_the_readme_says_to_set_it(tmp_path, capsys, monkeypatch, kaggle_server):
+    """KAGGLE_API_TOKEN, the README's first choice: checked with Kaggle, then sent as a bearer token;
+    one Kaggle does not take, or no answer to the check, is one line before anything is uploaded."""
+    finished_run(tmp_path / "w")
+    monkeypatch.delenv("KAGGLE_USERNAME"), monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_expired")
+    line = one_error(capsys, ["--stage", "submit", "--work-dir", str(tmp_path / "w")])
+    assert line.startswith("error: --stage submit: Kaggle did not accept the credentials; generate a token")
+    assert [r.call for r in kaggle_server.requests] == ["IntrospectToken"]
+    monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
+    assert cli.main(["--stage", "submit", "--work-dir", str(tmp_path / "w")]) == 0
+    assert kaggle_server.calls("IntrospectToken")[-1] == {"token": TOKEN}
+    assert {r.credentials() for r in kaggle_server.requests if r.call.endswith("Submission")} == {TOKEN}
+    kaggle_server.stop()  # checking the token is the first call: a connection lost there is one line too
+    assert one_error(capsys, ["--stage", "submit", "--work-dir", str(tmp_path / "w")]) == (
+        "error: --stage submit: the connection to Kaggle failed (ConnectionError); rerun where the internet works")
 
 
 def test_from_kernel_asks_for_its_output_and_downloads_only_what_submit_reads(tmp_path, kaggle_server):
