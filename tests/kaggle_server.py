@@ -201,10 +201,11 @@ def kaggle_server(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def range_server(blob: bytes, drop=(), fail_after=None):
+def range_server(blob: bytes, drop=(), fail_after=None, expire=()):
     """An archive on a loopback web server that serves byte ranges, as the storage Kaggle's
     download calls redirect to does. drop: numbers of the range requests that lose their
-    connection halfway; fail_after: every range request after this many loses it. Yields (url,
+    connection halfway; fail_after: every range request after this many loses it; expire: numbers
+    of the range requests refused with 403, as a signed URL past its time is. Yields (url,
     the Range header of each range request). A request without a range (the redirect followed)
     gets the whole archive."""
     asked = []
@@ -219,6 +220,11 @@ def range_server(blob: bytes, drop=(), fail_after=None):
                     self.wfile.write(blob)
                 return
             asked.append(self.headers["Range"])
+            if len(asked) in expire:
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             first, _, last = self.headers["Range"].removeprefix("bytes=").partition("-")
             start, end = (len(blob) - int(last), len(blob)) if first == "" else (int(first), int(last) + 1)
             body = blob[start:end]

@@ -202,6 +202,23 @@ def test_download_asks_kaggle_for_the_archive_and_streams_it_from_where_it_point
     assert (tmp_path / "d" / table.name).read_bytes() == table.read_bytes()
 
 
+def test_download_asks_kaggle_again_when_the_archives_url_expires(tmp_path, monkeypatch, kaggle_server):
+    from kit import download, env, remote_zip
+
+    monkeypatch.setattr(env, "platform", lambda: "local")
+    monkeypatch.setattr(remote_zip, "WINDOW", 512)  # several requests over a small archive
+    table = gxs_dataset(tmp_path / "src", [(f"{k}.jpg", f"P{k}", "PA", ["Cardiomegaly"]) for k in range(40)],
+                        images=False)
+    archive = tmp_path / "archive.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(table, table.name, zipfile.ZIP_STORED)
+    with range_server(archive.read_bytes(), expire={3}) as (url, asked):
+        kaggle_server.archive_url = url
+        download.fetch(Config(download=True, data_dir=str(tmp_path / "d"), workers=1))
+    assert len(kaggle_server.calls("DownloadDataFiles")) == 2 and len(asked) > 3  # a new URL, then on
+    assert (tmp_path / "d" / table.name).read_bytes() == table.read_bytes()
+
+
 def test_download_refused_points_to_the_rules(tmp_path, monkeypatch, kaggle_server):
     from kit import download, env
     from kit.errors import KitError
