@@ -1,13 +1,16 @@
 """Kaggle's API on the loopback address, for the kaggle package's own client in tests.
 
-The package builds every URL from kagglesdk's endpoint table; the `kaggle_server` fixture points
-its production entry (api.kaggle.com) at a server here, so each call the package makes arrives
-as it would at Kaggle: a POST of JSON to /v1/<service>/<method>, basic auth from
-KAGGLE_USERNAME/KAGGLE_KEY. The server answers with Kaggle's JSON (and Kaggle's
-{"code", "message"} body for a refusal), takes uploads on the URLs it hands out, serves a
-kernel's output files, and redirects archive downloads where a test says. Each request is
-recorded (method, path, headers, JSON body, raw body). HTTPS goes through a proxy on a closed
-port, so nothing the package might send elsewhere leaves the machine.
+The package's KaggleApi builds every URL from kagglesdk's endpoint table, for production unless
+KAGGLE_API_ENVIRONMENT=LOCALHOST (http://localhost, port 80) when it is first imported; other
+values of that variable, TEST (localhost:7777) included, reach only kagglesdk's bare client. So the
+`kaggle_server` fixture points the table's production entry (api.kaggle.com) at a server on a
+free port here, and each call the package makes arrives as it would at Kaggle: a POST of JSON to
+/v1/<service>/<method> with basic auth from KAGGLE_USERNAME/KAGGLE_KEY, or a bearer token. A
+`kaggle` command in a subprocess gets there through `subprocess_env`. The server answers with
+Kaggle's JSON (and Kaggle's {"code", "message"} body for a refusal), takes uploads on the URLs
+it hands out, serves a kernel's output files, and redirects archive downloads where a test
+says. Each request is recorded (method, path, headers, JSON body, raw body). HTTPS goes through
+a proxy on a closed port, so nothing the package might send elsewhere leaves the machine.
 """
 import base64
 import contextlib
@@ -51,9 +54,9 @@ class Request:
 
 
 class KaggleServer:
-    """A loopback HTTP server that answers as Kaggle's API does. Tests set:
-    refuse[method] = HTTP status (or (status, message)), to refuse that call as Kaggle does; answers[method] = a JSON
-    answer in place of the usual one; upload_status, the status of every upload; output, a
+    """A loopback HTTP server that answers as Kaggle's API does. Tests set: refuse[method] = an
+    HTTP status or (status, message), to refuse that call as Kaggle does; answers[method] = a
+    JSON answer in place of the usual one; upload_status, the status of every upload; output, a
     kernel's output files (name -> bytes) and log; archive_url, where a download redirects."""
 
     def __init__(self):
@@ -146,7 +149,8 @@ class KaggleServer:
                                               "createUrl": f"{self.url}/upload/{body['fileName']}"},
             "CreateSubmission": lambda: {"message": f"Successfully submitted to {body['competitionName']}",
                                          "ref": 42},
-            "StartBlobUpload": lambda: {"token": f"blob-{body['name']}", "createUrl": f"{self.url}/upload/{body['name']}"},
+            "StartBlobUpload": lambda: {"token": f"blob-{body['name']}",
+                                        "createUrl": f"{self.url}/upload/{body['name']}"},
             "CreateDataset": lambda: {"status": "ok", "ref": f"{body['ownerSlug']}/{body['slug']}",
                                       "url": f"https://www.kaggle.com/datasets/{body['ownerSlug']}/{body['slug']}"},
         }
@@ -182,8 +186,7 @@ def kaggle_server(tmp_path, monkeypatch):
 
     for name in [k for k in os.environ if k.startswith("KAGGLE_") or k.lower().endswith("_proxy")]:
         monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KAGGLE_USERNAME", USERNAME)
     monkeypatch.setenv("KAGGLE_KEY", KEY)
     for name in ("HTTPS_PROXY", "https_proxy"):
@@ -191,7 +194,9 @@ def kaggle_server(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the package keeps upload state there
     server = KaggleServer().start()
-    monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.PROD, server.url)
+    # LOCAL too: a KAGGLE_API_ENVIRONMENT=LOCALHOST set when the package was imported sticks
+    for where in (kaggle_env.KaggleEnv.PROD, kaggle_env.KaggleEnv.LOCAL):
+        monkeypatch.setitem(kaggle_env._env_to_endpoint, where, server.url)
     # the kit's own check opens a connection to api.kaggle.com; here that host is the server
     monkeypatch.setattr(env, "reachable", lambda host, port=443, timeout=2.0: host == "api.kaggle.com")
     try:

@@ -129,7 +129,8 @@ def test_an_access_token_is_sent_as_the_readme_says_to_set_it(tmp_path, capsys, 
 
 
 def test_from_kernel_asks_for_its_output_and_downloads_only_what_submit_reads(tmp_path, kaggle_server):
-    kaggle_server.output = {"submission.csv": b"Image_name,Atelectasis\na.jpg,0.25\n", "history.csv": b"epoch,val_macro_auc\n1,0.75\n",
+    kaggle_server.output = {"submission.csv": b"Image_name,Atelectasis\na.jpg,0.25\n",
+                            "history.csv": b"epoch,val_macro_auc\n1,0.75\n",
                             "logs/all-20260101-120000.log": b"[train] done\n", "checkpoints/last.pth": b"x",
                             "eva_x_final_soup.pth": b"x", "dataset/images/a.jpg": b"x"}
     kaggle_server.log = "the kernel's log\n"
