@@ -95,7 +95,8 @@ def kaggle_api(action: str):
 
         api = KaggleApi()
         try:
-            api.authenticate()
+            with kaggle_errors(action, f"the credentials were refused; {HOW_TO}"):  # a token is checked online
+                api.authenticate()
         except SystemExit as e:
             raise KitError(f"{action}: Kaggle did not accept the credentials; {HOW_TO}") from e
     return api
@@ -106,17 +107,22 @@ def kaggle_errors(action: str, forbidden: str):
     """Kaggle API failures as one-line errors; `forbidden` says what a 403 means here."""
     import requests
 
+    def refusal(e):
+        status = e.response.status_code if e.response is not None else None
+        return {401: f"the credentials were refused; {HOW_TO}", 403: forbidden,
+                404: "not found; check the name"}.get(status, str(e).splitlines()[0][:200])
+
     try:
         yield
     except requests.HTTPError as e:
-        status = e.response.status_code if e.response is not None else None
-        reason = {401: f"the credentials were refused; {HOW_TO}", 403: forbidden,
-                  404: "not found; check the name"}.get(status, str(e).splitlines()[0][:200])
-        raise KitError(f"{action}: {reason}") from e
+        raise KitError(f"{action}: {refusal(e)}") from e
     except requests.RequestException as e:
         raise KitError(f"{action}: the connection to Kaggle failed ({type(e).__name__}); rerun "
                        f"where the internet works") from e
     except ValueError as e:
+        # kernels_output words a 401 or 403 as a ValueError of its own, about leaderboard slugs
+        if isinstance(e.__context__, requests.HTTPError):
+            raise KitError(f"{action}: {refusal(e.__context__)}") from e
         raise KitError(f"{action}: {e}") from e
 
 

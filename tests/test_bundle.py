@@ -1,6 +1,5 @@
 """The one-file kernel: it runs with no kit/ beside it, the same sources give the same bytes,
 the arguments after -- are checked and baked in, and the real kaggle CLI takes its folder."""
-import importlib.util
 import json
 import os
 import re
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
+from kaggle_server import kaggle_server, subprocess_env  # noqa: F401 (a fixture)
 from kit import bundle, cli, kaggle_meta, pipeline
 
 
@@ -190,29 +190,21 @@ def test_bundle_warns_of_what_push_refuses_and_writes_the_bundle(tmp_path, capsy
 @pytest.mark.parametrize("answer, expected", [
     (dict(error="Competition grand-xray-slam-division-a: you must accept the rules"),
      r"^error: Kaggle refused the push: Competition grand-xray-slam-division-a: you must accept the rules"),
-    (dict(invalid_competition_sources=["grand-xray-slam-division-a"]),
+    (dict(invalidCompetitionSources=["grand-xray-slam-division-a"]),
      r"^error: Kaggle pushed https://k/v without its competition sources \['grand-xray-slam-division-a'\]"),
-    (dict(invalid_model_sources=[WEIGHTS]), r"^error: Kaggle pushed https://k/v without its model sources "
-                                           r"\['timm/eva02/pytorch/base/1'\]"),
-    (dict(invalid_dataset_sources=["someone/w"], invalid_kernel_sources=["someone/xray-kit-old"]),
+    (dict(invalidModelSources=[WEIGHTS]), r"^error: Kaggle pushed https://k/v without its model sources "
+                                         r"\['timm/eva02/pytorch/base/1'\]"),
+    (dict(invalidDatasetSources=["someone/w"], invalidKernelSources=["someone/xray-kit-old"]),
      r"without its dataset sources \['someone/w'\], kernel sources \['someone/xray-kit-old'\]"),
     (dict(), None)])
-def test_push_fails_when_kaggle_refuses_or_drops_a_data_source(tmp_path, capsys, monkeypatch, answer, expected):
-    """The kaggle CLI prints these and exits 0; the kit's push is an error for each."""
-    from kit.stages import push
-
-    from kagglesdk.kernels.types.kernels_api_service import ApiSaveKernelResponse
-
-    result = ApiSaveKernelResponse()  # the kaggle package's own response type, as the server fills it
-    result.url, result.version_number = "https://k/v", 3
-    for field, value in answer.items():
-        setattr(result, field, value)
-    pushed = []
-    api = type("Api", (), {"kernels_push": lambda self, folder: pushed.append(folder) or result})
-    monkeypatch.setattr(push, "kaggle_api", lambda action: api())
+def test_push_fails_when_kaggle_refuses_or_drops_a_data_source(tmp_path, capsys, kaggle_server, answer, expected):
+    """Kaggle's answer to the kaggle package's own push; the kaggle CLI prints these and exits 0,
+    the kit's push is an error for each."""
+    kaggle_server.answers["SaveKernel"] = {"url": "https://k/v", "versionNumber": 3, **answer}
     argv = ["--stage", "push", "--out", str(tmp_path / "dist"), "--work-dir", str(tmp_path / "w"),
             "--kernel-metadata", str(own_template(tmp_path)), "--", "--stage", "all", "--epochs", "3"]
-    assert cli.main(argv) == (2 if expected else 0) and pushed == [str(tmp_path / "dist")]
+    assert cli.main(argv) == (2 if expected else 0)
+    assert len(kaggle_server.calls("SaveKernel")) == 1
     captured = capsys.readouterr()
     if expected:
         assert re.search(expected, captured.err.strip()), captured.err
@@ -227,17 +219,17 @@ def test_a_kernel_cannot_download(tmp_path, capsys):
     assert "a kernel cannot --download" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kaggle") is None, reason="the kaggle CLI is not installed")
-def test_the_kaggle_cli_takes_the_bundle_and_fails_only_at_the_connection(tmp_path):
+def test_the_kaggle_cli_pushes_the_bundle_by_hand(tmp_path, kaggle_server):
+    """`kaggle kernels push -p dist/kaggle`, the README's way by hand, in its own process: Kaggle
+    receives the bundled kernel.py with the bundle's metadata."""
     out = bundled(tmp_path, "--stage", "all")
     meta = json.loads((out / kaggle_meta.FILE).read_text())
     (out / kaggle_meta.FILE).write_text(json.dumps({**meta, "id": "someone/xray-kit-eva-x"}))
-    # the connection goes through a proxy on a closed local port: refused at once, never a wait
-    env = clean_env(tmp_path, KAGGLE_USERNAME="someone", KAGGLE_KEY="0" * 32, **{
-        name: "http://127.0.0.1:9" for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")})
-    env.pop("NO_PROXY", None), env.pop("no_proxy", None)
-    done = subprocess.run([sys.executable, "-m", "kaggle", "kernels", "push", "-p", str(out)], env=env,
-                          capture_output=True, text=True, timeout=120)
-    output = done.stdout + done.stderr
-    assert done.returncode != 0 and "api.kaggle.com" in output, output
-    assert not re.search(r"must be|Invalid|not found|cannot contain", output), output
+    done = subprocess.run([sys.executable, "-m", "kaggle", "kernels", "push", "-p", str(out)],
+                          env=subprocess_env(kaggle_server, clean_env(tmp_path)), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "Kernel version 1 successfully pushed" in done.stdout, done.stdout + done.stderr
+    [sent] = kaggle_server.calls("SaveKernel")
+    assert sent["text"] == (out / "kernel.py").read_text()
+    assert (sent["slug"], sent["competitionDataSources"], sent["enableInternet"]) == (
+        "someone/xray-kit-eva-x", meta["competition_sources"], meta["enable_internet"])

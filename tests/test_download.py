@@ -1,22 +1,18 @@
 """--download: credentials found where the kaggle package and Colab keep them, one-line errors
 without them or without a network, a skip when the data is there, a check after fetching."""
-import contextlib
-import http.server
 import importlib.machinery
 import json
 import os
 import re
-import socket
 import sys
-import threading
 import types
 import zipfile
 from pathlib import Path
 
 import pytest
-import requests
 
 from fake_data import gxs_dataset, jpeg
+from kaggle_server import kaggle_server, range_server  # noqa: F401 (a fixture)
 from kit import cli, download, env, images, remote_zip, sources
 from kit.config import Config
 from kit.errors import KitError
@@ -104,26 +100,13 @@ def test_colab_secrets_become_the_environment(monkeypatch):
     assert os.environ["KAGGLE_USERNAME"] == "someone" and os.environ["KAGGLE_KEY"] == "k"
 
 
-def test_a_fetched_folder_without_the_dataset_is_refused(tmp_path, monkeypatch, small_requests):
+def test_a_fetched_folder_without_the_dataset_is_refused(tmp_path, kaggle_server, small_requests):
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("README.txt", "not the dataset")
     with range_server(path.read_bytes()) as (url, _):
         with pytest.raises(KitError, match=r"found no train1.csv or train2.csv in it"):
-            fetch_from(url, monkeypatch, tmp_path / "d")
-
-
-def test_kaggle_refusals_are_one_line_with_their_fix(tmp_path, monkeypatch):
-    response = requests.Response()
-    response.status_code = 403
-
-    def refused(api, kind, name):
-        raise requests.HTTPError("403 Client Error", response=response)
-    monkeypatch.setattr(download, "kaggle_api", lambda action: object())
-    monkeypatch.setattr(download, "archive_url", refused)
-    with pytest.raises(KitError, match=r"accept its rules at https://www.kaggle.com/competitions/"
-                                       r"grand-xray-slam-division-a/rules"):
-        download.fetch(Config(download=True, data_dir=str(tmp_path / "d")))
+            fetch_from(url, kaggle_server, tmp_path / "d")
 
 
 @pytest.mark.parametrize("where, dataset, message", [
@@ -139,43 +122,6 @@ def test_what_download_cannot_do(monkeypatch, where, dataset, message):
 def test_the_default_folder_is_under_the_platforms_data_root(monkeypatch):
     monkeypatch.setattr(env, "platform", lambda: "colab")
     assert str(download.target(Config(), "nih-chest-xrays/data")) == "/content/data/nih-chest-xrays-data"
-
-
-@contextlib.contextmanager
-def range_server(blob: bytes, drop=(), fail_after=None):
-    """The archive on a loopback web server that serves byte ranges, as Kaggle's storage does.
-    drop: numbers of the requests that lose their connection halfway; fail_after: every request
-    after this many loses it. Yields (url, the Range header of each request)."""
-    asked = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            asked.append(self.headers["Range"])
-            first, _, last = self.headers["Range"].removeprefix("bytes=").partition("-")
-            start, end = (len(blob) - int(last), len(blob)) if first == "" else (int(first), int(last) + 1)
-            body = blob[start:end]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(blob)}")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if len(asked) in drop or (fail_after is not None and len(asked) > fail_after):
-                self.wfile.write(body[:len(body) // 2])
-                self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/grand-xray-slam-division-a.zip", asked
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -200,19 +146,19 @@ def small_requests(monkeypatch):
     monkeypatch.setattr(remote_zip, "RETRY_PAUSE", 0)
 
 
-def fetch_from(url, monkeypatch, data_dir):
-    monkeypatch.setattr(download, "kaggle_api", lambda action: object())
-    monkeypatch.setattr(download, "archive_url", lambda api, kind, name: url)
+def fetch_from(url, kaggle_server, data_dir):
+    """--download through the kaggle package's own client: Kaggle's answer redirects to `url`."""
+    kaggle_server.archive_url = url
     cfg = Config(download=True, data_dir=str(data_dir), resize=64, workers=2)
     download.fetch(cfg)
     return cfg
 
 
 def test_the_archive_streams_into_shrunk_films_through_a_dropped_connection(
-        tmp_path, monkeypatch, capsys, archive, small_requests):
+        tmp_path, kaggle_server, capsys, archive, small_requests):
     src, blob = archive
     with range_server(blob, drop={3, 7}) as (url, asked):
-        cfg = fetch_from(url, monkeypatch, tmp_path / "d")
+        cfg = fetch_from(url, kaggle_server, tmp_path / "d")
     out = capsys.readouterr().out
     assert out.count("connection lost at byte") == 2 and "33 files" in out
     assert sources.discover([Path(cfg.data_dir)], "gxs")[1] == tmp_path / "d" / "train1.csv"
@@ -237,11 +183,11 @@ def range_bytes(header, size):
     return range(size - int(last), size) if first == "" else range(int(first), int(last) + 1)
 
 
-def test_a_fetch_cut_off_continues_where_it_stopped(tmp_path, monkeypatch, capsys, archive, small_requests):
+def test_a_fetch_cut_off_continues_where_it_stopped(tmp_path, kaggle_server, capsys, archive, small_requests):
     src, blob = archive
     with range_server(blob, fail_after=6) as (url, _):
         with pytest.raises(KitError, match=r"the connection to Kaggle failed .*rerun"):
-            fetch_from(url, monkeypatch, tmp_path / "d")
+            fetch_from(url, kaggle_server, tmp_path / "d")
     marker = json.loads((tmp_path / "d" / download.MARKER).read_text())
     assert marker == {"archive": "grand-xray-slam-division-a", "resize": 64, "complete": False}
     kept = {p for p in (tmp_path / "d").rglob("*") if p.is_file() and p.name != download.MARKER}
@@ -249,12 +195,12 @@ def test_a_fetch_cut_off_continues_where_it_stopped(tmp_path, monkeypatch, capsy
     before = {p: p.stat().st_mtime_ns for p in kept}
     capsys.readouterr()
     with range_server(blob) as (url, _):
-        fetch_from(url, monkeypatch, tmp_path / "d")
+        fetch_from(url, kaggle_server, tmp_path / "d")
     out = capsys.readouterr().out
     assert "(continuing)" in out and f"{len(kept)} already here, {33 - len(kept)} to fetch" in out
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not fetched again
     assert len([p for p in (tmp_path / "d").rglob("*") if p.is_file()]) == 34
     assert json.loads((tmp_path / "d" / download.MARKER).read_text())["complete"] is True
     with range_server(blob) as (url, asked):
-        fetch_from(url, monkeypatch, tmp_path / "d")
+        fetch_from(url, kaggle_server, tmp_path / "d")
     assert asked == [] and "is already in" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from conftest import ROOT
+from kaggle_server import kaggle_server  # noqa: F401 (a fixture)
 from kit import kaggle_meta
 from kit.errors import KitError
 
@@ -103,11 +104,12 @@ def kaggle_api(tmp_path_factory):
 
 
 @pytest.mark.parametrize("change, message", BROKEN)
-def test_the_kaggle_cli_refuses_the_same_files(kaggle_api, tmp_path, change, message):
+def test_the_kaggle_cli_refuses_the_same_files(kaggle_api, kaggle_server, tmp_path, change, message):
     (tmp_path / kaggle_meta.FILE).write_text(json.dumps(changed(change)))
     (tmp_path / "kernel.py").write_text("print('hi')\n")
     with pytest.raises((ValueError, TypeError)):
         kaggle_api.kernels_push(str(tmp_path))
+    assert kaggle_server.requests == []  # refused before anything is sent
 
 
 def test_requirements_cover_what_the_kaggle_package_imports(kaggle_api):

@@ -7,10 +7,10 @@ import re
 
 import pandas as pd
 import pytest
-import requests
 
 from conftest import ROOT
 from kit import cli, env, kaggle_meta, layout
+from kaggle_server import kaggle_server  # noqa: F401 (a fixture)
 from kit.stages import submit
 
 COMPETITION = "grand-xray-slam-division-a"
@@ -52,32 +52,17 @@ def one_error(capsys, argv) -> str:
     return err[0]
 
 
-class FakeApi:
-    """The two calls submit makes, with the kaggle package's signatures; kernels_output lists OUTPUT
-    and writes what `file_pattern` selects, as the package does."""
-    COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
+def kernel_output(server, **changes):
+    """The kernel's output on Kaggle's side: its files, with a finished run's report, and its log."""
+    files = {**OUTPUT, "reports/submission.json": json.dumps(REPORT), **changes}
+    server.output = {name: text.encode() for name, text in files.items() if text is not None}
+    server.log = "the kernel's log\n"
 
-    def __init__(self, error=None):
-        self.error, self.submitted = error, []
 
-    def competition_submit(self, file_name, message, competition, quiet=False, sandbox=False):
-        if self.error:
-            raise self.error
-        self.submitted.append((file_name, open(file_name).read(), message, competition))
-        return type("Response", (), dict(message=f"Successfully submitted to {competition}", ref=42))()
-
-    def kernels_output(self, kernel, path, file_pattern=None, force=False, quiet=True):
-        files = []
-        for name, text in OUTPUT.items():
-            if re.search(file_pattern, name):
-                out = os.path.join(path, name)
-                os.makedirs(os.path.dirname(out), exist_ok=True)
-                with open(out, "w") as f:
-                    f.write(json.dumps(REPORT) if name == "reports/submission.json" else text)
-                files.append(out)
-        with open(os.path.join(path, kernel.split("/")[1] + ".log"), "w") as f:
-            f.write("the kernel's log\n")
-        return files, ""
+def submitted(server) -> list:
+    """(file sent, description, competition) of each submission Kaggle received."""
+    return [(server.uploads["submission.csv"].decode(), c["submissionDescription"], c["competitionName"])
+            for c in server.calls("CreateSubmission")]
 
 
 def test_the_message_describes_the_run_that_made_the_submission(tmp_path):
@@ -87,13 +72,11 @@ def test_the_message_describes_the_run_that_made_the_submission(tmp_path):
     assert submit.description(tmp_path).endswith("val macro AUC 0.8012 (epoch 3), final")
 
 
-def test_submit_sends_the_work_dirs_submission_with_its_message(tmp_path, capsys, monkeypatch):
+def test_submit_sends_the_work_dirs_submission_with_its_message(tmp_path, capsys, kaggle_server):
     finished_run(tmp_path / "w")
-    api = FakeApi()
-    monkeypatch.setattr(submit, "kaggle_api", lambda action: api)
     assert cli.main(["--stage", "submit", "--work-dir", str(tmp_path / "w")]) == 0
-    assert api.submitted == [(str(tmp_path / "w" / "submission.csv"), OUTPUT["submission.csv"], MESSAGE,
-                              COMPETITION)]  # the competition from the template's competition_sources
+    # the competition from the template's competition_sources
+    assert submitted(kaggle_server) == [(OUTPUT["submission.csv"], MESSAGE, COMPETITION)]
     assert f"Successfully submitted to {COMPETITION} (submission 42" in capsys.readouterr().out
 
 
@@ -110,17 +93,16 @@ def test_without_a_submission_it_says_to_run_predict(tmp_path, capsys, argv, mes
     (["grand-xray-slam-division-a", "grand-xray-slam-division-b"],
      r"competition_sources lists grand-xray-slam-division-a, grand-xray-slam-division-b; name the competition"),
 ])
-def test_the_competition_comes_from_the_metadata_or_the_flag(tmp_path, capsys, monkeypatch, sources, message):
+def test_the_competition_comes_from_the_metadata_or_the_flag(tmp_path, capsys, kaggle_server, sources, message):
     finished_run(tmp_path / "w")
     meta = tmp_path / kaggle_meta.FILE
     template = json.loads((ROOT / kaggle_meta.FILE).read_text())
     meta.write_text(json.dumps({**template, "competition_sources": sources}))
     argv = ["--stage", "submit", "--work-dir", str(tmp_path / "w"), "--kernel-metadata", str(meta)]
     assert re.search(message, one_error(capsys, argv))
-    api = FakeApi()
-    monkeypatch.setattr(submit, "kaggle_api", lambda action: api)
+    assert kaggle_server.requests == []  # refused before anything was sent
     assert cli.main([*argv, "--competition", "grand-xray-slam-division-b"]) == 0
-    assert api.submitted[0][3] == "grand-xray-slam-division-b"
+    assert submitted(kaggle_server)[0][2] == "grand-xray-slam-division-b"
 
 
 def test_no_credentials_one_line(tmp_path, capsys, monkeypatch):
@@ -140,16 +122,14 @@ def test_no_network_one_line_before_the_kaggle_package_is_asked(tmp_path, capsys
 
 
 @pytest.mark.parametrize("from_kernel", [[], ["--from-kernel", "someone/xray-kit-eva-x"]])
-def test_the_kaggle_package_itself_fails_in_one_line_offline(tmp_path, capsys, monkeypatch, from_kernel):
-    """Past the kit's reachability check, the kaggle package's own competition_submit and
-    kernels_output, with dummy credentials: the connection fails (or, where there is a network,
-    Kaggle refuses the credentials), as one line."""
+def test_a_connection_that_fails_past_the_check_is_one_line(tmp_path, capsys, kaggle_server, from_kernel):
+    """The kit's reachability check passes, then Kaggle's API stops answering: the kaggle
+    package's own competition_submit and kernels_output fail in one line."""
     finished_run(tmp_path / "w")
-    monkeypatch.setattr(env, "reachable", lambda host, port=443, timeout=2.0: True)
+    kaggle_server.stop()
     line = one_error(capsys, ["--stage", "submit", "--work-dir", str(tmp_path / "w"), *from_kernel])
     assert re.match(r"error: (--stage submit to grand-xray-slam-division-a|--from-kernel someone/xray-kit-eva-x): "
-                    r"(the connection to Kaggle failed \(\w+\); rerun where the internet works|the credentials "
-                    r"were refused)", line), line
+                    r"the connection to Kaggle failed \(ConnectionError\); rerun where the internet works$", line), line
 
 
 @pytest.mark.parametrize("status, message", [
@@ -157,32 +137,27 @@ def test_the_kaggle_package_itself_fails_in_one_line_offline(tmp_path, capsys, m
           r"https://www.kaggle.com/competitions/grand-xray-slam-division-a/rules, then rerun"),
     (404, r"not found; check the name"),
 ])
-def test_kaggles_refusals_are_one_line_with_their_fix(tmp_path, capsys, monkeypatch, status, message):
+def test_kaggles_refusals_are_one_line_with_their_fix(tmp_path, capsys, kaggle_server, status, message):
     finished_run(tmp_path / "w")
-    response = requests.Response()
-    response.status_code = status
-    refused = FakeApi(requests.HTTPError("refused", response=response))
-    monkeypatch.setattr(submit, "kaggle_api", lambda action: refused)
+    kaggle_server.refuse["StartSubmissionUpload"] = status
     line = one_error(capsys, ["--stage", "submit", "--work-dir", str(tmp_path / "w")])
     assert re.match(r"error: --stage submit to grand-xray-slam-division-a: " + message, line), line
 
 
-def test_from_kernel_fetches_only_what_submit_reads_and_submits_it(tmp_path, capsys, monkeypatch):
-    api = FakeApi()
-    monkeypatch.setattr(submit, "kaggle_api", lambda action: api)
+def test_from_kernel_fetches_only_what_submit_reads_and_submits_it(tmp_path, capsys, kaggle_server):
+    kernel_output(kaggle_server)
     work = tmp_path / "w"
     assert cli.main(["--stage", "submit", "--work-dir", str(work), "--from-kernel", "someone/xray-kit-eva-x"]) == 0
     fetched = work / "kernel_output" / "xray-kit-eva-x"
     assert sorted(p.relative_to(fetched).as_posix() for p in fetched.rglob("*") if p.is_file()) == [
         "history.csv", "logs/all-20260101-120000.log", "reports/submission.json", "submission.csv",
         "xray-kit-eva-x.log"]  # no checkpoints, images or weights: kilobytes
-    assert api.submitted == [(str(fetched / "submission.csv"), OUTPUT["submission.csv"], MESSAGE, COMPETITION)]
+    assert submitted(kaggle_server) == [(OUTPUT["submission.csv"], MESSAGE, COMPETITION)]
     assert not (work / "submission.csv").exists()  # the work dir's own run is left alone
 
 
-def test_a_kernel_output_without_a_submission_points_to_its_log(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(OUTPUT, "submission.csv")
-    monkeypatch.setattr(submit, "kaggle_api", lambda action: FakeApi())
+def test_a_kernel_output_without_a_submission_points_to_its_log(tmp_path, capsys, kaggle_server):
+    kernel_output(kaggle_server, **{"submission.csv": None})
     line = one_error(capsys, ["--stage", "submit", "--work-dir", str(tmp_path / "w"),
                               "--from-kernel", "someone/xray-kit-eva-x"])
     assert re.match(r"error: someone/xray-kit-eva-x's output has no submission.csv: its run did not reach "
