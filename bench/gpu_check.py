@@ -74,14 +74,14 @@ class Mode:
 MODES = (Mode("bf16 compiled", "bf16", True), Mode("bf16 eager", "bf16", False),
          Mode("fp16 eager, T4 attention", "fp16", False, True), Mode("fp32 eager", "fp32", False))
 
-_study = Config()
+KIT = Config()  # the kit's defaults: the model, its size, the study's generator
 # what one run measures: on a GPU sized to about 8 minutes, on the CPU to seconds
 SETTINGS = {
-    "gpu": dict(models=f"{_study.model},{EVA_X}", img_size=_study.img_size, batch=64, updates=5,
-                repeats=2, films=256, film_shape=common.FILM_SHAPE, resize=_study.resize,
+    "gpu": dict(models=f"{KIT.model},{EVA_X}", img_size=KIT.img_size, batch=64, updates=5,
+                repeats=2, films=256, film_shape=common.FILM_SHAPE, resize=KIT.resize,
                 predict_images=1024,
-                generator=["--size", str(_study.gen_size), "--width", str(_study.gen_width), "--batch",
-                           str(_study.gen_batch), "--sample-batch", "64", "--steps", str(_study.gen_steps),
+                generator=["--size", str(KIT.gen_size), "--width", str(KIT.gen_width), "--batch",
+                           str(KIT.gen_batch), "--sample-batch", "64", "--steps", str(KIT.gen_steps),
                            "--updates", "10", "--repeats", "2"]),
     "cpu-smoke": dict(models=f"{train_step.CPU_MODEL},{EVA_X}", img_size=28, batch=2, updates=1, repeats=1,
                       films=2, film_shape=(300, 240), resize=64, predict_images=4,
