@@ -149,13 +149,13 @@ def forward_rows(arch, s, device) -> list:
     ckpt = predict.random_checkpoint(arch, s["img_size"])
     cfg = Config(model=arch, img_size=s["img_size"])
     batch = batch_size(cfg, device)
-    rows = [{"what": f"model alone {arch}", "model": arch, "setting": f"amp {cfg.amp}, batch {batch}", "unit": "img/s",
+    rows = [{"what": f"model alone {arch}", "model": arch, "alone": True, "setting": f"amp {cfg.amp}, batch {batch}", "unit": "img/s",
              "value": common.median(predict.model_rates(ckpt, batch, cfg.amp, s["predict_images"], device,
                                                         s["repeats"]))}]
     if "fp16" in train_step.precisions(device):
         with sdpa_kernel(T4_ATTENTION):
             rate = predict.model_rates(ckpt, batch, "fp16", s["predict_images"], device, s["repeats"])
-        rows.append({"what": f"model alone {arch}", "model": arch, "setting": f"fp16, T4 attention, batch {batch}",
+        rows.append({"what": f"model alone {arch}", "model": arch, "alone": True, "setting": f"fp16, T4 attention, batch {batch}",
                      "unit": "img/s", "value": common.median(rate), "t4_forward": True})
     return rows
 
@@ -176,29 +176,27 @@ def predict_rows(arch, s, device, tmp) -> list:
         width, height = header_size(films[0])
         rows.append({"what": f"predict stage {arch}, {name} films", "unit": "img/s", "value": common.median(rates),
                      "setting": f"{height}x{width}, amp {cfg.amp}, batch {batch_size(cfg, device)}, "
-                                f"{worker_count(cfg.workers)} workers", "films": name})
+                                f"{worker_count(cfg.workers)} workers", "films": name, "model": arch})
     return rows
 
 
-def constant_rows(train, forward, stage, device) -> list:
-    """The time plan's constants, measured, beside the values kit/timing.py holds."""
-    precision = train_step.precision_name(autocast_dtype("auto", device))
-    compiled = compiles("auto", device)
-    default = next((r for r in train if r.get("value") and r["mode"].precision == precision
-                    and r["mode"].compile == compiled), None)
-    full, stored = (next(r["value"] for r in stage if r["films"] == f) for f in ("full-size", "stored"))
-    rows = []
-    if default:
-        rows.append({"what": "FORWARD_SPEEDUP: stored-film inference / training step", "unit": "x",
-                     "value": stored / default["value"], "setting": f"training {default['mode'].name}",
-                     "note": f"kit/timing.py: {timing.FORWARD_SPEEDUP}"})
-        rows.append({"what": "model alone / training step", "unit": "x", "value": forward[0]["value"] / default["value"],
-                     "setting": f"training {default['mode'].name}"})
-    rows.append({"what": "FILM_SLOWDOWN: stored / full-size film inference", "unit": "x", "value": stored / full,
-                 "note": f"kit/timing.py: {timing.FILM_SLOWDOWN}"})
-    rows.append({"what": "predict stage / model alone, full-size films", "unit": "x",
-                 "value": full / forward[0]["value"]})
-    return rows
+def constant_rows(arch, rows, device) -> list:
+    """The time plan's constants from `arch`'s rows, beside the values kit/timing.py holds."""
+    precision, compiled = train_step.precision_name(autocast_dtype("auto", device)), compiles("auto", device)
+    mine = [r for r in rows if r.get("model") == arch and r.get("value")]
+    step = next((r["value"] for r in mine if "mode" in r and r["mode"].precision == precision
+                 and r["mode"].compile == compiled), None)
+    alone = next((r["value"] for r in mine if r.get("alone") and not r.get("t4_forward")), None)
+    full, stored = (next((r["value"] for r in mine if r.get("films") == f), None) for f in ("full-size", "stored"))
+    default = f"training {precision} {'compiled' if compiled else 'eager'} (the kit's default here)"
+    ratios = [("FORWARD_SPEEDUP: stored-film inference / training step", stored, step, default,
+               f"kit/timing.py: {timing.FORWARD_SPEEDUP}"),
+              ("model alone / training step", alone, step, default, ""),
+              ("FILM_SLOWDOWN: stored / full-size film inference", stored, full, "",
+               f"kit/timing.py: {timing.FILM_SLOWDOWN}"),
+              ("predict stage on full-size films / model alone", full, alone, "", "")]
+    return [{"what": what, "unit": "x", "value": a / b, "setting": setting, "note": note}
+            for what, a, b, setting, note in ratios if a and b]
 
 
 def generator_rows(s, device) -> list:
@@ -220,7 +218,7 @@ def t4_rows(card, train, forward) -> list:
     compute, bandwidth = gpus.ratios_to_t4(gpu)
     rows = []
     for t in train:
-        f16 = next((f for f in forward if f["model"] == t["model"] and f.get("t4_forward")), None)
+        f16 = next((f for f in forward if f.get("model") == t["model"] and f.get("t4_forward")), None)
         if not (t["mode"].t4_attention and t.get("value") and f16):
             continue
         est = gpus.t4_estimate(t["value"], f16["value"], compute, bandwidth)
@@ -243,6 +241,17 @@ def nvidia_smi() -> str:
     done = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,power.limit",
                            "--format=csv,noheader"], capture_output=True, text=True)
     return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
+
+
+def section(what, run) -> list:
+    """run()'s rows, or one row saying how it failed: one part that breaks must not lose the
+    figures of the others."""
+    try:
+        return run()
+    except Exception as e:
+        note = f"failed: {type(e).__name__}: {e}".splitlines()[0][:160]
+        print(f"{what} {note}", flush=True)
+        return [{"what": what, "note": note}]
 
 
 def card_name(device) -> str:
@@ -288,24 +297,24 @@ def main(argv=None):
     header = "\n".join(lines)
     print(header, flush=True)
 
-    rows, forward, stage = [], [], []
+    rows, forward, stage, predicted = [], [], [], None
     with tempfile.TemporaryDirectory(prefix="bench-gpu-check-") as tmp:
         tmp = Path(tmp)
-        for i, arch in enumerate(models):
+        for arch in models:
             flops, why = buildable(arch, s["img_size"], device)
             if why:
                 print(f"skipped {arch}: {why}", flush=True)
                 rows.append({"what": f"train {arch}", "note": f"skipped: {why}"})
                 continue
             rows += train_rows(arch, flops, s, world, tmp)
-            forward += forward_rows(arch, s, device)
-            if i == 0:
-                stage = predict_rows(arch, s, device, tmp)
+            forward += section(f"model alone {arch}", lambda: forward_rows(arch, s, device))
+            if predicted is None:  # the first model that builds
+                predicted, stage = arch, section(f"predict stage {arch}", lambda: predict_rows(arch, s, device, tmp))
             print(f"  {arch} done at {time.perf_counter() - started:.0f} s", flush=True)
     rows += forward + stage
-    if stage and forward:
-        rows += constant_rows([r for r in rows if r.get("model") == models[0] and "mode" in r], forward, stage, device)
-    rows += generator_rows(s, device)
+    if predicted:
+        rows += constant_rows(predicted, rows, device)
+    rows += section("generator", lambda: generator_rows(s, device))
     rows += t4_rows(card, [r for r in rows if "mode" in r], forward)
     seconds = time.perf_counter() - started
 
