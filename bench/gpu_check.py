@@ -17,7 +17,7 @@ table, printed and written to bench/results/<GPU>_<date>.txt with the versions a
   (what validation reads) / the training step in the kit's default mode; FILM_SLOWDOWN = the
   Scorer on stored-size / on full-size films.
 - The generate stage's training and sampling images/s at the study's size (128 px, width 64,
-  batch 64, 25 steps, bf16 where the card has it).
+  batch 64, sampled 256 at a time in 25 steps, bf16 where the card has it).
 - On a card of bench/gpus.py's table: the T4 x2 estimate of each model (bench.gpus.t4_estimate).
 
     bash bench/gpu_check.sh                # on a GPU
@@ -55,6 +55,7 @@ from kit.images import header_size, store_all
 from kit.inference import batch_size
 from kit.losses import build_loss
 from kit.model import create_model
+from kit.stages.generate import SAMPLE_BATCH
 from kit.precision import allow_tf32, autocast_dtype
 from kit.trainer import compiles
 
@@ -81,7 +82,7 @@ SETTINGS = {
                 repeats=2, films=256, film_shape=common.FILM_SHAPE, resize=KIT.resize,
                 predict_images=1024,
                 generator=["--size", str(KIT.gen_size), "--width", str(KIT.gen_width), "--batch",
-                           str(KIT.gen_batch), "--sample-batch", "64", "--steps", str(KIT.gen_steps),
+                           str(KIT.gen_batch), "--sample-batch", str(SAMPLE_BATCH["cuda"]), "--steps", str(KIT.gen_steps),
                            "--updates", "10", "--repeats", "2"]),
     "cpu-smoke": dict(models=f"{train_step.CPU_MODEL},{EVA_X}", img_size=28, batch=2, updates=1, repeats=1,
                       films=2, film_shape=(300, 240), resize=64, predict_images=4,
