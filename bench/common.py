@@ -95,7 +95,7 @@ def int_list(text) -> list:
 
 # output ------------------------------------------------------------------------------------
 
-def _cell(value) -> str:
+def cell(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -107,7 +107,7 @@ def _cell(value) -> str:
 
 def print_table(title, rows, columns):
     """rows: dicts; columns: (key, header) pairs, in order."""
-    cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    cells = [[cell(r.get(k)) for k, _ in columns] for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
     print(f"\n{title}")
     print("  ".join(h.rjust(w) for (_, h), w in zip(columns, widths)))

@@ -67,7 +67,7 @@ def plain_pipeline(model, labels, device) -> DDIMPipeline:
     return pipe
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=GENERATOR_OVERRIDES["gen_size"])
     p.add_argument("--width", type=int, default=GENERATOR_OVERRIDES["gen_width"])
@@ -76,19 +76,35 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=GENERATOR_OVERRIDES["gen_steps"])
     p.add_argument("--updates", type=int, default=10, help="updates per timed repetition")
     p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def kit_rates(args, device, dtype):
+    """The generate stage's own update and sampler timed: (its generator.Training, training
+    images/s, sampling images/s, the training batch, the sampled labels)."""
+    images, labels = films(max(args.batch, args.sample_batch), args.size)
+    batch = (images[:args.batch], labels[:args.batch])
+    torch.manual_seed(0)
+    kit = generator.Training(generator.build(2, args.size, args.width), 1e-4, 0, device, dtype)
+    train = common.rates(lambda: [kit.update(*batch) for _ in range(args.updates)],
+                         args.updates * args.batch, args.repeats, warmup=1)
+    sampler = kit.ema_model()
+    wanted = labels[:args.sample_batch]
+    seeds = lambda: [generator.image_seed(0, int(k), i) for i, k in enumerate(wanted)]  # noqa: E731
+    sample = common.rates(lambda: generator.sample(sampler, wanted, seeds(), args.steps, device, dtype),
+                          len(wanted), args.repeats, warmup=1)
+    return kit, train, sample, batch, wanted
+
+
+def main(argv=None):
+    args = parse_args(argv)
     mach = common.machine()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = autocast_dtype("auto", device)
     print(f"{common.describe(mach)} | UNet2DModel at {args.size}px, width {args.width}, "
           f"{str(dtype).replace('torch.', '') if dtype else 'fp32'}")
-    images, labels = films(max(args.batch, args.sample_batch), args.size)
-    batch = (images[:args.batch], labels[:args.batch])
+    kit, kit_train, kit_sample, batch, wanted = kit_rates(args, device, dtype)
 
-    torch.manual_seed(0)
-    kit = generator.Training(generator.build(2, args.size, args.width), 1e-4, 0, device, dtype)
-    kit_train = common.rates(lambda: [kit.update(*batch) for _ in range(args.updates)],
-                             args.updates * args.batch, args.repeats, warmup=1)
     model = generator.build(2, args.size, args.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     lr = get_constant_schedule_with_warmup(optimizer, generator.WARMUP_UPDATES)
@@ -98,11 +114,6 @@ def main(argv=None):
                                         for _ in range(args.updates)],
                                args.updates * args.batch, args.repeats, warmup=1)
 
-    sampler = kit.ema_model()
-    wanted = labels[:args.sample_batch]
-    seeds = lambda: [generator.image_seed(0, int(k), i) for i, k in enumerate(wanted)]  # noqa: E731
-    kit_sample = common.rates(lambda: generator.sample(sampler, wanted, seeds(), args.steps, device, dtype),
-                              len(wanted), args.repeats, warmup=1)
     pipe = plain_pipeline(kit.ema_model(), wanted, device)
     pipe_default = common.rates(lambda: pipe(len(wanted), num_inference_steps=PIPELINE_STEPS, output_type="np"),
                                 len(wanted), args.repeats, warmup=1)

@@ -10,7 +10,7 @@ checkpointed; then, at the kit's default precision and batch, --compile and
 --grad-checkpointing each way. The kit's defaults (--amp auto, the batch that --batch-size auto
 picks, --compile auto: on for GPUs, no checkpointing) are compared with the best. On a GPU,
 MFU = FLOPs of one step (counted with torch.utils.flop_counter) x steps/s / the device's
-dense peak at that precision (a small table of known GPUs, or --peak-tflops). On a CPU it
+dense peak at that precision (bench/gpus.py's table of known GPUs, or --peak-tflops). On a CPU it
 runs EVA-02 tiny at 56 px, without compiling (minutes on two cores: --compile off,on).
 
     python -m bench.train_step [--model eva02_base_patch14_448 --img-size 448]
@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import common
+from bench import common, gpus
 from kit.config import Config
 from kit.distributed import World
 from kit.losses import build_loss
@@ -45,19 +45,6 @@ DISTINCT_IMAGES = 64
 # on a CPU: the configured model's family (EVA-02: rotary embeddings, SDPA) at its smallest
 CPU_MODEL, CPU_IMG_SIZE = "eva02_tiny_patch14_224", 56
 AMP = {"bf16": "bf16", "fp16": "fp16", "fp32": "off"}  # precision -> --amp
-# dense (no sparsity) peak TFLOPS; fp32 matmuls run as tf32 on Ampere and newer (allow_tf32)
-PEAK_TFLOPS = (
-    ("H200", dict(bf16=989, fp16=989, tf32=495, fp32=67)),
-    ("H100 NVL", dict(bf16=835, fp16=835, tf32=418, fp32=60)),
-    ("H100 PCIe", dict(bf16=756, fp16=756, tf32=378, fp32=51)),
-    ("H100", dict(bf16=989, fp16=989, tf32=495, fp32=67)),
-    ("A100", dict(bf16=312, fp16=312, tf32=156, fp32=19.5)),
-    ("L40S", dict(bf16=362, fp16=362, tf32=183, fp32=91.6)),
-    ("L4", dict(bf16=121, fp16=121, tf32=60, fp32=30.3)),
-    ("V100", dict(fp16=125, fp32=15.7)),
-    ("T4", dict(fp16=65, fp32=8.1)),
-    ("P100", dict(fp16=18.7, fp32=9.3)),
-)
 
 
 class MemoryDataset(Dataset):
@@ -100,10 +87,8 @@ def peak_tflops(device, precision, override):
     name = torch.cuda.get_device_name(device)
     tf32 = torch.get_float32_matmul_precision() != "highest" and torch.cuda.get_device_capability(device) >= (8, 0)
     key = "tf32" if precision == "fp32" and tf32 else precision
-    for pattern, peaks in PEAK_TFLOPS:
-        if pattern in name:
-            return peaks.get(key)
-    return None
+    gpu = gpus.lookup(name)
+    return gpu.tflops.get(key) if gpu else None
 
 
 def step_flops(model, criterion, img_size, device, dtype) -> float:
@@ -156,6 +141,8 @@ def measure(base, world, precision, batch, compile, checkpointing, args, tmp) ->
             if epoch:
                 rates.append(stats["images_per_s"])
         row["images_per_s"] = common.median(rates)
+        if compile and not trainer.compiled:
+            row["note"] = "compiling failed: ran not compiled"
         if world.device.type == "cuda":
             row["peak_gib"] = torch.cuda.max_memory_allocated(world.device) / 2**30
     except torch.OutOfMemoryError:

@@ -118,6 +118,7 @@ def make_loader(dataset, batch_size, shuffle, workers, seed=0, drop_last=False, 
 def to_input(images, mean, std, device):
     """uint8 [B,1,H,W] -> normalized float [B,3,H,W] on `device` (the channel is broadcast)."""
     x = images.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    # lists are copied to the device and wait for it; tensors already there are used as they are
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return (x - mean) / std

@@ -19,6 +19,7 @@ def _batches(model, loader, device, mean, std, amp, flips, progress):
     dtype = autocast_dtype(amp, device)
     model.eval()
     batches = report(loader, len(loader), progress, unit="batch") if progress else loader
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))  # copied once
     with torch.inference_mode():
         for images, _, index, ok in batches:
             x = to_input(images, mean, std, device)

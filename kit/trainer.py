@@ -59,6 +59,8 @@ class Trainer:
         self.cfg, self.world, self.model, self.criterion = cfg, world, model, criterion
         self.train_set, self.batch, self.accum = train_set, batch, accum
         self.mean, self.std = norm_stats(model)
+        # on the device once: a list copied there each update would wait for the GPU each time
+        self._norm = tuple(torch.tensor(v, device=world.device) for v in (self.mean, self.std))
         self.dtype = autocast_dtype(cfg.amp, world.device)
         self.scaler = grad_scaler(self.dtype, world.device)
         self.effective = batch * accum * world.size
@@ -190,7 +192,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for i in range(self.accum):
             images, targets, _, _ = next(batches)
-            x, y = to_input(images, self.mean, self.std, device), targets.to(device, non_blocking=True)
+            x, y = to_input(images, *self._norm, device), targets.to(device, non_blocking=True)
             last = i == self.accum - 1
             with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                 try:
@@ -212,7 +214,10 @@ class Trainer:
         try:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad or math.inf)
-            finite = bool(torch.isfinite(norm))  # gradients are all-reduced, so every rank agrees
+            # one wait for the GPU per update: the loss and whether the gradients are finite, together
+            # (gradients are all-reduced, so every rank agrees)
+            loss, finite = torch.stack([distributed.mean(total, self.world), torch.isfinite(norm).float()]).tolist()
+            finite = bool(finite)
             if finite or self.scaler.is_enabled():  # the scaler skips a non-finite step by itself
                 self.scaler.step(self.optimizer)
         except torch.OutOfMemoryError:
@@ -221,7 +226,7 @@ class Trainer:
                            f"resumes from the last checkpoint)") from None
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return distributed.mean(total, self.world).item(), finite
+        return loss, finite
 
     def _account(self, loss, finite):
         self.updates += 1

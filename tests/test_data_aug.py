@@ -100,4 +100,6 @@ def test_loader_and_to_input(tmp_path):
     for c in range(3):
         expected = (images[:, 0].float() / 255 - mean[c]) / std[c]
         assert torch.allclose(x[:, c], expected, atol=1e-6)
+    # the trainer hands mean and std over as tensors already on the device: the same input
+    assert torch.equal(to_input(images, torch.tensor(mean), torch.tensor(std), "cpu"), x)
     assert index.tolist() == [0, 1, 2, 3] and ok.all()
