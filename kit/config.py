@@ -108,10 +108,17 @@ class Config:
     weight_decay: float = opt(0.05, "AdamW weight decay", "train", check=at_least(0))
     warmup_epochs: float = opt(1.0, "linear warmup before the cosine schedule", "train", check=at_least(0))
     min_lr: float = opt(1e-6, "cosine schedule floor", "train", check=at_least(0))
-    loss: str = opt("focal_bce", "training loss", "train", ("focal_bce", "focal", "bce"))
+    loss: str = opt("focal_bce", "training loss: focal_bce (w*focal + (1-w)*BCE), focal, bce, or asl (the "
+                                 "asymmetric loss: negatives down-weighted by --asl-gamma-neg and shifted "
+                                 "by --asl-clip, as for many rare findings)", "train",
+                    ("focal_bce", "focal", "bce", "asl"))
     focal_weight: float = opt(0.7, "weight w of focal in w*focal + (1-w)*BCE", "train", check=between(0, 1))
     focal_alpha: float = opt(0.25, "focal loss alpha", "train", check=between(0, 1))
     focal_gamma: float = opt(2.0, "focal loss gamma", "train", check=at_least(0))
+    asl_gamma_neg: float = opt(4.0, "asl: focusing exponent of the negatives", "train", check=at_least(0))
+    asl_gamma_pos: float = opt(1.0, "asl: focusing exponent of the positives", "train", check=at_least(0))
+    asl_clip: float = opt(0.05, "asl: probability margin subtracted from the negatives (0: none)", "train",
+                          check=between(0, 1))
     pos_weight: str = opt("none", "BCE positive weights", "train", ("none", "balanced"))
     amp: str = opt("auto", "mixed precision: auto picks bf16, else fp16 with scaling, off on CPU",
                    "train", ("auto", "bf16", "fp16", "off"))
@@ -137,7 +144,8 @@ class Config:
     soup_epochs: str = opt("last2", "epochs to average: 5,6 or lastN (the last N, or all of a shorter run)", "evaluate")
     weights: str = opt("", "weights to evaluate and predict with (default: the soup)", "evaluate")
     bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals", "evaluate", check=at_least(1))
-    tta: bool = opt(False, "test-time augmentation: average with the horizontal flip", "evaluate")
+    tta: bool = opt(False, "test-time augmentation, only with what training did: average with the horizontal "
+                           "flip when --hflip > 0, else with the film zoomed in 5%% and shifted 2%%", "evaluate")
     predict_csv: str = opt("", "sample submission listing the images to predict", "evaluate")
     predict_dir: str = opt("", "folder of images to predict", "evaluate")
     on_missing: str = opt("fail", "an image that cannot be predicted: fail, or fill with the "

@@ -12,7 +12,7 @@ from kit import layout, metrics, plots
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
-from kit.inference import Scorer, check_classes, check_unseen
+from kit.inference import Scorer, check_classes, check_unseen, tta_name
 from kit.pipeline import Stamp, stamped
 
 LEVEL = 0.95
@@ -52,8 +52,8 @@ def stamp(cfg) -> Stamp:
     work, weights = cfg.work, layout.weights_path(cfg.work, cfg.weights)
     _, _, single = _test_split(cfg)
     history = layout.history_csv(work)
-    return Stamp(dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=cfg.tta, amp=cfg.amp,
-                      single=single),
+    return Stamp(dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=tta_name(cfg),
+                      amp=cfg.amp, single=single),
                  [weights, layout.split_csv(work, "val"), layout.split_csv(work, "test"), history,
                   *layout.epoch_checkpoints(work).values()],
                  _outputs(layout.reports_dir(work), single, history.exists()))
@@ -100,7 +100,7 @@ def run(cfg):
 
     result = dict(
         weights=str(weights), soup=ckpt.get("soup"), test_images=int(ok.sum()),
-        unreadable_images=unreadable, tta=cfg.tta, label_mode="single" if single else "multi",
+        unreadable_images=unreadable, tta=tta_name(cfg), label_mode="single" if single else "multi",
         macro_auc=_num(metrics.macro_auc(y, p)), macro_auc_ci=[_num(v) for v in macro_ci],
         micro_auc=_num(metrics.micro_auc(y, p)),
         classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]],
@@ -138,8 +138,9 @@ def _fmt(x, digits=3):
 
 
 def _print(result, unreadable, reports):
+    tta = "" if result["tta"] == "off" else f" (with {result['tta']} TTA)"
     print(f"[evaluate] {result['weights']} on {result['test_images']} test images of "
-          f"{result['bootstrap']['patients']} patients{' (with flip TTA)' if result['tta'] else ''}; "
+          f"{result['bootstrap']['patients']} patients{tta}; "
           f"intervals resample patients:")
     rows = [(c, str(m["positives"]), f"{_fmt(m['auc'])} [{_fmt(m['auc_ci'][0])}, {_fmt(m['auc_ci'][1])}]",
              _fmt(m["sensitivity"]), _fmt(m["specificity"])) for c, m in result["classes"].items()]

@@ -14,7 +14,7 @@ from kit import layout, smoke
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
-from kit.inference import Scorer
+from kit.inference import Scorer, tta_name
 from kit.pipeline import Stamp, stamped
 from kit.submission import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
                             relative_ids, sample_classes, skip_reason)
@@ -85,7 +85,7 @@ def _inputs(cfg, weights):
 
 def stamp(cfg, weights=None, interim=False) -> Stamp:
     csv, folder, weights, index = _inputs(cfg, weights)
-    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=cfg.tta, amp=cfg.amp,
+    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg), amp=cfg.amp,
                     on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
                     smoke=cfg.smoke)
     # every image, not the folder: a file copied over another leaves the folder's time as it was

@@ -8,7 +8,7 @@ from kit.errors import KitError
 from kit.io import write_csv
 from kit.metrics import auc_per_class
 from kit.model import checkpoint_dict, read_weights, save_weights
-from kit.inference import Scorer, check_classes
+from kit.inference import Scorer, check_classes, tta_name
 from kit.pipeline import Stamp, stamped
 
 
@@ -43,7 +43,7 @@ def recorded_val_aucs(work, epochs, classes) -> dict:
 
 def stamp(cfg) -> Stamp:
     paths = chosen_checkpoints(cfg)
-    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=cfg.tta, amp=cfg.amp),
+    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=tta_name(cfg), amp=cfg.amp),
                  [*paths.values(), layout.split_csv(cfg.work, "val"), layout.history_csv(cfg.work)],
                  [layout.soup_weights(cfg.work), layout.soup_report(cfg.work)])
 
