@@ -142,7 +142,7 @@ class Scorer:
 
     def _load(self, ckpt):
         """The checkpoint's model; built once, later checkpoints of the same shape only load weights."""
-        shape = (ckpt["arch"], len(ckpt["classes"]), ckpt["img_size"])
+        shape = (ckpt["arch"], len(ckpt["classes"]), ckpt["img_size"], str(ckpt.get("model_kwargs")))
         if shape != self._built_for:
             self._model, self._built_for = load_model(ckpt, self.device), shape
         else:

@@ -84,7 +84,8 @@ def run(cfg):
 
     final = checkpoint_dict(averaging.uniform_average([ingredients[e] for e in kept]), arch=last["arch"],
                             classes=classes, img_size=last["img_size"], mean=last["mean"], std=last["std"],
-                            epoch=max(kept), metric=best, seen_patients=last.get("seen_patients"))
+                            epoch=max(kept), metric=best, seen_patients=last.get("seen_patients"),
+                            model_kwargs=last.get("model_kwargs"))
     final["soup"] = {"method": cfg.soup, "epochs": kept}
     save_weights(final, out)
 
