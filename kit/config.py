@@ -146,6 +146,10 @@ class Config:
     bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals", "evaluate", check=at_least(1))
     tta: bool = opt(False, "test-time augmentation, only with what training did: average with the horizontal "
                            "flip when --hflip > 0, else with the film zoomed in 5%% and shifted 2%%", "evaluate")
+    study_pool: str = opt("auto", "one answer per study (a patient's visit), pooled from its films' "
+                                  "probabilities: mean, max, none (per film), or auto: what scores best on "
+                                  "val, pooling only when the training labels are constant within studies "
+                                  "(reports/study_pool.json)", "evaluate", ("auto", "none", "mean", "max"))
     predict_csv: str = opt("", "sample submission listing the images to predict", "evaluate")
     predict_dir: str = opt("", "folder of images to predict", "evaluate")
     on_missing: str = opt("fail", "an image that cannot be predicted: fail, or fill with the "

@@ -1,5 +1,6 @@
 """Soup arithmetic: epoch selection, refusal of mismatched checkpoints, uniform and greedy soups."""
 import glob
+import json
 import os
 from pathlib import Path
 
@@ -184,6 +185,15 @@ def test_stage_uniform_soup_equals_timm_average_and_loads_in_plain_timm(cfg, cap
     np.testing.assert_allclose(aucs[:2], history.loc[[2, 3], [f"val_auc_{k}" for k in CLASSES]])
     printed = capsys.readouterr().out
     assert "epoch 2" in printed and "epoch 3" in printed and "vs the best epoch" in printed
+
+    # the soup's val answers, kept for a blend: every val film, scored as the soup scored on val
+    val, _ = layout.read_split(c.work, "val")
+    answers = pd.read_csv(layout.val_predictions_csv(c.work), dtype={"image_id": str})
+    decision = json.loads(layout.study_pool_json(c.work).read_text())
+    assert answers["image_id"].tolist() == val["image_id"].tolist()
+    assert decision["method"] == "none" and "study pool: none" in printed
+    assert macro_auc(val[CLASSES], answers[[f"prob_{k}" for k in CLASSES]]) == pytest.approx(ckpt["metric"])
+    assert decision["val_macro_auc"]["none"] == pytest.approx(ckpt["metric"])
 
     soup_stage.run(c)
     assert "up to date" in capsys.readouterr().out

@@ -8,7 +8,7 @@ so the soup's gain is measured where it was not selected.
 import numpy as np
 import pandas as pd
 
-from kit import layout, metrics, plots
+from kit import layout, metrics, plots, studies
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
@@ -115,6 +115,7 @@ def run(cfg):
                               "interval from the draws holding both its labels, the macro's from the "
                               "draws holding both labels of every class"),
         epoch_checkpoints_macro_auc=per_epoch,
+        study_pool=_study_pool(work, test[ok], y, p),
     )
     if single:
         result["single_label"] = dict(metrics.single_label_report(y, p, thresholds), decision_rule=DECISION_RULE)
@@ -131,6 +132,15 @@ def run(cfg):
         plots.training_curves(pd.read_csv(history), reports / "training_curves.png")
     write_json(result, reports / "test_metrics.json")
     _print(result, unreadable, reports)
+
+
+def _study_pool(work, test, y, p) -> dict:
+    """Test macro AUC per film and with each study's films pooled, beside the val decision."""
+    keys = studies.table_keys(test)
+    decision = studies.read_decision(work)
+    return dict(val_decision=decision and decision["method"], macro_auc_per_film=_num(metrics.macro_auc(y, p)),
+                **{f"macro_auc_study_{how}": _num(metrics.macro_auc(y, studies.pool(p, keys, how)))
+                   for how in studies.METHODS})
 
 
 def _fmt(x, digits=3):
@@ -161,6 +171,10 @@ def _print(result, unreadable, reports):
     if result["epoch_checkpoints_macro_auc"]:
         epochs = ", ".join(f"{k} {_fmt(v)}" for k, v in result["epoch_checkpoints_macro_auc"].items())
         print(f"  test macro AUC of the epoch checkpoints: {epochs}")
+    pool = result["study_pool"]
+    print(f"  test macro AUC per film {_fmt(pool['macro_auc_per_film'])}, study mean "
+          f"{_fmt(pool['macro_auc_study_mean'])}, study max {_fmt(pool['macro_auc_study_max'])} "
+          f"(val chose: {pool['val_decision'] or 'no decision'})")
     if unreadable:
         shown = ", ".join(unreadable[:SHOWN]) + (" ..." if len(unreadable) > SHOWN else "")
         print(f"warning: {len(unreadable)} test images could not be read and are left out: {shown} "

@@ -2,7 +2,8 @@
 
 The images come from a sample submission (--predict-csv: its first column names the images,
 the other columns are the classes asked for, in the order the submission must keep) or from
-a folder (--predict-dir). Grand X-Ray Slam's sample_submission_N.csv with its testN/ folder is
+a folder (--predict-dir). Films named `<patient>_<study>_<view>.jpg` answer per study where the run
+pools (--study-pool). Grand X-Ray Slam's sample_submission_N.csv with its testN/ folder is
 found without flags under the data folder (on Kaggle: /kaggle/input).
 """
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit import layout, smoke
+from kit import layout, smoke, studies
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
@@ -87,9 +88,11 @@ def stamp(cfg, weights=None, interim=False) -> Stamp:
     csv, folder, weights, index = _inputs(cfg, weights)
     settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg), amp=cfg.amp,
                     on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
-                    smoke=cfg.smoke)
+                    smoke=cfg.smoke, study_pool=cfg.study_pool)
     # every image, not the folder: a file copied over another leaves the folder's time as it was
     inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
+    if layout.study_pool_json(cfg.work).exists():
+        inputs.append(layout.study_pool_json(cfg.work))
     return Stamp(settings, inputs, [layout.submission_csv(cfg.work)])
 
 
@@ -127,6 +130,7 @@ def run(cfg, weights=None, interim=False):
     shorter_side = max(stored, ckpt["img_size"]) if stored else 0
     scorer = Scorer({"test": paths}, ckpt["img_size"], cfg, shorter_side=shorter_side)
     probs, ok = scorer(ckpt, "test", "[predict]")
+    probs = studies.for_test(cfg, cfg.work, ids, probs)
     print(f"[predict] {len(ids)} images at {scorer.images_per_s:.1f} images/s ({scorer.describe()})")
     submission = pd.DataFrame({id_col: ids})
     submission[asked] = probs[:, columns]
