@@ -85,6 +85,9 @@ class Config:
                           "data")
     test_frac: float = opt(0.15, "fraction of images in the test split (competition default: 0, no test "
                                  "report)", "data")
+    split_seed: int = opt(-1, "seed of the split alone (-1: --seed): runs of other seeds, models or losses "
+                              "that share it answer the same val films, as a blend needs", "data",
+                          check=at_least(-1))
     split: str = opt("stratified", "stratified: patient-grouped, label-stratified; official: NIH's "
                                    "test_list.txt is the test set", "data", ("stratified", "official"))
 
@@ -167,8 +170,10 @@ class Config:
     near_copy: float = opt(0.1, "synth-quality: flag a synthetic image whose nearest real image is closer "
                                 "than this fraction of the median real-to-nearest-real distance", "study",
                                 check=above(0))
-    runs: tuple[str, str] = opt((), "compare: the work dirs of two runs, WORK_A WORK_B (the baseline "
-                                    "first), evaluated on the same test split", "study")
+    runs: tuple[str, ...] = opt((), "compare: the work dirs of two runs, WORK_A WORK_B (the baseline "
+                                    "first), evaluated on the same test split; blend: two or more finished "
+                                    "runs' work dirs (or attached kernel outputs) sharing their val split",
+                                "study")
     specificity: float = opt(0.9, "compare: sensitivity is reported at this specificity", "study",
                              check=between(0, 1))
     synthetic: bool = opt(False, "with --demo: also train a generator on the two rarest classes, generate "
