@@ -1,11 +1,12 @@
 """Soup stage: average epoch checkpoints into the final model (eva_x_final_soup.pth), and show
 on the validation set whether averaging helped (reports/soup.csv). The soup's val answers are kept
 (reports/val_predictions.csv, what a blend reads), with the study-pool decision made on them
-(reports/study_pool.json, what predict follows)."""
+(reports/study_pool.json, what predict follows); without a test split, the val report too
+(reports/val_metrics.json and pictures: kit/val_report.py)."""
 import numpy as np
 import pandas as pd
 
-from kit import averaging, layout, settings, studies
+from kit import averaging, layout, settings, studies, val_report
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.metrics import auc_per_class
@@ -48,7 +49,13 @@ def stamp(cfg) -> Stamp:
     return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=tta_name(cfg), amp=cfg.amp, study_pool=cfg.study_pool),
                  [*paths.values(), layout.split_csv(cfg.work, "val"), layout.history_csv(cfg.work)],
                  [layout.soup_weights(cfg.work), layout.soup_report(cfg.work), layout.val_predictions_csv(cfg.work),
-                  layout.study_pool_json(cfg.work)])
+                  layout.study_pool_json(cfg.work),
+                  *(val_report.outputs(cfg.work, layout.history_csv(cfg.work).exists()) if _no_test(cfg) else [])])
+
+
+def _no_test(cfg) -> bool:
+    """No held-out test split (the competition's default): the val report stands in for evaluate's."""
+    return layout.read_split(cfg.work, "test")[0].empty
 
 
 @stamped("soup", stamp)
@@ -101,7 +108,10 @@ def run(cfg):
     write_csv(pd.DataFrame(rows), report)
     _print(cfg.soup, scores, kept, best, tried, out, recorded)
     probs, _ = scorer(final, "val", "[soup] val, the soup")
-    keep_val_answers(cfg, val, classes, probs)
+    decision, answers = keep_val_answers(cfg, val, classes, probs)
+    if _no_test(cfg):
+        result = val_report.write(cfg.work, val, classes, answers, decision, cfg.bootstrap, cfg.seed)
+        print("\n".join(f"[soup] {line}" if i == 0 else line for i, line in enumerate(val_report.describe(result))))
 
 
 def keep_val_answers(cfg, val, classes, probs):
@@ -119,6 +129,7 @@ def keep_val_answers(cfg, val, classes, probs):
     write_csv(table, layout.val_predictions_csv(cfg.work))
     write_json(decision, layout.study_pool_json(cfg.work))
     print(f"[soup] {studies.describe(decision)}")
+    return decision, answers
 
 
 def _print(method, scores, kept, best, tried, out, recorded):
