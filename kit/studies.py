@@ -102,12 +102,12 @@ def read_decision(work) -> "dict | None":
     return json.loads(path.read_text())
 
 
-def for_test(cfg, work, names, probs):
+def for_test(cfg, names, probs):
     """The test films' probabilities as the run answers them: pooled by study where the setting
     (or the val decision under auto) pools and the names carry studies."""
     method = cfg.study_pool
     if method == "auto":
-        decision = read_decision(work)
+        decision = read_decision(cfg.work)
         if decision is None:
             print("[predict] study pool: per film (no val decision in reports/; run --stage soup)")
             return probs

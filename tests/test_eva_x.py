@@ -5,11 +5,13 @@ import re
 import pytest
 import timm
 import torch
+from eval_fixtures import write_checkpoints, write_splits
 from timm.models.eva import Eva
 
-from kit import eva_x
+from kit import eva_x, layout
 from kit.errors import KitError
 from kit.model import checkpoint_dict, create_model, load_model, read_weights, save_weights
+from kit.stages import soup
 
 # EVA-X's eva_x.py, written out: what each published model is
 PUBLISHED = {
@@ -133,3 +135,22 @@ def test_weights_file_loads_in_plain_timm_with_the_same_outputs(tmp_path):
         want = model(x)
         torch.testing.assert_close(plain.eval()(x), want)
         torch.testing.assert_close(load_model(read_weights(path), "cpu")(x), want)
+
+
+def test_eva_x_soup_loads_with_the_readme_recipe(cfg):
+    """A run of eva_x_tiny_patch16 through the soup stage: plain timm rebuilds the soup from
+    the file alone and answers as the average of the epochs' weights does."""
+    c = cfg(epochs=2, workers=0)
+    write_splits(c.work)
+    paths = write_checkpoints(c.work, epochs=(1, 2), arch="eva_x_tiny_patch16", img_size=32)
+    soup.run(c)
+    path = layout.soup_weights(c.work)
+    ckpt = torch.load(path, weights_only=False)
+    plain = timm.create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), img_size=ckpt["img_size"],
+                              **ckpt.get("model_kwargs", {}))
+    timm.models.load_checkpoint(plain, str(path))
+    epochs = [read_weights(p) for p in paths.values()]
+    average = {k: (epochs[0]["state_dict"][k] + epochs[1]["state_dict"][k]) / 2 for k in epochs[0]["state_dict"]}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), load_model({**epochs[0], "state_dict": average}, "cpu")(x))

@@ -130,7 +130,7 @@ def run(cfg, weights=None, interim=False):
     shorter_side = max(stored, ckpt["img_size"]) if stored else 0
     scorer = Scorer({"test": paths}, ckpt["img_size"], cfg, shorter_side=shorter_side)
     probs, ok = scorer(ckpt, "test", "[predict]")
-    probs = studies.for_test(cfg, cfg.work, ids, probs)
+    probs = studies.for_test(cfg, ids, probs)
     print(f"[predict] {len(ids)} images at {scorer.images_per_s:.1f} images/s ({scorer.describe()})")
     submission = pd.DataFrame({id_col: ids})
     submission[asked] = probs[:, columns]
