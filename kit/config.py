@@ -88,6 +88,9 @@ class Config:
                           "data")
     test_frac: float = opt(0.15, "fraction of images in the test split (competition default: 0, no test "
                                  "report)", "data")
+    split_seed: int = opt(-1, "seed of the split alone (-1: --seed): runs of other seeds, models or losses "
+                              "that share it answer the same val films, as a blend needs", "data",
+                          check=at_least(-1))
     split: str = opt("stratified", "stratified: patient-grouped, label-stratified; official: NIH's "
                                    "test_list.txt is the test set", "data", ("stratified", "official"))
 
@@ -113,10 +116,17 @@ class Config:
     weight_decay: float = opt(0.05, "AdamW weight decay", "train", check=at_least(0))
     warmup_epochs: float = opt(1.0, "linear warmup before the cosine schedule", "train", check=at_least(0))
     min_lr: float = opt(1e-6, "cosine schedule floor", "train", check=at_least(0))
-    loss: str = opt("focal_bce", "training loss", "train", ("focal_bce", "focal", "bce"))
+    loss: str = opt("focal_bce", "training loss: focal_bce (w*focal + (1-w)*BCE), focal, bce, or asl (the "
+                                 "asymmetric loss: negatives down-weighted by --asl-gamma-neg and shifted "
+                                 "by --asl-clip, as for many rare findings)", "train",
+                    ("focal_bce", "focal", "bce", "asl"))
     focal_weight: float = opt(0.7, "weight w of focal in w*focal + (1-w)*BCE", "train", check=between(0, 1))
     focal_alpha: float = opt(0.25, "focal loss alpha", "train", check=between(0, 1))
     focal_gamma: float = opt(2.0, "focal loss gamma", "train", check=at_least(0))
+    asl_gamma_neg: float = opt(4.0, "asl: focusing exponent of the negatives", "train", check=at_least(0))
+    asl_gamma_pos: float = opt(1.0, "asl: focusing exponent of the positives", "train", check=at_least(0))
+    asl_clip: float = opt(0.05, "asl: probability margin subtracted from the negatives (0: none)", "train",
+                          check=between(0, 1))
     pos_weight: str = opt("none", "BCE positive weights", "train", ("none", "balanced"))
     amp: str = opt("auto", "mixed precision: auto picks bf16, else fp16 with scaling, off on CPU",
                    "train", ("auto", "bf16", "fp16", "off"))
@@ -142,7 +152,12 @@ class Config:
     soup_epochs: str = opt("last2", "epochs to average: 5,6 or lastN (the last N, or all of a shorter run)", "evaluate")
     weights: str = opt("", "weights to evaluate and predict with (default: the soup)", "evaluate")
     bootstrap: int = opt(1000, "bootstrap resamples for confidence intervals", "evaluate", check=at_least(1))
-    tta: bool = opt(False, "test-time augmentation: average with the horizontal flip", "evaluate")
+    tta: bool = opt(False, "test-time augmentation, only with what training did: average with the horizontal "
+                           "flip when --hflip > 0, else with the film zoomed in 5%% and shifted 2%%", "evaluate")
+    study_pool: str = opt("auto", "one answer per study (a patient's visit), pooled from its films' "
+                                  "probabilities: mean, max, none (per film), or auto: what scores best on "
+                                  "val, pooling only when the training labels are constant within studies "
+                                  "(reports/study_pool.json)", "evaluate", ("auto", "none", "mean", "max"))
     predict_csv: str = opt("", "sample submission listing the images to predict", "evaluate")
     predict_dir: str = opt("", "folder of images to predict", "evaluate")
     on_missing: str = opt("fail", "an image that cannot be predicted: fail, or fill with the "
@@ -160,8 +175,10 @@ class Config:
     near_copy: float = opt(0.1, "synth-quality: flag a synthetic image whose nearest real image is closer "
                                 "than this fraction of the median real-to-nearest-real distance", "study",
                                 check=above(0))
-    runs: tuple[str, str] = opt((), "compare: the work dirs of two runs, WORK_A WORK_B (the baseline "
-                                    "first), evaluated on the same test split", "study")
+    runs: tuple[str, ...] = opt((), "compare: the work dirs of two runs, WORK_A WORK_B (the baseline "
+                                    "first), evaluated on the same test split; blend: two or more finished "
+                                    "runs' work dirs (or attached kernel outputs) sharing their val split",
+                                "study")
     specificity: float = opt(0.9, "compare: sensitivity is reported at this specificity", "study",
                              check=between(0, 1))
     synthetic: bool = opt(False, "with --demo: also train a generator on the two rarest classes, generate "

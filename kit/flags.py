@@ -64,9 +64,9 @@ def build_parser(defaults=True):
             kw = dict(dest=f.name, default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"])
             if f.type in (bool, "bool"):
                 kw["action"] = argparse.BooleanOptionalAction
-            elif typing.get_origin(f.type) is tuple:  # tuple[str, str]: a flag taking two values
-                kw.update(type=typing.get_args(f.type)[0], nargs=len(typing.get_args(f.type)),
-                          metavar=f.name.upper())
+            elif typing.get_origin(f.type) is tuple:  # tuple[str, str]: two values; tuple[str, ...]: one or more
+                args = typing.get_args(f.type)
+                kw.update(type=args[0], nargs="+" if args[-1] is Ellipsis else len(args), metavar=f.name.upper())
             else:
                 kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
                 if kw["type"] is str and type(f.default) is int:  # a number that also takes words (--epochs auto)

@@ -1,10 +1,11 @@
 """Running a model over images: one loop over a loader (raw logits for validation, probabilities
-in dataset order with optional flip averaging), the Scorer that soup, evaluate and predict use
+in dataset order with optional test-time augmentation), the Scorer that soup, evaluate and predict use
 on weights files, and penultimate-layer features for judging synthetic images."""
 import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from kit import layout, settings
 from kit.data import XrayDataset, make_loader, to_input, worker_count
@@ -13,8 +14,41 @@ from kit.model import load_model
 from kit.precision import Autocast, autocast_dtype
 from kit.progress import progress as report
 
-def _batches(model, loader, device, mean, std, amp, flips, progress):
-    """(index, [float32 CPU outputs, one per flip], ok) for each batch of the loader."""
+# --tta's second view when training never flipped: zoomed in 5% about the centre and shifted 2% of
+# the side right and down, well inside both augmentations' ranges (light: scale 0.9-1.1, shift 5%)
+JITTER = (1.05, 0.02, 0.02)
+
+
+def tta_views(tta, hflip) -> tuple:
+    """The views --tta averages: the film itself and one the model was trained on, its flip
+    only when training flipped (--hflip > 0), else the small scale and shift of JITTER."""
+    if not tta:
+        return (None,)
+    return (None, "flip") if hflip > 0 else (None, JITTER)
+
+
+def tta_name(cfg) -> str:
+    """What --tta averages in this run, in words (also what decides whether scores are up to date)."""
+    views = tta_views(cfg.tta, cfg.hflip)
+    return "off" if len(views) == 1 else "flip" if "flip" in views else "scale and shift jitter"
+
+
+def _view(x, view, mean, std):
+    """Normalized batch `x` as `view` sees it; a jittered film's border is black, as in training."""
+    if view is None:
+        return x
+    if view == "flip":
+        return x.flip(-1)
+    scale, dx, dy = view
+    # affine_grid maps output to input in [-1, 1] coordinates: a shift of d sides is 2d there
+    theta = x.new_tensor([[1 / scale, 0, -2 * dx / scale], [0, 1 / scale, -2 * dy / scale]])
+    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    black = -(x.new_tensor(mean) / x.new_tensor(std)).view(1, -1, 1, 1)
+    return F.grid_sample(x - black, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + black
+
+
+def _batches(model, loader, device, mean, std, amp, views, progress):
+    """(index, [float32 CPU outputs, one per view], ok) for each batch of the loader."""
     device = torch.device(device)
     dtype = autocast_dtype(amp, device)
     model.eval()
@@ -24,28 +58,27 @@ def _batches(model, loader, device, mean, std, amp, flips, progress):
         for images, _, index, ok in batches:
             x = to_input(images, mean, std, device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                outs = [model(x.flip(-1) if flip else x).float().cpu() for flip in flips]
+                outs = [model(_view(x, view, mean, std)).float().cpu() for view in views]
             yield index.numpy(), outs, ok.numpy()
 
 
 def logits(model, loader, device, mean, std, amp="auto", progress=None):
     """(index, logits float32 [n, C], ok) for the rows the loader yields, in its order."""
-    parts = list(_batches(model, loader, device, mean, std, amp, (False,), progress))
+    parts = list(_batches(model, loader, device, mean, std, amp, (None,), progress))
     if not parts:
         return np.zeros(0, int), np.zeros((0, 0), np.float32), np.zeros(0, bool)
     index, outs, ok = zip(*parts)
     return np.concatenate(index), torch.cat([o[0] for o in outs]).numpy(), np.concatenate(ok)
 
 
-def predict(model, loader, device, mean, std, amp="auto", tta=False, progress=None):
+def predict(model, loader, device, mean, std, amp="auto", views=(None,), progress=None):
     """(probs float [N, C] in dataset order, NaN rows where ok is False; ok bool [N]).
 
-    tta averages the probabilities of the image and its horizontal flip. progress: a label to
-    show progress under, or None for none."""
+    The probabilities are averaged over `views` (see tta_views). progress: a label to show
+    progress under, or None for none."""
     n = len(loader.dataset)
     probs, seen_ok = None, np.zeros(n, bool)
-    flips = (False, True) if tta else (False,)
-    for index, outs, ok in _batches(model, loader, device, mean, std, amp, flips, progress):
+    for index, outs, ok in _batches(model, loader, device, mean, std, amp, views, progress):
         p = torch.stack([o.sigmoid() for o in outs]).mean(0).numpy()
         if probs is None:
             probs = np.full((n, p.shape[1]), np.nan)
@@ -110,7 +143,7 @@ class Scorer:
 
     def _load(self, ckpt):
         """The checkpoint's model; built once, later checkpoints of the same shape only load weights."""
-        shape = (ckpt["arch"], len(ckpt["classes"]), ckpt["img_size"])
+        shape = (ckpt["arch"], len(ckpt["classes"]), ckpt["img_size"], str(ckpt.get("model_kwargs")))
         if shape != self._built_for:
             self._model, self._built_for = load_model(ckpt, self.device), shape
         else:
@@ -125,7 +158,7 @@ class Scorer:
             model = torch.nn.DataParallel(Autocast(model, autocast_dtype(self.cfg.amp, self.device)))
         start = time.perf_counter()
         probs, ok = predict(model, self.loaders[images], self.device, ckpt["mean"], ckpt["std"],
-                            amp=self.cfg.amp, tta=self.cfg.tta, progress=desc)
+                            amp=self.cfg.amp, views=tta_views(self.cfg.tta, self.cfg.hflip), progress=desc)
         self.images_per_s = len(ok) / max(time.perf_counter() - start, 1e-9)
         return probs, ok
 
@@ -134,7 +167,7 @@ class Scorer:
         where = f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else "CPU"
         loader = next(iter(self.loaders.values()))
         return (f"{where}, batch {loader.batch_size}, {loader.num_workers} workers, "
-                f"amp {self.cfg.amp}, tta {'on' if self.cfg.tta else 'off'}")
+                f"amp {self.cfg.amp}, tta {tta_name(self.cfg)}")
 
 
 # features (synth-quality) --------------------------------------------------------------------

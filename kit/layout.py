@@ -17,7 +17,7 @@ from kit.errors import KitError
 from kit.io import write_json
 
 META_COLUMNS = ("image_id", "patient_id", "view", "path", "label", "official_split",
-                "source", "file", "status")
+                "source", "file", "status", "study_id")
 SPLITS = ("train", "val", "test")
 
 
@@ -122,7 +122,7 @@ def read_table(path, stage_to_run) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise KitError(f"{path} not found: run --stage {stage_to_run} first (or --stage all)")
-    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
+    return pd.read_csv(path, dtype={"image_id": str, "patient_id": str, "study_id": str}, keep_default_na=False)
 
 
 def patient_keys(df) -> np.ndarray:
@@ -221,6 +221,16 @@ def weights_path(work, weights="") -> Path:
 def soup_report(work) -> Path:
     """The soup and each of its ingredients scored on val."""
     return reports_dir(work) / "soup.csv"
+
+
+def val_predictions_csv(work) -> Path:
+    """The soup's answers for each val film (pooled by study where the run pools): what a blend reads."""
+    return reports_dir(work) / "val_predictions.csv"
+
+
+def study_pool_json(work) -> Path:
+    """The study-pool decision made on val, which predict follows under --study-pool auto."""
+    return reports_dir(work) / "study_pool.json"
 
 
 def generated_dir(work) -> Path:

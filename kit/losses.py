@@ -1,7 +1,9 @@
-"""Training losses on multi-hot targets: sigmoid focal loss, BCE, and their weighted sum."""
+"""Training losses on multi-hot targets: sigmoid focal loss, BCE, their weighted sum, and the
+asymmetric loss (Ridnik et al. 2021) that multi-label chest X-ray work uses."""
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
@@ -39,7 +41,26 @@ def balanced_pos_weight(targets) -> torch.Tensor:
     return torch.tensor(ratio, dtype=torch.float32)
 
 
-def build_loss(cfg, train_targets) -> FocalBCELoss:
+class AsymmetricLoss(nn.Module):
+    """timm's AsymmetricLossMultiLabel averaged over every (image, class) entry, as the other losses
+    are: a sum would tie the gradient's size (and --clip-grad) to the batch."""
+
+    def __init__(self, gamma_neg=4.0, gamma_pos=1.0, clip=0.05):
+        super().__init__()
+        args = dict(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)
+        try:
+            self.asl, self.summed = AsymmetricLossMultiLabel(**args, reduction="mean"), False
+        except TypeError:  # timm before its `reduction` argument returns the sum
+            self.asl, self.summed = AsymmetricLossMultiLabel(**args), True
+
+    def forward(self, logits, targets):
+        loss = self.asl(logits.float(), targets.float())
+        return loss / targets.numel() if self.summed else loss
+
+
+def build_loss(cfg, train_targets) -> nn.Module:
+    if cfg.loss == "asl":
+        return AsymmetricLoss(cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
     pos_weight = balanced_pos_weight(train_targets) if cfg.pos_weight == "balanced" else None
     return FocalBCELoss(FOCAL_WEIGHT.get(cfg.loss, cfg.focal_weight), cfg.focal_alpha,
                         cfg.focal_gamma, pos_weight)

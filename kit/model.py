@@ -3,7 +3,8 @@
 A weights file is a dict in timm's checkpoint convention (`state_dict` plus `arch`, `classes`,
 `img_size`, `mean`, `std`, `epoch`, `metric`), so plain timm restores it:
 `timm.create_model(arch, num_classes=len(classes), img_size=img_size)` then
-`timm.models.load_checkpoint(model, path)`.
+`timm.models.load_checkpoint(model, path)`; a file that also holds `model_kwargs` (EVA-X: timm's
+EVA-02 with 16-pixel patches) passes them to `timm.create_model` too.
 """
 import difflib
 import json
@@ -15,7 +16,7 @@ import timm
 import torch
 from timm.layers import to_2tuple
 
-from kit import env
+from kit import env, eva_x
 from kit.errors import KitError
 from kit.io import save_torch
 
@@ -43,11 +44,13 @@ def create_model(arch, num_classes, img_size, drop_path=0.0, pretrained="none", 
     timm loads the file, resamples position embeddings to `img_size` and drops the old head."""
     check_arch(arch)
     kwargs = dict(num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path)
+    file, own_loader = None, eva_x.is_eva_x(arch)  # EVA-X's MIM checkpoints load strictly, below
     if pretrained != "none":
         file = find_weights(arch, search_roots) if pretrained == "auto" else Path(pretrained)
         if not file.is_file():
             raise KitError(f"--pretrained {file}: no such file; pass a weights file, auto or none")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
+        if not own_loader:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
     try:
         model = timm.create_model(arch, **kwargs)
     except TypeError as e:
@@ -55,7 +58,7 @@ def create_model(arch, num_classes, img_size, drop_path=0.0, pretrained="none", 
                        f"such as eva02_*, vit_* or deit_*") from e
     except (RuntimeError, KeyError, ValueError, OSError) as e:
         reason = str(e).strip().splitlines()[0][:200]
-        if pretrained == "none":
+        if "pretrained" not in kwargs:
             raise KitError(f"timm cannot build {arch} at --img-size {img_size} ({reason}); try the "
                            f"model's own size, e.g. 224 or 448") from e
         raise KitError(f"weights file {kwargs['pretrained_cfg_overlay']['file']} does not match "
@@ -64,6 +67,8 @@ def create_model(arch, num_classes, img_size, drop_path=0.0, pretrained="none", 
     if img_size % patch:
         raise KitError(f"--img-size {img_size} is not a multiple of {arch}'s patch size {patch}; "
                        f"use {max(1, round(img_size / patch)) * patch}")
+    if file and own_loader:
+        eva_x.load_pretrained(model, arch, file)
     return model
 
 
@@ -73,6 +78,11 @@ def find_weights(arch, search_roots=()) -> Path:
     found = _search_local(arch, search_roots)
     if found:
         return found
+    if eva_x.is_eva_x(arch):
+        raise KitError(f"no {eva_x.weights_file(arch)} under {', '.join(map(str, search_roots)) or 'the data roots'}: "
+                       f"attach it (Kaggle: Add Input, a dataset or model holding the file; Colab: put it "
+                       f"under the data folder), pass --pretrained PATH, or train from scratch with "
+                       f"--pretrained none")
     repo = timm.models.get_pretrained_cfg(arch).hf_hub_id
     if repo:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -96,6 +106,10 @@ def _search_local(arch, roots):
     """The weights file under `roots` whose folder names `arch` (or whose config.json says so);
     one that also names the pretrained tag is preferred."""
     name, _, tag = arch.partition(".")
+    if eva_x.is_eva_x(arch):  # one published file per size, found by its name
+        wanted = eva_x.weights_file(arch)
+        return next((folder / wanted for root in map(Path, roots) for folder, files in _walk(root)
+                     if wanted in files), None)
     hits = []
     for root in map(Path, roots):
         for folder, files in _walk(root):
@@ -153,9 +167,13 @@ def norm_stats(model):
     return tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
 
 
-def checkpoint_dict(state_dict, *, arch, classes, img_size, mean, std, epoch, metric, seen_patients=None) -> dict:
+def checkpoint_dict(state_dict, *, arch, classes, img_size, mean, std, epoch, metric, seen_patients=None,
+                    model_kwargs=None) -> dict:
     """Weights and what it takes to use them; `seen_patients` (`layout.patient_hashes` of the
-    train and val splits) lets evaluate refuse a test split the weights have seen."""
+    train and val splits) lets evaluate refuse a test split the weights have seen. `arch` is
+    stored as plain timm builds it: an EVA-X name becomes its EVA-02 and `model_kwargs`."""
+    if eva_x.is_eva_x(arch):
+        arch, model_kwargs = eva_x.timm_recipe(arch)
     ckpt = {
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "arch": arch,
@@ -166,6 +184,8 @@ def checkpoint_dict(state_dict, *, arch, classes, img_size, mean, std, epoch, me
         "epoch": int(epoch),
         "metric": float(metric),
     }
+    if model_kwargs:
+        ckpt["model_kwargs"] = dict(model_kwargs)
     if seen_patients is not None:
         ckpt["seen_patients"] = torch.as_tensor(seen_patients)
     return ckpt
@@ -201,7 +221,8 @@ def read_weights(path) -> dict:
 
 def load_model(ckpt, device) -> torch.nn.Module:
     """The checkpoint's model on `device`, in eval mode."""
-    model = timm.create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), img_size=ckpt["img_size"])
+    model = timm.create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), img_size=ckpt["img_size"],
+                              **ckpt.get("model_kwargs", {}))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -146,7 +146,9 @@ def test_compare_refuses_runs_tested_on_different_images(cfg, tmp_path):
         compare.run(cfg(stage="compare", runs=(str(tmp_path / "a"), str(tmp_path / "none"))))
 
 
-def test_runs_flag_takes_two_work_dirs():
+def test_runs_flag_takes_two_work_dirs(cfg):
     assert list(cli.parse_config(["--stage", "compare", "--runs", "w1", "w2"]).runs) == ["w1", "w2"]
-    with pytest.raises(SystemExit):
-        cli.parse_config(["--stage", "compare", "--runs", "w1"])
+    for given in (["w1"], ["w1", "w2", "w3"]):  # the flag takes one or more (blend's); compare wants two
+        runs = cli.parse_config(["--stage", "compare", "--runs", *given]).runs
+        with pytest.raises(KitError, match="needs --runs WORK_A WORK_B"):
+            compare.run(cfg(stage="compare", runs=tuple(runs)))

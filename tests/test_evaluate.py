@@ -209,10 +209,10 @@ def test_thresholds_are_chosen_on_val_where_test_would_choose_others(run):
     assert not np.allclose(chosen, on_test, atol=1e-3)
 
 
-def test_tta_averages_the_flipped_film_in_the_report(run, tmp_path):
+def _tta_report(run, tmp_path, hflip):
     cfg = dataclasses.replace(run[0])
     shutil.copytree(cfg.work, tmp_path / "work")
-    cfg.work_dir, cfg.tta, cfg.bootstrap = str(tmp_path / "work"), True, 20
+    cfg.work_dir, cfg.tta, cfg.hflip, cfg.bootstrap = str(tmp_path / "work"), True, hflip, 20
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         evaluate.run(cfg)
     reports = layout.reports_dir(cfg.work)
@@ -221,12 +221,35 @@ def test_tta_averages_the_flipped_film_in_the_report(run, tmp_path):
     test, _ = layout.read_split(cfg.work, "test")
     grays = [area_resize(cv2.imread(str(layout.image_path(cfg.work, f)), cv2.IMREAD_GRAYSCALE), (IMG_SIZE,) * 2)
              for f in test["file"]]
-    weights = layout.soup_weights(cfg.work)
+    return m, printed.getvalue(), preds[[f"prob_{c}" for c in CLASSES]].to_numpy(), grays
+
+
+def test_tta_averages_the_flipped_film_when_training_flipped(run, tmp_path):
+    m, printed, got, grays = _tta_report(run, tmp_path, hflip=0.5)
+    weights = layout.soup_weights(run[0].work)
     plain, flipped = plain_timm_probs(weights, grays), plain_timm_probs(weights, grays, flip=True)
-    got = preds[[f"prob_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(got, (plain + flipped) / 2, atol=1e-5)
     assert not np.allclose(got, plain, atol=1e-4)
-    assert m["tta"] is True and "with flip TTA" in printed.getvalue()
+    assert m["tta"] == "flip" and "with flip TTA" in printed
+
+
+def test_tta_without_flips_in_training_averages_a_scaled_and_shifted_film(run, tmp_path):
+    """Never the flip a model trained without flips never saw: the film zoomed in 5% and shifted
+    2% of its side, warped here by scipy (exact bilinear, black outside the film)."""
+    from scipy.ndimage import affine_transform
+
+    m, printed, got, grays = _tta_report(run, tmp_path, hflip=0.0)
+    scale, dx, dy = 1.05, 0.02, 0.02
+    centre = (IMG_SIZE - 1) / 2
+    # output pixel o reads input pixel centre + (o - centre - shift) / scale, on (row, column)
+    offset = [centre - (centre + dy * IMG_SIZE) / scale, centre - (centre + dx * IMG_SIZE) / scale]
+    jittered = [affine_transform(g.astype(np.float64), [1 / scale, 1 / scale], offset, order=1, cval=0.0)
+                for g in grays]
+    weights = layout.soup_weights(run[0].work)
+    plain = plain_timm_probs(weights, grays)
+    np.testing.assert_allclose(got, (plain + plain_timm_probs(weights, jittered)) / 2, atol=1e-4)
+    assert not np.allclose(got, (plain + plain_timm_probs(weights, grays, flip=True)) / 2, atol=1e-4)
+    assert m["tta"] == "scale and shift jitter" and "with scale and shift jitter TTA" in printed
 
 
 def test_missing_soup_says_which_stage_to_run(tmp_path, cfg):

@@ -58,3 +58,23 @@ def test_balanced_pos_weight_is_negatives_over_positives():
     assert balanced_pos_weight(targets).tolist() == [1.0, 3.0, 1.0]  # no positive: neutral 1
     loss = build_loss(Config(pos_weight="balanced"), targets)
     assert loss.pos_weight.tolist() == [1.0, 3.0, 1.0]
+
+
+def _asl_by_hand(logits, targets, gamma_neg, gamma_pos, clip):
+    """The asymmetric loss (Ridnik et al., 2021) in numpy: negatives' probability shifted down by
+    `clip`, each side focused by its own exponent, averaged over every entry."""
+    x, t = logits.double().numpy(), targets.double().numpy()
+    p = 1 / (1 + np.exp(-x))
+    p_neg = np.clip(p - clip, 0, None)
+    pos = t * (1 - p) ** gamma_pos * np.log(np.clip(p, 1e-8, None))
+    neg = (1 - t) * p_neg ** gamma_neg * np.log(np.clip(1 - p_neg, 1e-8, None))
+    return float(-np.mean(pos + neg))
+
+
+@pytest.mark.parametrize("gammas", [(4.0, 1.0, 0.05), (2.0, 0.0, 0.0)])
+def test_asl_is_the_asymmetric_loss_formula_averaged(gammas):
+    logits, targets = _batch(seed=3)
+    gamma_neg, gamma_pos, clip = gammas
+    cfg = Config(loss="asl", asl_gamma_neg=gamma_neg, asl_gamma_pos=gamma_pos, asl_clip=clip)
+    got = build_loss(cfg, targets)(logits, targets).item()
+    assert got == pytest.approx(_asl_by_hand(logits, targets, gamma_neg, gamma_pos, clip), rel=1e-5)

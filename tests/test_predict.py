@@ -230,12 +230,12 @@ def plain_opencv(folder, ids, shorter_side):
     return out
 
 
-def test_tta_averages_each_film_with_its_mirror_image(run, tmp_path):
+def test_tta_averages_each_film_with_its_mirror_image_when_training_flipped(run, tmp_path):
     cfg, test = run
     _own_work(cfg, tmp_path)
     ids = list(test["image_id"][:8])
     cfg.predict_csv = str(_sample(tmp_path / "sample.csv", ids, CLASSES))
-    cfg.predict_dir, cfg.tta = str(layout.dataset_dir(cfg.work) / "images"), True
+    cfg.predict_dir, cfg.tta, cfg.hflip = str(layout.dataset_dir(cfg.work) / "images"), True, 0.5
     predict.run(cfg)
     got = pd.read_csv(layout.submission_csv(cfg.work))[CLASSES].to_numpy()
     grays = [area_resize(cv2.imread(str(layout.image_path(cfg.work, f)), cv2.IMREAD_GRAYSCALE), (32, 32))

@@ -1,5 +1,6 @@
 """Soup arithmetic: epoch selection, refusal of mismatched checkpoints, uniform and greedy soups."""
 import glob
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import timm.models
 import torch
 from eval_fixtures import CLASSES, IMG_SIZE, STUDY_ARCH, STUDY_IMG_SIZE, finished_run
 from hypothesis import given, settings
+from sklearn.metrics import roc_auc_score
 from hypothesis import strategies as st
 
 from kit import averaging, layout
@@ -185,6 +187,15 @@ def test_stage_uniform_soup_equals_timm_average_and_loads_in_plain_timm(cfg, cap
     printed = capsys.readouterr().out
     assert "epoch 2" in printed and "epoch 3" in printed and "vs the best epoch" in printed
 
+    # the soup's val answers, kept for a blend: every val film, scored as the soup scored on val
+    val, _ = layout.read_split(c.work, "val")
+    answers = pd.read_csv(layout.val_predictions_csv(c.work), dtype={"image_id": str})
+    decision = json.loads(layout.study_pool_json(c.work).read_text())
+    assert answers["image_id"].tolist() == val["image_id"].tolist()
+    assert decision["method"] == "none" and "study pool: none" in printed
+    assert macro_auc(val[CLASSES], answers[[f"prob_{k}" for k in CLASSES]]) == pytest.approx(ckpt["metric"])
+    assert decision["val_macro_auc"]["none"] == pytest.approx(ckpt["metric"])
+
     soup_stage.run(c)
     assert "up to date" in capsys.readouterr().out
 
@@ -239,3 +250,24 @@ def test_stage_refuses_checkpoints_of_different_class_lists(run_dir):
     with pytest.raises(KitError, match=r"epoch_02.pth and epoch_03.pth.*classes"):
         soup_stage.run(c)
     assert not layout.soup_weights(c.work).exists()
+
+
+def test_without_a_test_split_the_soup_writes_the_val_report(cfg, capsys):
+    c = cfg(epochs=3, workers=0, bootstrap=100)
+    finished_run(c.work, epochs=(2, 3))
+    test_csv = layout.split_csv(c.work, "test")
+    pd.read_csv(test_csv).iloc[:0].to_csv(test_csv, index=False)  # --test-frac 0: the competition's default
+    soup_stage.run(c)
+    reports = layout.reports_dir(c.work)
+    report = json.loads((reports / "val_metrics.json").read_text())
+    answers = pd.read_csv(layout.val_predictions_csv(c.work))
+    for k in CLASSES:
+        auc = roc_auc_score(answers[k], answers[f"prob_{k}"])
+        low, high = report["classes"][k]["auc_ci"]
+        assert report["classes"][k]["auc"] == pytest.approx(auc, abs=1e-6) and low <= auc <= high
+    assert report["study_pool"]["method"] == "none" and report["bootstrap"]["resamples"] == 100
+    assert (reports / "val_roc_curves.png").stat().st_size and (reports / "training_curves.png").stat().st_size
+    printed = capsys.readouterr().out
+    weakest_first = sorted(CLASSES, key=lambda k: report["classes"][k]["auc"])
+    shown = [line.split()[0] for line in printed.split("weakest first:")[1].splitlines()[1:4]]
+    assert [k.split()[0] for k in weakest_first] == shown

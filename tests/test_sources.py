@@ -23,6 +23,7 @@ def test_gxs_table(tmp_path, cfg):
     assert sources.finding_columns(t) == list(gxs.FINDINGS)
     assert t["view"].tolist() == ["PA", "LATERAL", "AP"]
     assert t["patient_id"].tolist() == ["P1", "P1", "P2"]
+    assert t["study_id"].tolist() == ["s", "s", "s"]  # the Study column, read as written
     assert all(Path(p).is_file() for p in t["path"])
     assert t.loc[1, ["Pneumothorax", "Support Devices", "Cardiomegaly"]].tolist() == [1, 1, 0]
 
@@ -85,6 +86,7 @@ def test_chexpert_uncertain_empty_and_patient_from_path(tmp_path, cfg):
     assert zero["patient_id"].tolist() == ["patient00001", "patient00001", "patient00002",
                                            "patient00003", "patient00009"]
     assert zero["view"].tolist() == ["AP", "LATERAL", "PA", "PA", "AP"]
+    assert zero["study_id"].tolist() == ["study1", "study2", "study1", "study1", "study1"]
     assert zero["Pneumothorax"].tolist() == [0, 0, 0, 0, 0]
     assert zero["Lung Opacity"].tolist() == [0] * 5
     assert all(Path(p).is_file() for p in zero["path"])

@@ -71,6 +71,18 @@ def test_deterministic_for_a_seed_and_different_across_seeds(cfg, tmp_path):
     assert a["test"]["image_id"].tolist() != c["test"]["image_id"].tolist()
 
 
+def test_split_seed_alone_decides_the_split(cfg, tmp_path):
+    """Runs of other --seed values share their split when they share --split-seed (a blend's need)."""
+    df = manifest(1)
+    a = run_split(cfg, df, seed=1, split_seed=7, work_dir=str(tmp_path / "a"))
+    b = run_split(cfg, df, seed=2, split_seed=7, work_dir=str(tmp_path / "b"))
+    c = run_split(cfg, df, seed=7, work_dir=str(tmp_path / "c"))
+    d = run_split(cfg, df, seed=1, work_dir=str(tmp_path / "d"))
+    for s in layout.SPLITS:
+        assert a[s]["image_id"].tolist() == b[s]["image_id"].tolist() == c[s]["image_id"].tolist()
+    assert a["val"]["image_id"].tolist() != d["val"]["image_id"].tolist()
+
+
 def worst_spread(df, assignment, classes=CLASSES, frac=0.2):
     """The largest gap between a class's share in val or test and the asked-for fraction."""
     return max(abs(df.loc[assignment == s, c].sum() / df[c].sum() - frac) for s in ("val", "test") for c in classes)

@@ -162,7 +162,8 @@ def test_checkpoint_in_plain_timm_matches_the_kit_and_the_history(trained):
     loader = make_loader(XrayDataset(paths, None, 28), 5, shuffle=False, workers=0)
     probs, ok = inference.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"])
     assert ok.all() and np.allclose(probs, expected, atol=1e-5)
-    tta, _ = inference.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"], tta=True)
+    tta, _ = inference.predict(load_model(ckpt, "cpu"), loader, "cpu", ckpt["mean"], ckpt["std"],
+                             views=inference.tta_views(tta=True, hflip=0.5))
     assert np.allclose(tta, (expected + flipped) / 2, atol=1e-5)
     history = pd.read_csv(layout.history_csv(work))
     for k, c in enumerate(classes):

@@ -2,7 +2,7 @@
 
     image_id, path, patient_id, view, <one 0/1 int column per finding, original names>
 
-plus, where a dataset has one, `official_split` (train/test). Every quirk of a format is
+plus, where a dataset has one, `official_split` (train/test) and `study_id` (the patient's visit). Every quirk of a format is
 resolved inside its adapter; nothing downstream knows which dataset it came from.
 """
 from pathlib import Path

@@ -1,7 +1,7 @@
 """CheXpert (train.csv / valid.csv of CheXpert-v1.0 or -small).
 
 `Path` is like CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg, relative to
-the folder above the dataset's own; the patient id lives only in that path. Labels are 1, 0,
+the folder above the dataset's own; the patient id and the study live only in that path. Labels are 1, 0,
 -1 (uncertain) or empty; --uncertain zero|one|drop decides what -1 means.
 """
 import re
@@ -21,6 +21,7 @@ FINDINGS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Op
 REQUIRED = ("Path", "Frontal/Lateral", "AP/PA") + FINDINGS
 DEFAULT_CLASSES = STUDY_CLASSES
 PATIENT = re.compile(r"(patient\d+)")
+STUDY = re.compile(r"/(study\d+)/")
 
 
 def _image_root(csv_path: Path, first: str) -> Path:
@@ -65,4 +66,5 @@ def load(csv_path: Path, cfg):
     table.insert(1, "path", paths_under(root, df["Path"]))
     table.insert(2, "patient_id", df["Path"].str.extract(PATIENT, expand=False))
     table.insert(3, "view", view)
+    table.insert(4, "study_id", df["Path"].str.extract(STUDY, expand=False).fillna(""))
     return table[keep.to_numpy()].reset_index(drop=True)

@@ -24,7 +24,7 @@ def paths_under(root, names: pd.Series) -> pd.Series:
 
 
 def finding_columns(table) -> list:
-    fixed = {"image_id", "path", "patient_id", "view", "official_split"}
+    fixed = {"image_id", "path", "patient_id", "view", "official_split", "study_id"}
     return [c for c in table.columns if c not in fixed]
 
 

@@ -26,4 +26,6 @@ def load(csv_path: Path, cfg):
     table.insert(2, "patient_id", df["Patient_ID"])
     lateral = df["ViewCategory"].astype(str).str.strip().str.lower() == "lateral"
     table.insert(3, "view", df["ViewPosition"].astype(str).str.strip().str.upper().where(~lateral, "LATERAL"))
+    if "Study" in df.columns:  # the films of one visit, labelled from its one report
+        table.insert(4, "study_id", df["Study"].astype(str).str.strip())
     return table

@@ -8,11 +8,11 @@ so the soup's gain is measured where it was not selected.
 import numpy as np
 import pandas as pd
 
-from kit import layout, metrics, plots
+from kit import layout, metrics, plots, studies
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
-from kit.inference import Scorer, check_classes, check_unseen
+from kit.inference import Scorer, check_classes, check_unseen, tta_name
 from kit.pipeline import Stamp, stamped
 
 LEVEL = 0.95
@@ -52,8 +52,8 @@ def stamp(cfg) -> Stamp:
     work, weights = cfg.work, layout.weights_path(cfg.work, cfg.weights)
     _, _, single = _test_split(cfg)
     history = layout.history_csv(work)
-    return Stamp(dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=cfg.tta, amp=cfg.amp,
-                      single=single),
+    return Stamp(dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=tta_name(cfg),
+                      amp=cfg.amp, single=single),
                  [weights, layout.split_csv(work, "val"), layout.split_csv(work, "test"), history,
                   *layout.epoch_checkpoints(work).values()],
                  _outputs(layout.reports_dir(work), single, history.exists()))
@@ -100,7 +100,7 @@ def run(cfg):
 
     result = dict(
         weights=str(weights), soup=ckpt.get("soup"), test_images=int(ok.sum()),
-        unreadable_images=unreadable, tta=cfg.tta, label_mode="single" if single else "multi",
+        unreadable_images=unreadable, tta=tta_name(cfg), label_mode="single" if single else "multi",
         macro_auc=_num(metrics.macro_auc(y, p)), macro_auc_ci=[_num(v) for v in macro_ci],
         micro_auc=_num(metrics.micro_auc(y, p)),
         classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]],
@@ -115,6 +115,7 @@ def run(cfg):
                               "interval from the draws holding both its labels, the macro's from the "
                               "draws holding both labels of every class"),
         epoch_checkpoints_macro_auc=per_epoch,
+        study_pool=_study_pool(work, test[ok], y, p),
     )
     if single:
         result["single_label"] = dict(metrics.single_label_report(y, p, thresholds), decision_rule=DECISION_RULE)
@@ -133,13 +134,23 @@ def run(cfg):
     _print(result, unreadable, reports)
 
 
+def _study_pool(work, test, y, p) -> dict:
+    """Test macro AUC per film and with each study's films pooled, beside the val decision."""
+    keys = studies.table_keys(test)
+    decision = studies.read_decision(work)
+    return dict(val_decision=decision and decision["method"], macro_auc_per_film=_num(metrics.macro_auc(y, p)),
+                **{f"macro_auc_study_{how}": _num(metrics.macro_auc(y, studies.pool(p, keys, how)))
+                   for how in studies.METHODS})
+
+
 def _fmt(x, digits=3):
     return "-" if x is None else f"{x:.{digits}f}"
 
 
 def _print(result, unreadable, reports):
+    tta = "" if result["tta"] == "off" else f" (with {result['tta']} TTA)"
     print(f"[evaluate] {result['weights']} on {result['test_images']} test images of "
-          f"{result['bootstrap']['patients']} patients{' (with flip TTA)' if result['tta'] else ''}; "
+          f"{result['bootstrap']['patients']} patients{tta}; "
           f"intervals resample patients:")
     rows = [(c, str(m["positives"]), f"{_fmt(m['auc'])} [{_fmt(m['auc_ci'][0])}, {_fmt(m['auc_ci'][1])}]",
              _fmt(m["sensitivity"]), _fmt(m["specificity"])) for c, m in result["classes"].items()]
@@ -160,6 +171,10 @@ def _print(result, unreadable, reports):
     if result["epoch_checkpoints_macro_auc"]:
         epochs = ", ".join(f"{k} {_fmt(v)}" for k, v in result["epoch_checkpoints_macro_auc"].items())
         print(f"  test macro AUC of the epoch checkpoints: {epochs}")
+    pool = result["study_pool"]
+    print(f"  test macro AUC per film {_fmt(pool['macro_auc_per_film'])}, study mean "
+          f"{_fmt(pool['macro_auc_study_mean'])}, study max {_fmt(pool['macro_auc_study_max'])} "
+          f"(val chose: {pool['val_decision'] or 'no decision'})")
     if unreadable:
         shown = ", ".join(unreadable[:SHOWN]) + (" ..." if len(unreadable) > SHOWN else "")
         print(f"warning: {len(unreadable)} test images could not be read and are left out: {shown} "

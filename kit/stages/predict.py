@@ -2,7 +2,8 @@
 
 The images come from a sample submission (--predict-csv: its first column names the images,
 the other columns are the classes asked for, in the order the submission must keep) or from
-a folder (--predict-dir). Grand X-Ray Slam's sample_submission_N.csv with its testN/ folder is
+a folder (--predict-dir). Films named `<patient>_<study>_<view>.jpg` answer per study where the run
+pools (--study-pool). Grand X-Ray Slam's sample_submission_N.csv with its testN/ folder is
 found without flags under the data folder (on Kaggle: /kaggle/input).
 """
 import sys
@@ -11,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit import layout, resume, smoke
+from kit import layout, resume, smoke, studies
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
-from kit.inference import Scorer
+from kit.inference import Scorer, tta_name
 from kit.pipeline import Stamp, stamped
 from kit.submission import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
                             relative_ids, sample_classes, skip_reason)
@@ -101,11 +102,13 @@ def _inputs(cfg, weights):
 
 def stamp(cfg, weights=None, kind="final", error=None) -> Stamp:
     csv, folder, weights, index = _inputs(cfg, weights)
-    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=cfg.tta, amp=cfg.amp,
+    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg), amp=cfg.amp,
                     on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
-                    smoke=cfg.smoke, kind=kind, error=str(error or ""))
+                    smoke=cfg.smoke, study_pool=cfg.study_pool, kind=kind, error=str(error or ""))
     # every image, not the folder: a file copied over another leaves the folder's time as it was
     inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
+    if layout.study_pool_json(cfg.work).exists():
+        inputs.append(layout.study_pool_json(cfg.work))
     return Stamp(settings, inputs, [layout.submission_csv(cfg.work)])
 
 
@@ -144,6 +147,7 @@ def run(cfg, weights=None, kind="final", error=None):
     shorter_side = max(stored, ckpt["img_size"]) if stored else 0
     scorer = Scorer({"test": paths}, ckpt["img_size"], cfg, shorter_side=shorter_side)
     probs, ok = scorer(ckpt, "test", "[predict]")
+    probs = studies.for_test(cfg, ids, probs)
     print(f"[predict] {len(ids)} images at {scorer.images_per_s:.1f} images/s ({scorer.describe()})")
     submission = pd.DataFrame({id_col: ids})
     submission[asked] = probs[:, columns]

@@ -1,14 +1,17 @@
 """Soup stage: average epoch checkpoints into the final model (eva_x_final_soup.pth), and show
-on the validation set whether averaging helped (reports/soup.csv)."""
+on the validation set whether averaging helped (reports/soup.csv). The soup's val answers are kept
+(reports/val_predictions.csv, what a blend reads), with the study-pool decision made on them
+(reports/study_pool.json, what predict follows); without a test split, the val report too
+(reports/val_metrics.json and pictures: kit/val_report.py)."""
 import numpy as np
 import pandas as pd
 
-from kit import averaging, layout, settings
+from kit import averaging, layout, settings, studies, val_report
 from kit.errors import KitError
-from kit.io import write_csv
+from kit.io import write_csv, write_json
 from kit.metrics import auc_per_class
 from kit.model import checkpoint_dict, read_weights, save_weights
-from kit.inference import Scorer, check_classes
+from kit.inference import Scorer, check_classes, tta_name
 from kit.pipeline import Stamp, stamped
 
 
@@ -43,9 +46,16 @@ def recorded_val_aucs(work, epochs, classes) -> dict:
 
 def stamp(cfg) -> Stamp:
     paths = chosen_checkpoints(cfg)
-    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=cfg.tta, amp=cfg.amp),
+    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=tta_name(cfg), amp=cfg.amp, study_pool=cfg.study_pool),
                  [*paths.values(), layout.split_csv(cfg.work, "val"), layout.history_csv(cfg.work)],
-                 [layout.soup_weights(cfg.work), layout.soup_report(cfg.work)])
+                 [layout.soup_weights(cfg.work), layout.soup_report(cfg.work), layout.val_predictions_csv(cfg.work),
+                  layout.study_pool_json(cfg.work),
+                  *(val_report.outputs(cfg.work, layout.history_csv(cfg.work).exists()) if _no_test(cfg) else [])])
+
+
+def _no_test(cfg) -> bool:
+    """No held-out test split (the competition's default): the val report stands in for evaluate's."""
+    return layout.read_split(cfg.work, "test")[0].empty
 
 
 @stamped("soup", stamp)
@@ -84,7 +94,8 @@ def run(cfg):
 
     final = checkpoint_dict(averaging.uniform_average([ingredients[e] for e in kept]), arch=last["arch"],
                             classes=classes, img_size=last["img_size"], mean=last["mean"], std=last["std"],
-                            epoch=max(kept), metric=best, seen_patients=last.get("seen_patients"))
+                            epoch=max(kept), metric=best, seen_patients=last.get("seen_patients"),
+                            model_kwargs=last.get("model_kwargs"))
     final["soup"] = {"method": cfg.soup, "epochs": kept}
     save_weights(final, out)
 
@@ -96,6 +107,29 @@ def run(cfg):
     rows = [row(f"epoch {e}", [e]) for e in ingredients] + [row(f"{cfg.soup} soup", kept)]
     write_csv(pd.DataFrame(rows), report)
     _print(cfg.soup, scores, kept, best, tried, out, recorded)
+    probs, _ = scorer(final, "val", "[soup] val, the soup")
+    decision, answers = keep_val_answers(cfg, val, classes, probs)
+    if _no_test(cfg):
+        result = val_report.write(cfg.work, val, classes, answers, decision, cfg.bootstrap, cfg.seed)
+        print("\n".join(f"[soup] {line}" if i == 0 else line for i, line in enumerate(val_report.describe(result))))
+
+
+def keep_val_answers(cfg, val, classes, probs):
+    """Decide the study pool on the soup's val probabilities and keep the answers it gives."""
+    train, _ = layout.read_split(cfg.work, "train")
+    if "source" in train:  # synthetic images have no study
+        train = train[train["source"] != "synthetic"]
+    share, _ = studies.constant_share(train, classes)
+    keys = studies.table_keys(val)
+    decision = studies.decide(cfg.study_pool, val[classes].to_numpy(), probs, keys, share)
+    answers = studies.pool(probs, keys, decision["method"])
+    table = val[["image_id", "patient_id", *classes]].reset_index(drop=True)
+    table.insert(2, "study", keys)
+    table = pd.concat([table, pd.DataFrame(answers, columns=[f"prob_{c}" for c in classes])], axis=1)
+    write_csv(table, layout.val_predictions_csv(cfg.work))
+    write_json(decision, layout.study_pool_json(cfg.work))
+    print(f"[soup] {studies.describe(decision)}")
+    return decision, answers
 
 
 def _print(method, scores, kept, best, tried, out, recorded):

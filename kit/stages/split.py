@@ -92,8 +92,13 @@ def summary(parts: dict, classes) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def split_seed(cfg) -> int:
+    """--split-seed, or --seed where it is not set."""
+    return cfg.seed if cfg.split_seed < 0 else cfg.split_seed
+
+
 def stamp(cfg) -> Stamp:
-    settings = {k: getattr(cfg, k) for k in ("val_frac", "test_frac", "seed", "split")}
+    settings = {k: getattr(cfg, k) for k in ("val_frac", "test_frac", "split")} | {"seed": split_seed(cfg)}
     return Stamp({**settings, **synthetic.settings(cfg)},
                  [layout.manifest_csv(cfg.work), *synthetic.source_files(cfg)],
                  [layout.split_csv(cfg.work, s) for s in layout.SPLITS + ("summary",)])
@@ -114,11 +119,11 @@ def run(cfg):
         rest = split == "train"
         share = cfg.val_frac / max(rest.mean(), 1e-9)
         check_enough(df[rest], classes, groups[rest], 2)
-        split[rest] = assign(keys[rest], groups[rest], {"val": share}, cfg.seed)
+        split[rest] = assign(keys[rest], groups[rest], {"val": share}, split_seed(cfg))
     else:
         fracs = {"test": cfg.test_frac, "val": cfg.val_frac}
         check_enough(df, classes, groups, 1 + sum(f > 0 for f in fracs.values()))
-        split = assign(keys, groups, fracs, cfg.seed)
+        split = assign(keys, groups, fracs, split_seed(cfg))
     df["_group"] = groups
     df.insert(df.columns.get_loc(classes[0]), "source", "real")
     parts = {name: df[split == name] for name in layout.SPLITS}

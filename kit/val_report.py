@@ -1,0 +1,59 @@
+"""The soup's val report, for a run without a test split (the competition's default): each
+finding's val AUC with a patient-bootstrap interval, weakest first, ROC curves, the training
+curves and the study-pool decision, so a competitor sees which findings hold the score down."""
+import numpy as np
+import pandas as pd
+
+from kit import layout, metrics, plots
+from kit.io import write_json
+
+LEVEL = 0.95
+
+
+def outputs(work, history=True) -> list:
+    reports = layout.reports_dir(work)
+    return [reports / "val_metrics.json", reports / "val_roc_curves.png"] + \
+        [reports / "training_curves.png"] * history
+
+
+def _num(x):
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def write(work, val, classes, probs, decision, resamples, seed) -> dict:
+    """val_metrics.json and the pictures from the soup's val answers `probs` (NaN rows: unread)."""
+    ok = np.isfinite(probs).all(axis=1)
+    y, p = val.loc[ok, classes].to_numpy(), probs[ok]
+    aucs = metrics.auc_per_class(y, p)
+    patients = layout.patient_keys(val[ok])
+    ci, macro_ci, _ = metrics.bootstrap_auc(y, p, resamples, seed, LEVEL, patients)
+    result = dict(
+        val_images=int(ok.sum()), patients=int(len(set(patients))), macro_auc=_num(metrics.macro_auc(y, p)),
+        macro_auc_ci=[_num(v) for v in macro_ci],
+        classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]])
+                 for k, c in enumerate(classes)},
+        bootstrap=dict(resamples=resamples, seed=seed, level=LEVEL, method="percentile; val patients resampled "
+                                                                          "with all their films"),
+        study_pool=decision)
+    metrics_json, roc_png, *curves = outputs(work, layout.history_csv(work).exists())
+    plots.roc_curves(y, p, classes, aucs, roc_png)
+    if curves:
+        plots.training_curves(pd.read_csv(layout.history_csv(work)), curves[0])
+    write_json(result, metrics_json)
+    return result
+
+
+def _f(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def describe(result) -> list:
+    """Lines: the macro AUC, then every finding from the weakest."""
+    lo, hi = result["macro_auc_ci"]
+    lines = [f"val report ({result['val_images']} films of {result['patients']} patients): macro AUC "
+             f"{_f(result['macro_auc'])} [{_f(lo)}, {_f(hi)}] ({LEVEL:.0%}, patients resampled); weakest first:"]
+    scored = sorted(((m["auc"], c, m) for c, m in result["classes"].items() if m["auc"] is not None),
+                    key=lambda t: t[0])
+    for auc, c, m in scored:
+        lines.append(f"  {c:<28} {auc:.3f} [{_f(m['auc_ci'][0])}, {_f(m['auc_ci'][1])}]  {m['positives']} positives")
+    return lines
