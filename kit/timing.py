@@ -13,7 +13,7 @@ FORWARD_SPEEDUP = 3.0  # a training step is a forward and a backward pass, about
 FILM_SLOWDOWN = 2.0  # predict decodes full-size films, slower than the stored val images
 STARTUP_S = 60.0  # each later stage loads its model and starts its loader workers
 MARGIN = 1.25  # rates vary over a session; better a few updates fewer than no submission
-FIT_MARGIN = 1.05  # --epochs auto: training's own share, measured over the whole first updates
+FIT_MARGIN = 1.05  # --epochs auto: an epoch's length varies a little (loader start, validation)
 
 
 @dataclass
@@ -43,13 +43,12 @@ def session_budget(*, left_s, limit_s, before_s, finish_s, sessions) -> float:
     return left_s - finish_s + (sessions - 1) * max(0.0, limit_s - before_s - finish_s)
 
 
-def fit_epochs(*, rate, infer_rate, train_images, val_images, epoch, fraction_done, budget_s, least):
-    """(epochs, fits): the most whole epochs, counted from the run's start, whose training from
-    here (epoch `epoch` plus `fraction_done` of the next) fits in `budget_s`; `fits` False when
-    that is fewer than `least` (what the soup averages) or than the epoch under way, and then what
-    fits, at least to the end of the epoch under way."""
-    epoch_s = (train_images / rate + val_images / infer_rate) * FIT_MARGIN
-    most = epoch + math.floor(budget_s / epoch_s + fraction_done)
+def fit_epochs(*, epoch_s, epoch, fraction_done, budget_s, least):
+    """(epochs, fits): the most whole epochs of `epoch_s` seconds, counted from the run's start,
+    whose training from here (epoch `epoch` plus `fraction_done` of the next) fits in `budget_s`;
+    `fits` False when that is fewer than `least` (what the soup averages) or than the epoch under
+    way, and then what fits, at least to the end of the epoch under way."""
+    most = epoch + math.floor(budget_s / (epoch_s * FIT_MARGIN) + fraction_done)
     return max(most, epoch + 1), most >= max(least, epoch + 1)
 
 

@@ -167,6 +167,8 @@ class Trainer:
             self._time_rate()
             stop = interrupt.reason(self.world)
             if stop:
+                if stop == "time" and self.schedule:  # the next session fits what is left to the sessions left
+                    self.schedule["ended_sessions"] += 1
                 self.save(last_path, signature)
                 where = f"in epoch {self.epoch + 1}"
                 raise session.time_up(self.cfg, where) if stop == "time" else interrupt.interrupted(where)

@@ -32,12 +32,13 @@ def data(tmp_path_factory):
 
 @pytest.fixture
 def virtual_time(monkeypatch):
-    """The session clock moves 1/RATE s per image trained; the trainer reports RATE."""
-    trained_s = [0.0]
+    """The session clock moves 1/RATE s per image trained (times slowdown[0]); the trainer
+    reports RATE."""
+    trained_s, slowdown = [0.0], [1.0]
     account = trainer.Trainer._account
 
     def timed_account(self, loss, finite):
-        trained_s[0] += self.effective / RATE
+        trained_s[0] += self.effective / RATE * slowdown[0]
         account(self, loss, finite)
 
     def measured_rate(self):
@@ -49,7 +50,7 @@ def virtual_time(monkeypatch):
     monkeypatch.setattr(trainer.Trainer, "_time_rate", measured_rate)
     monkeypatch.setattr(session, "clock", lambda: 1e6 + trained_s[0])
     monkeypatch.delenv(session.SESSION_ENV, raising=False)
-    return trained_s
+    return slowdown
 
 
 def lr_at(cfg_epochs, updates_per_epoch, update, **recipe):
@@ -69,7 +70,7 @@ def report(work) -> dict:
 
 def test_the_fit_is_the_most_whole_epochs_that_fit_and_never_fewer_than_one_more():
     # 3600 training images at 10/s and 300 val images at 30/s: 370 s an epoch, 388.5 s with the margin
-    fit = dict(rate=10.0, infer_rate=30.0, train_images=3600, val_images=300, least=2)
+    fit = dict(epoch_s=3600 / 10.0 + 300 / 30.0, least=2)
     assert timing.fit_epochs(**fit, epoch=0, fraction_done=0.0, budget_s=4000) == (10, True)  # 10.3
     assert timing.fit_epochs(**fit, epoch=0, fraction_done=0.5, budget_s=4000) == (10, True)  # 10.8 from the start
     assert timing.fit_epochs(**fit, epoch=0, fraction_done=0.0, budget_s=700) == (1, False)  # 1.8: fewer than the soup's
@@ -101,12 +102,34 @@ def test_epochs_auto_ends_the_session_with_a_finished_schedule_and_a_final_submi
     assert 2 <= epochs <= 8 and "time limit 8m reached" not in out
     assert history["lr"].iloc[-1] == pytest.approx(1e-6)  # the schedule reached its floor on the last update
     schedule = json.loads((work / "run_config.json").read_text())["schedule"]
-    assert schedule == dict(epochs=epochs, fits=True, images_per_s=RATE, sessions=1, time_limit="8m")
+    assert schedule == dict(epochs=epochs, fits=True, images_per_s=RATE, sessions=1, time_limit="8m", ended_sessions=0)
     done = report(work)
     assert done["kind"] == "final" and done["epochs"] == epochs and done["schedule"] == schedule
     assert soup_epochs(work) == [epochs - 1, epochs]
     assert pd.read_csv(work / "submission.csv")["Image_name"].tolist() == sample["Image_name"].tolist()
     assert not layout.interim_weights(work).exists()
+
+
+def test_a_rate_that_falls_ends_the_schedule_sooner_not_the_session_without_it(data, tmp_path, capsys, monkeypatch,
+                                                                             virtual_time):
+    root, _ = data
+    work = tmp_path / "w"
+    refit = trainer.Trainer.refit
+
+    def slower_after_the_fit(self, schedule):  # the first updates measured RATE; then the card slows down
+        refit(self, schedule)
+        virtual_time[0] = 1.5
+    monkeypatch.setattr(trainer.Trainer, "refit", slower_after_the_fit)
+    argv = ["--task", "competition", "--data-dir", str(root), "--work-dir", str(work), *TIMED,
+            "--epochs", "auto", "--time-limit", "8m"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    fitted = int(re.search(r"--epochs auto: (\d+) epochs fit", out)[1])
+    shortened = re.search(r"epochs no longer fit in 1 session of 8m; it now ends after epoch (\d+)", out)
+    assert shortened and "time limit 8m reached" not in out
+    history = pd.read_csv(work / "history.csv")
+    assert len(history) == int(shortened[1]) < fitted and history["lr"].iloc[-1] == pytest.approx(1e-6)
+    assert report(work)["kind"] == "final" and report(work)["schedule"]["epochs"] == len(history)
 
 
 def test_two_sessions_end_interim_then_final_on_one_continuous_schedule(data, tmp_path, capsys, virtual_time):

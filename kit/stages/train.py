@@ -163,14 +163,18 @@ def finish_plan(cfg, val_df, epoch_files) -> timing.Finish:
 class Clock:
     """Once the training rate is measured: fits the schedule to the time (--epochs auto), prints
     the plan, and keeps the time the stages after training need out of the training's share of
-    the time limit."""
+    the time limit. After every epoch a fitted schedule is checked against the epoch's own length
+    on the session clock, and ends sooner (never later) when the rate fell."""
 
     def __init__(self, cfg, world, trainer, finish, val_images, say, fitting):
         self.cfg, self.world, self.trainer, self.finish, self.say = cfg, world, trainer, finish, say
         self.train_images = trainer.updates_per_epoch * trainer.effective
         self.val_images, self.infer_rate, self.planned, self.fitting = val_images, None, False, fitting
+        self.auto = fitting or trainer.schedule is not None
         # what this session spent before training (the data stages, mainly): each later one spends it again
-        self.before_s = session.time_limit(cfg) - session.seconds_left() if fitting else 0.0
+        self.before_s = session.time_limit(cfg) - session.seconds_left() if self.auto else 0.0
+        self.epoch_start = session.clock() if self.auto else None
+        self.whole_epoch = trainer.offset == 0  # this session trains all of the epoch under way
 
     def measured(self, rate):
         infer_rate = self.infer_rate or timing.FORWARD_SPEEDUP * rate
@@ -178,7 +182,7 @@ class Clock:
         session.reserve(finish_s)
         if self.fitting:
             self.fitting = False
-            self.fit(rate, infer_rate, finish_s)
+            self.fit(self.train_images / rate + self.val_images / infer_rate, finish_s, rate=rate)
         if not self.planned:
             self.planned = True
             t = self.trainer
@@ -186,36 +190,51 @@ class Clock:
                                  val_images=self.val_images, epochs=self.cfg.epochs, epoch=t.epoch,
                                  fraction_done=t.offset / self.train_images, left_s=session.seconds_left(),
                                  finish_s=finish_s))
+        return finish_s
 
-    def fit(self, rate, infer_rate, finish_s):
+    def fit(self, epoch_s, finish_s, rate=None):
+        """Fit the schedule to `epoch_s` seconds an epoch: first at `rate` (the first updates'),
+        later only shorter."""
         cfg, t = self.cfg, self.trainer
+        ended = t.schedule["ended_sessions"] if t.schedule else 0
         budget = timing.session_budget(left_s=session.seconds_left(), limit_s=session.time_limit(cfg),
-                                       before_s=self.before_s, finish_s=finish_s, sessions=cfg.sessions)
+                                       before_s=self.before_s, finish_s=finish_s, sessions=cfg.sessions - ended)
         least = settings.soup_needs(cfg.soup_epochs)
-        epochs, fits = timing.fit_epochs(rate=rate, infer_rate=infer_rate, train_images=self.train_images,
-                                      val_images=self.val_images, epoch=t.epoch,
-                                      fraction_done=t.offset / self.train_images, budget_s=budget, least=least)
-        # every process measured its own rate: all take the shortest schedule
+        epochs, fits = timing.fit_epochs(epoch_s=epoch_s, epoch=t.epoch, fraction_done=t.offset / self.train_images,
+                                         budget_s=budget, least=least)
+        # every process measured its own time: all take the shortest schedule
         agreed = distributed.reduced(torch.tensor([epochs, int(fits)], device=self.world.device), self.world, "min")
         epochs, fits = int(agreed[0]), bool(agreed[1])
-        schedule = dict(epochs=epochs, fits=fits, images_per_s=round(rate, 2), sessions=cfg.sessions,
-                        time_limit=cfg.time_limit)
+        if rate is None and epochs >= cfg.epochs:
+            return
+        before = cfg.epochs
+        schedule = dict(epochs=epochs, fits=fits, images_per_s=round(rate or self.train_images / epoch_s, 2),
+                        sessions=cfg.sessions, time_limit=cfg.time_limit, ended_sessions=ended)
         t.refit(schedule)
-        where = f"{cfg.sessions} session{'s' * (cfg.sessions > 1)} of {cfg.time_limit}"
-        if schedule["fits"]:
+        where = f"{cfg.sessions - ended} session{'s' * (cfg.sessions - ended > 1)} of {cfg.time_limit}"
+        ends = f"the schedule ends on update {epochs * t.updates_per_epoch}"
+        if rate is None:
+            self.say(f"[train] --epochs auto: at this epoch's {timing.duration(epoch_s)} the schedule's {before} "
+                     f"epochs no longer fit in {where}; it now ends after epoch {epochs}: {ends}")
+        elif fits:
             self.say(f"[train] --epochs auto: {epochs} epochs fit in {where} at {rate:.1f} images/s, "
-                     f"{timing.duration(finish_s)} kept for the stages after training; the schedule ends on "
-                     f"update {epochs * t.updates_per_epoch}")
+                     f"{timing.duration(finish_s)} kept for the stages after training; {ends}")
         else:
             self.say(f"[train] --epochs auto: the soup's {least} epochs do not fit in {where} at {rate:.1f} "
-                     f"images/s; training {epochs} (what fits, labelled short in reports/submission.json); "
+                     f"images/s; training {epochs} (what fits, fits: false in reports/submission.json); "
                      f"more --sessions fit more")
         if self.world.is_main:
             write_json({**cfg.to_dict(), "schedule": schedule}, layout.run_config(cfg.work))
 
     def epoch_done(self, rate, val_rate):
         self.infer_rate = val_rate
-        self.measured(rate)
+        finish_s = self.measured(rate)
+        if self.auto:
+            now = session.clock()
+            epoch_s, self.epoch_start = now - self.epoch_start, now
+            if self.whole_epoch:
+                self.fit(epoch_s, finish_s)
+            self.whole_epoch = True
 
 
 def plan_batches(cfg, world, model, criterion, num_classes, state, compiled):
