@@ -9,16 +9,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from kit import layout
+from kit import ROOT, layout
 from kit.config import Config
 from kit.errors import KitError
 
-RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+RUN_PY = ROOT / "run.py"
 
 
 @dataclasses.dataclass
