@@ -43,7 +43,8 @@ def _view(x, view, mean, std):
     # affine_grid maps output to input in [-1, 1] coordinates: a shift of d sides is 2d there
     theta = x.new_tensor([[1 / scale, 0, -2 * dx / scale], [0, 1 / scale, -2 * dy / scale]])
     grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
-    black = -(x.new_tensor(mean) / x.new_tensor(std)).view(1, -1, 1, 1)
+    black = -(torch.as_tensor(mean, dtype=x.dtype, device=x.device)
+              / torch.as_tensor(std, dtype=x.dtype, device=x.device)).view(1, -1, 1, 1)
     return F.grid_sample(x - black, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + black
 
 
