@@ -56,10 +56,15 @@ def _colab_secrets() -> bool:
         from google.colab import userdata
     except ImportError:
         return False
+    unshared = getattr(userdata, "NotebookAccessError", ())
     for names in SECRETS:
         try:
             values = [userdata.get(n) for n in names]
-        except Exception:  # Colab raises its own types for a secret that is absent or not shared
+        except unshared as e:
+            raise KitError(f"the Colab secret {e.args[0] if e.args else names[0]} is not shared with this "
+                           f"notebook: open the key icon in Colab's left bar and turn on its Notebook "
+                           f"access, then rerun") from e
+        except Exception:  # SecretNotFoundError: try the other way of naming the credentials
             continue
         if all(values):
             os.environ.update(zip(names, values))
@@ -89,14 +94,17 @@ def kaggle_api(action: str):
         raise KitError(f"{action} needs Kaggle credentials and found none: {HOW_TO}")
     if not env.reachable(API_HOST):
         raise KitError(f"{action}: cannot reach {API_HOST} (no network?); run it where the internet works")
-    # importing kaggle authenticates at once and prints a sign-in guide when that fails
+    # importing kaggle authenticates at once and prints a sign-in guide when that fails; kaggle 2.0.x
+    # (Colab's) then exits inside the import itself, and a kaggle.json without a key raises ValueError
     with contextlib.redirect_stdout(io.StringIO()):
-        from kaggle.api.kaggle_api_extended import KaggleApi
-
-        api = KaggleApi()
         try:
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
             api.authenticate()
-        except SystemExit as e:
+        except ImportError as e:
+            raise KitError(f"{action} needs the kaggle package ({e}); pip install kaggle") from e
+        except (SystemExit, ValueError) as e:
             raise KitError(f"{action}: Kaggle did not accept the credentials; {HOW_TO}") from e
     return api
 

@@ -55,7 +55,6 @@ def one_error(capsys, argv) -> str:
 class FakeApi:
     """The two calls submit makes, with the kaggle package's signatures; kernels_output lists OUTPUT
     and writes what `file_pattern` selects, as the package does."""
-    COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
 
     def __init__(self, error=None):
         self.error, self.submitted = error, []
