@@ -47,7 +47,9 @@ def run(cfg: Config):
     if first_process():  # torchrun's other ranks may already be writing
         for folder in {cfg.work, *([Path(cfg.data_dir)] if cfg.demo else [])}:
             remove_partial_writes(folder)
-    write_json(dataclasses.asdict(cfg), layout.run_config(cfg.work))
+    write_json({**dataclasses.asdict(cfg), "platform": env.platform(),
+                "stored_images": str(layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir).resolve())},
+               layout.run_config(cfg.work))
     plan = pipeline.plan(cfg.stage)
     if any(stage.model for stage in plan):
         env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub

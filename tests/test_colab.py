@@ -1,0 +1,88 @@
+"""Colab, faked with its google.colab module and /content's folders in tmp: the time limit, the output
+budget, the work dir on Drive and the stored images on local disk, as run_config.json records them."""
+import importlib.machinery
+import importlib.util
+import json
+import sys
+import types
+
+import pandas as pd
+import pytest
+
+from fake_data import gxs_dataset
+from kit import cli, env, session
+from kit.config import Config
+
+CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+
+
+@pytest.fixture
+def colab(tmp_path, monkeypatch):
+    """A Colab machine: google.colab importable, /content's folders under tmp_path (Drive not mounted)."""
+    module = types.ModuleType("google.colab")
+    module.__spec__ = importlib.machinery.ModuleSpec("google.colab", None)
+    if importlib.util.find_spec("google") is None:
+        google = types.ModuleType("google")
+        google.__spec__ = importlib.machinery.ModuleSpec("google", None, is_package=True)
+        monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", module)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    content = tmp_path / "content"
+    monkeypatch.setattr(env, "COLAB_WORK", content / "xray-kit")
+    monkeypatch.setattr(env, "COLAB_DRIVE", content / "drive" / "MyDrive")
+    monkeypatch.setattr(env, "COLAB_SCRATCH", content / "xray-kit-local")
+    assert env.platform() == "colab"
+    return content
+
+
+def dataset(root, n=30):
+    rows = [(f"{k}.jpg", f"P{k}", ["PA", "AP"][k % 2], [CLASSES[k % 5]] if k % 7 else []) for k in range(n)]
+    return gxs_dataset(root, rows)
+
+
+def test_auto_settings_resolve_to_colabs_own(colab):
+    cfg = cli.resolve(Config())
+    assert (cfg.time_limit, cfg.output_budget) == (session.COLAB_TIME_LIMIT, session.COLAB_OUTPUT_BUDGET)
+    assert session.time_limit(cfg) == 11 * 3600 and session.output_budget(cfg) == 15e9
+    assert cfg.work == colab / "xray-kit"  # Drive not mounted: the session's disk
+    (colab / "drive" / "MyDrive").mkdir(parents=True)
+    assert cli.resolve(Config()).work == colab / "drive" / "MyDrive" / "xray-kit"
+    chosen = cli.resolve(Config(time_limit="5h", output_budget="none", work_dir=str(colab / "w")))
+    assert (chosen.time_limit, chosen.output_budget, chosen.work) == ("5h", "none", colab / "w")
+
+
+def test_work_on_drive_and_images_on_local_disk_as_run_config_records(colab, tmp_path, capsys):
+    drive = colab / "drive" / "MyDrive"
+    drive.mkdir(parents=True)
+    data = dataset(tmp_path / "data").parent
+    assert cli.main(["--data-dir", str(data), "--workers", "1", "--stage", "metadata"]) == 0
+    assert cli.main(["--data-dir", str(data), "--workers", "1", "--stage", "separate"]) == 0
+    work = drive / "xray-kit"
+    saved = json.loads((work / "run_config.json").read_text())
+    local = colab / "xray-kit-local" / work.relative_to(work.anchor) / "dataset"
+    assert saved["platform"] == "colab" and saved["work_dir"] == str(work)
+    assert (saved["time_limit"], saved["output_budget"]) == ("11h", "15GB")
+    assert saved["stored_images"] == str(local)
+    stored = sorted(p.name for p in (local / "images").iterdir())
+    assert stored and len(stored) == len(pd.read_csv(local / "manifest.csv"))
+    assert not list(work.rglob("*.jpg"))  # no film on Drive
+    assert "time limit: 11h | output budget: 15GB" in capsys.readouterr().out
+
+
+def test_the_time_up_message_says_how_to_continue_on_colab(colab):
+    cfg = cli.resolve(Config())
+    assert "run the notebook's cells again: the work dir on Drive is kept" in str(session.time_up(cfg, "now"))
+
+
+def test_the_output_budget_warns_against_drives_free_quota(colab, capsys):
+    import torch
+
+    cfg = cli.resolve(Config(work_dir=str(colab / "w"), epochs=3))
+    cfg.work.mkdir(parents=True)
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights
+    session.warn_output_budget(cfg, model, lambda history: {h["epoch"] for h in history})
+    assert capsys.readouterr().out == ""
+    with open(cfg.work / "shards.tar", "wb") as f:  # sparse: 15 GB that take no disk
+        f.truncate(15 * 10**9)
+    session.warn_output_budget(cfg, model, lambda history: {h["epoch"] for h in history})
+    assert "the work dir would hold about 15.0 GB, more than --output-budget 15GB" in capsys.readouterr().out
