@@ -6,7 +6,7 @@ import time
 import traceback
 from pathlib import Path
 
-from kit import env, interrupt, layout, pipeline, runlog, session, settings, smoke
+from kit import env, interrupt, layout, pipeline, runlog, session, settings, shards, smoke
 from kit.config import TASKS, Config, apply_defaults
 from kit.errors import KitError
 from kit.flags import parse_config
@@ -34,6 +34,8 @@ def run(cfg: Config):
     if cfg.synthetic and not cfg.demo:
         raise KitError("--synthetic makes demo synthetic images and goes with --demo; mix in "
                        "your own with --synthetic-dir DIR")
+    if not cfg.demo and first_process():
+        shards.restore_all(cfg.work)  # a new machine: what the work dir kept, before any download
     if cfg.demo:
         from kit import demo
 

@@ -200,6 +200,10 @@ class Config:
     resume: str = opt("none", "auto: continue from a matching checkpoints/last.pth found under the data "
                               "roots (on Kaggle: a previous version's output attached as input); or the "
                               "folder or last.pth to continue from; none", "platform")
+    keep_shards: str = opt("auto", "keep the stored images, and what --download fetched besides their films, "
+                                   "in <work>/shards as a few large tar files that a new machine unpacks "
+                                   "instead of storing and downloading again (auto: on Colab, whose work dir "
+                                   "on Drive outlives the local disk)", "platform", ("auto", "on", "off"))
 
     # the settings named on the command line (None: a Config built in code, where a value other
     # than the default counts as chosen); not a field, so never a flag nor in run_config.json

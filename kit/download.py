@@ -200,6 +200,18 @@ def _store(films: list, resize: int, workers: int):
     films.clear()
 
 
+def refill(cfg, paths):
+    """Fetch again the files of `paths` that are missing from a download (left out of its shards):
+    the marker says unfinished, and the stream skips every file already there."""
+    folder = Path(cfg.data_dir)
+    missing = sum(not os.path.exists(p) for p in paths)
+    if missing and (folder / MARKER).exists():
+        print(f"[download] {missing} films of {folder} are not here (restored from shards without them); "
+              f"fetching them")
+        write_json({**json.loads((folder / MARKER).read_text()), "complete": False}, folder / MARKER)
+        fetch(cfg)
+
+
 def fetch(cfg):
     """Fetch the dataset of --dataset into --data-dir unless it is already there (a fetch that
     stopped midway continues); point cfg.data_dir at it."""

@@ -2,16 +2,20 @@
 budget, the work dir on Drive and the stored images on local disk, as run_config.json records them."""
 import importlib.machinery
 import importlib.util
+import io
 import json
+import shutil
 import sys
 import types
+import zipfile
 
 import pandas as pd
 import pytest
 
-from fake_data import gxs_dataset
-from kit import cli, env, session
+from fake_data import gxs_dataset, jpeg
+from kit import cli, download, env, remote_zip, session
 from kit.config import Config
+from test_download import range_server
 
 CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 
@@ -86,3 +90,71 @@ def test_the_output_budget_warns_against_drives_free_quota(colab, capsys):
         f.truncate(15 * 10**9)
     session.warn_output_budget(cfg, model, lambda history: {h["epoch"] for h in history})
     assert "the work dir would hold about 15.0 GB, more than --output-budget 15GB" in capsys.readouterr().out
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A competition archive on a loopback server as --download reads it (test films, sample submission)."""
+    src = tmp_path / "src"
+    gxs_dataset(src, [(f"{k}.jpg", f"P{k}", ["PA", "AP"][k % 2], [CLASSES[k % 5]] if k % 7 else [])
+                      for k in range(24)])
+    (src / "sample_submission_1.csv").write_text("Image_name," + ",".join(CLASSES) + "\nt0.jpg" + ",0.5" * 5 + "\n")
+    jpeg(src / "test1" / "t0.jpg", 130, 110, seed=7)
+    blob = io.BytesIO()
+    with zipfile.ZipFile(blob, "w") as z:
+        for f in sorted(p for p in src.rglob("*") if p.is_file()):
+            z.write(f, f.relative_to(src).as_posix())
+    monkeypatch.setattr(remote_zip, "WINDOW", 8192)
+    monkeypatch.setattr(download, "kaggle_api", lambda action: object())
+    with range_server(blob.getvalue()) as (url, asked):
+        monkeypatch.setattr(download, "archive_url", lambda api, kind, name: url)
+        yield src, asked
+
+
+def files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_new_machine_restores_the_stored_images_and_skips_to_training(colab, served, capsys, monkeypatch):
+    src, asked = served
+    (colab / "drive" / "MyDrive").mkdir(parents=True)
+    data, local, work = colab / "data" / "gxs", colab / "xray-kit-local", colab / "drive" / "MyDrive" / "xray-kit"
+    argv = ["--task", "competition", "--download", "--data-dir", str(data), "--resize", "64", "--workers", "1"]
+    for stage in ("metadata", "separate", "split"):
+        assert cli.main([*argv, "--stage", stage]) == 0
+    stored, downloaded = files(local), files(data)
+    assert sorted(p.name for p in (work / "shards").iterdir()) == [
+        "download-000.tar", "download.json", "stored-000.tar", "stored.json"]
+    films = {f for f in downloaded if f.startswith("train")} - {"train1.csv"}
+    assert len(films) == 24 and "test1/t0.jpg" in downloaded
+
+    shutil.rmtree(data)  # a new session: /content wiped, Drive kept
+    shutil.rmtree(local)
+    capsys.readouterr()
+    asked.clear()
+    for stage in ("metadata", "separate", "split"):
+        assert cli.main([*argv, "--stage", stage]) == 0
+        assert f"[{stage}] up to date, skipped" in capsys.readouterr().out
+    assert asked == []  # not a byte of the archive
+    assert files(local) == stored
+    assert files(data) == {f: b for f, b in downloaded.items() if f not in films}  # the films are in stored
+
+    assert cli.main([*argv, "--stage", "separate", "--force"]) == 0  # needs the films: only they come again
+    assert "24 films of" in capsys.readouterr().out
+    assert files(data) == downloaded and files(local) == stored
+
+
+def test_stamps_compare_content_not_times(tmp_path, capsys):
+    data = dataset(tmp_path / "data").parent
+    argv = ["--data-dir", str(data), "--work-dir", str(tmp_path / "w"), "--workers", "1", "--stage", "metadata"]
+    assert cli.main(argv) == 0
+    csv = data / "train1.csv"
+    text = csv.read_text()
+    csv.unlink()
+    csv.write_text(text)  # extracted again: a new time, the same bytes
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "[metadata] up to date, skipped" in capsys.readouterr().out
+    csv.write_text(text.replace("PA", "AP", 1))  # other bytes, of the same size
+    assert cli.main(argv) == 0
+    assert "up to date" not in capsys.readouterr().out
