@@ -4,18 +4,26 @@ import importlib.machinery
 import importlib.util
 import io
 import json
+import os
+import re
+import shlex
+import subprocess
 import shutil
 import sys
 import types
 import zipfile
 
+import nbformat
 import pandas as pd
 import pytest
 
+from conftest import ROOT
 from fake_data import gxs_dataset, jpeg
 from kit import cli, download, env, remote_zip, session
 from kit.config import Config
+from kit.flags import parse_config
 from test_download import range_server
+from test_kaggle_versions import fake_colab
 
 CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 
@@ -158,3 +166,73 @@ def test_stamps_compare_content_not_times(tmp_path, capsys):
     csv.write_text(text.replace("PA", "AP", 1))  # other bytes, of the same size
     assert cli.main(argv) == 0
     assert "up to date" not in capsys.readouterr().out
+
+
+NOTEBOOK = ROOT / "notebooks" / "colab.ipynb"
+
+
+def code_cells():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    return [c.source for c in notebook.cells if c.cell_type == "code"]
+
+
+def test_the_notebook_is_valid_and_its_commands_are_the_kits(colab):
+    cells = code_cells()
+    order = ["nvidia-smi", "git clone", "drive.mount", "userdata.get", "run.py --task competition",
+             "run.py --stage submit"]
+    assert [next(i for i, c in enumerate(cells) if step in c) for step in order] == list(range(len(order)))
+    commands = [line.strip()[1:] for c in cells for line in c.splitlines() if line.strip().startswith("!python")]
+    assert len(commands) == 2
+    (colab / "drive" / "MyDrive").mkdir(parents=True)  # cell 3 mounted Drive
+    for command in commands:
+        python, script, *argv = shlex.split(command)
+        assert (python, script) == ("python", "run.py")
+        cfg = cli.resolve(parse_config(argv))
+        assert cfg.work == colab / "drive" / "MyDrive" / "xray-kit" and cfg.time_limit == "11h"
+    assert "(https://colab.research.google.com/github/" in (ROOT / "README.md").read_text()
+    assert "/blob/main/notebooks/colab.ipynb)" in (ROOT / "README.md").read_text()
+
+
+def test_the_notebook_keeps_colabs_torch():
+    pattern = next(re.search(r"grep -v -E '(.+?)' requirements.txt", c) for c in code_cells() if "grep -v" in c)
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    kept = [line for line in lines if not re.search(pattern.group(1), line)]
+    assert set(lines) - set(kept) == {"torch", "torchvision"}
+
+
+def run_cell(marker, namespace):
+    source = next(c for c in code_cells() if marker in c)
+    exec(compile(source, str(NOTEBOOK), "exec"), namespace)
+    return namespace
+
+
+def test_the_notebook_stops_in_one_line_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 9, "", "no devices"))
+    with pytest.raises(SystemExit, match=r"^No GPU: choose Runtime > Change runtime type > T4 GPU"):
+        run_cell("nvidia-smi", {})
+
+
+@pytest.mark.parametrize("secrets, message", [
+    ({}, r"^No Kaggle token: generate one at kaggle.com > Settings > API"),
+    ({"KAGGLE_API_TOKEN": "unshared"}, r"^The secret KAGGLE_API_TOKEN is not shared with this notebook: .* "
+                                       r"Notebook access"),
+    ({"KAGGLE_API_TOKEN": "t0ken"}, None),
+])
+def test_the_notebooks_credentials_cell(colab, monkeypatch, secrets, message):
+    def get(userdata, name):
+        if secrets.get(name) == "unshared":
+            raise userdata.NotebookAccessError(name)
+        if name not in secrets:
+            raise userdata.SecretNotFoundError(name)
+        return secrets[name]
+    fake_colab(monkeypatch, get)
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.setenv(name, "before")  # recorded: the cell's own setting is undone after the test
+        monkeypatch.delenv(name)
+    if message:
+        with pytest.raises(SystemExit, match=message):
+            run_cell("userdata.get", {})
+    else:
+        run_cell("userdata.get", {})
+        assert os.environ["KAGGLE_API_TOKEN"] == "t0ken" and "KAGGLE_KEY" not in os.environ
