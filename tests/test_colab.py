@@ -148,7 +148,8 @@ def test_a_new_machine_restores_the_stored_images_and_skips_to_training(colab, s
     assert files(data) == {f: b for f, b in downloaded.items() if f not in films}  # the films are in stored
 
     assert cli.main([*argv, "--stage", "separate", "--force"]) == 0  # needs the films: only they come again
-    assert "24 films of" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[download] 24 films are not in" in out and "24 of them wanted; 0 already here, 24 to fetch" in out
     assert files(data) == downloaded and files(local) == stored
 
 
