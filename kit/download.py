@@ -34,6 +34,7 @@ MARKER = ".xray-kit-download.json"  # what was fetched, at which size, and wheth
 # films fetched at full size (about 250 MB) and then shrunk by the workers while the next round is
 # fetched: at most two rounds on disk at once
 FILMS_A_ROUND = 256
+LOCAL_HEADER = 1024  # bytes before a member's data that its read asks for with it: header, name, extra
 # --dataset -> (kind, Kaggle name) of the data fetched by --download
 KAGGLE_SOURCES = {"gxs": ("competition", "grand-xray-slam-division-a"), "nih": ("dataset", "nih-chest-xrays/data")}
 SECRETS = (("KAGGLE_USERNAME", "KAGGLE_KEY"), ("KAGGLE_API_TOKEN",))
@@ -166,7 +167,8 @@ def stream(url_source, folder: Path, resize: int, workers: int, wanted=None):
     files whose stored name `wanted(name)` keeps, when it is given. Films are fetched a round at a
     time, and each round is shrunk by the worker processes while the next one is fetched."""
     try:
-        archive = zipfile.ZipFile(RangeFile(url_source))
+        remote = RangeFile(url_source)
+        archive = zipfile.ZipFile(remote)
     except zipfile.BadZipFile as e:
         raise KitError(f"--download: the archive is not a readable zip ({e}); rerun later") from e
     with archive:
@@ -183,6 +185,9 @@ def stream(url_source, folder: Path, resize: int, workers: int, wanted=None):
             shrink = Shrinker(pool, resize, workers)
             for k, member in enumerate(progress(todo, len(todo), "[download]", unit="file")):
                 dst = folder / names[member]
+                if wanted:  # a few files here and there: one request for each, no read-ahead past it
+                    remote.window = member.compress_size + LOCAL_HEADER
+
                 if resize and dst.suffix.lower() in images.JPEG_SUFFIXES:
                     shrink.add(_extract(archive, member, Path(scratch) / f"{k}{dst.suffix}"), dst)
                 else:

@@ -279,6 +279,10 @@ def test_a_smoke_download_fetches_only_the_films_of_its_slice(tmp_path, monkeypa
         assert 6 <= len(slice_films) < len(ROWS)
         assert films == slice_films | {"test1/t0.jpg"}  # and the sample submission's test film
         assert json.loads((data / download.MARKER).read_text())["slice"] is True
+        fetched = sum(len(range_bytes(r, len(blob))) for r in asked)
+        films_left = sum(f.stat().st_size for f in src.rglob("*.jpg") if f.relative_to(src).as_posix() not in films)
+        # the archive but the films left out, and little more: each wanted film is one request
+        assert fetched < 1.25 * (len(blob) - films_left)
         capsys.readouterr()
         assert cli.main([*argv, "--stage", "metadata"]) == 0  # a real run: the rest of the films
         assert f"{len(slice_films) + 3} already here, {len(ROWS) - len(slice_films)} to fetch" in capsys.readouterr().out
