@@ -187,7 +187,6 @@ def stream(url_source, folder: Path, resize: int, workers: int, wanted=None):
                 dst = folder / names[member]
                 if wanted:  # a few files here and there: one request for each, no read-ahead past it
                     remote.window = member.compress_size + LOCAL_HEADER
-
                 if resize and dst.suffix.lower() in images.JPEG_SUFFIXES:
                     shrink.add(_extract(archive, member, Path(scratch) / f"{k}{dst.suffix}"), dst)
                 else:
@@ -245,7 +244,7 @@ def refill(cfg, paths):
 
 
 def _is_film(name) -> bool:
-    return Path(name).suffix.lower() in images.JPEG_SUFFIXES
+    return Path(name).suffix.lower() in submission.IMAGE_SUFFIXES
 
 
 def _smoke_test_films(cfg, folder: Path) -> set:
