@@ -26,6 +26,7 @@ import threading
 import time
 import zipfile
 from contextlib import contextmanager, redirect_stdout
+from unittest import mock
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: python bench/download.py
@@ -139,8 +140,8 @@ def timed(run) -> float:
 def served(path, rate):
     @contextmanager
     def server():
-        with range_server(path, rate) as (url, sent):
-            download.archive_url = lambda api, kind, name: url
+        with range_server(path, rate) as (url, sent), \
+                mock.patch.object(download, "archive_url", lambda api, kind, name: url):
             yield sent
     return server
 
@@ -209,9 +210,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     height, width = map(int, args.size.split("x"))
     mach = common.machine(gpus=False)
-    download.FILMS_A_ROUND, smoke.IMAGES = args.round, args.smoke_images
-    download.kaggle_api = lambda action: None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(smoke, "IMAGES", args.smoke_images), \
+            mock.patch.multiple(download, FILMS_A_ROUND=args.round, kaggle_api=lambda action: None):
         tmp = Path(tmp)
         path = archive(tmp, height, width)
         server = served(path, args.rate * 1e6)
