@@ -6,7 +6,7 @@ import time
 import traceback
 from pathlib import Path
 
-from kit import env, interrupt, layout, pipeline, runlog, session, settings, smoke
+from kit import env, interrupt, layout, pipeline, runlog, session, settings, shards, smoke
 from kit.config import KAGGLE_COMPETITION, TASKS, Config, apply_defaults
 from kit.errors import KitError
 from kit.flags import parse_config
@@ -36,6 +36,8 @@ def run(cfg: Config):
     if cfg.synthetic and not cfg.demo:
         raise KitError("--synthetic makes demo synthetic images and goes with --demo; mix in "
                        "your own with --synthetic-dir DIR")
+    if not cfg.demo and first_process():
+        shards.restore_all(cfg.work)  # a new machine: what the work dir kept, before any download
     if cfg.demo:
         from kit import demo
 
@@ -49,7 +51,9 @@ def run(cfg: Config):
     if first_process():  # torchrun's other ranks may already be writing
         for folder in {cfg.work, *([Path(cfg.data_dir)] if cfg.demo else [])}:
             remove_partial_writes(folder)
-    write_json(dataclasses.asdict(cfg), layout.run_config(cfg.work))
+    write_json({**dataclasses.asdict(cfg), "platform": env.platform(),
+                "stored_images": str(layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir).resolve())},
+               layout.run_config(cfg.work))
     plan = pipeline.plan(cfg.stage)
     if any(stage.model for stage in plan):
         env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub

@@ -46,8 +46,9 @@ class Config:
                              "test report; competition: what the competition's sample submission scores, "
                              "multi-label, every view and labelled image, a small val split, "
                              "submission.csv at the end of every session", choices=tuple(TASKS))
-    work_dir: str = opt("", "where every artifact is written (default: /kaggle/working on Kaggle, "
-                            "/content/xray-kit on Colab, ./work elsewhere)")
+    work_dir: str = opt("", "where every artifact is written (default: /kaggle/working on Kaggle; on Colab "
+                            "/content/drive/MyDrive/xray-kit when Drive is mounted, else /content/xray-kit; "
+                            "./work elsewhere)")
     force: bool = opt(False, "redo a stage even when its outputs are up to date")
     seed: int = opt(42, "seed of the split, the data order and the weights", check=at_least(0))
     workers: int = opt(0, "CPU worker processes (0: all cores)")
@@ -83,7 +84,8 @@ class Config:
     resize: int = opt(512, "shorter side of stored images in pixels (0: copy originals)", "data", check=at_least(0))
     dataset_dir: str = opt("auto", "folder of the stored images (auto: on Kaggle a scratch folder under "
                                    "/kaggle/tmp/xray-kit, outside the kernel's output, rebuilt by each new "
-                                   "session; elsewhere <work>/dataset)", "data")
+                                   "session; on Colab /content/xray-kit-local on the local disk, never on "
+                                   "Drive; elsewhere <work>/dataset)", "data")
     val_frac: float = opt(0.15, "fraction of images in the validation split (competition default: 0.05)",
                           "data")
     test_frac: float = opt(0.15, "fraction of images in the test split (competition default: 0, no test "
@@ -213,10 +215,10 @@ class Config:
     download: bool = opt(False, "fetch the dataset with the Kaggle API into --data-dir when it is missing "
                                 "(needs Kaggle credentials)", "platform")
     time_limit: str = opt("auto", "stop training this long after the start, with last.pth saved, e.g. "
-                                  "11h30m, 90m, 600s or none (auto: 11h30m on Kaggle, none elsewhere)", "platform")
+                                  "11h30m, 90m, 600s or none (auto: 11h30m on Kaggle, 11h on Colab, none elsewhere)", "platform")
     output_budget: str = opt("auto", "warn before training when the work dir would outgrow this, e.g. 19GB "
-                                     "or none (auto: 19GB on Kaggle, which keeps about 20 GB; none "
-                                     "elsewhere)", "platform")
+                                     "or none (auto: 19GB on Kaggle, which keeps about 20 GB; 15GB on "
+                                     "Colab, a free Drive; none elsewhere)", "platform")
     sessions: int = opt(1, "--epochs auto: fit the schedule to this many sessions of --time-limit; each but "
                            "the last ends with an interim submission, and --resume auto continues", "platform",
                         check=at_least(1))
@@ -227,6 +229,10 @@ class Config:
     resume: str = opt("none", "auto: continue from a matching checkpoints/last.pth found under the data "
                               "roots (on Kaggle: a previous version's output attached as input); or the "
                               "folder or last.pth to continue from; none", "platform")
+    keep_shards: str = opt("auto", "keep the stored images, and what --download fetched besides their films, "
+                                   "in <work>/shards as a few large tar files that a new machine unpacks "
+                                   "instead of storing and downloading again (auto: on Colab, whose work dir "
+                                   "on Drive outlives the local disk)", "platform", ("auto", "on", "off"))
 
     # the settings named on the command line (None: a Config built in code, where a value other
     # than the default counts as chosen); not a field, so never a flag nor in run_config.json

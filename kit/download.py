@@ -11,6 +11,8 @@ ranges), and its members are read from there one after another, JPEG films store
 files already stored.
 """
 import contextlib
+import dataclasses
+import functools
 import io
 import json
 import os
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit import env, images, sources
+from kit import env, images, smoke, sources, submission
 from kit.errors import KitError
 from kit.io import atomic_path, write_json
 from kit.progress import progress
@@ -29,7 +31,10 @@ from kit.remote_zip import RangeFile
 
 API_HOST = "api.kaggle.com"
 MARKER = ".xray-kit-download.json"  # what was fetched, at which size, and whether it is complete
-FILMS_A_ROUND = 256  # films held on disk at full size at once (about 250 MB), then shrunk in parallel
+# films fetched at full size (about 250 MB) and then shrunk by the workers while the next round is
+# fetched: at most two rounds on disk at once
+FILMS_A_ROUND = 256
+LOCAL_HEADER = 1024  # bytes before a member's data that its read asks for with it: header, name, extra
 # --dataset -> (kind, Kaggle name) of the data fetched by --download
 KAGGLE_SOURCES = {"gxs": ("competition", "grand-xray-slam-division-a"), "nih": ("dataset", "nih-chest-xrays/data")}
 SECRETS = (("KAGGLE_USERNAME", "KAGGLE_KEY"), ("KAGGLE_API_TOKEN",))
@@ -56,10 +61,15 @@ def _colab_secrets() -> bool:
         from google.colab import userdata
     except ImportError:
         return False
+    unshared = getattr(userdata, "NotebookAccessError", ())
     for names in SECRETS:
         try:
             values = [userdata.get(n) for n in names]
-        except Exception:  # Colab raises its own types for a secret that is absent or not shared
+        except unshared as e:
+            raise KitError(f"the Colab secret {e.args[0] if e.args else names[0]} is not shared with this "
+                           f"notebook: open the key icon in Colab's left bar and turn on its Notebook "
+                           f"access, then rerun") from e
+        except Exception:  # SecretNotFoundError: try the other way of naming the credentials
             continue
         if all(values):
             os.environ.update(zip(names, values))
@@ -89,15 +99,18 @@ def kaggle_api(action: str):
         raise KitError(f"{action} needs Kaggle credentials and found none: {HOW_TO}")
     if not env.reachable(API_HOST):
         raise KitError(f"{action}: cannot reach {API_HOST} (no network?); run it where the internet works")
-    # importing kaggle authenticates at once and prints a sign-in guide when that fails
+    # importing kaggle authenticates at once and prints a sign-in guide when that fails; kaggle 2.0.x
+    # (Colab's) then exits inside the import itself, and a kaggle.json without a key raises ValueError
     with contextlib.redirect_stdout(io.StringIO()):
-        from kaggle.api.kaggle_api_extended import KaggleApi
-
-        api = KaggleApi()
         try:
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
             with kaggle_errors(action, f"the credentials were refused; {HOW_TO}"):  # a token is checked online
                 api.authenticate()
-        except SystemExit as e:
+        except ImportError as e:
+            raise KitError(f"{action} needs the kaggle package ({e}); pip install kaggle") from e
+        except (SystemExit, ValueError) as e:
             raise KitError(f"{action}: Kaggle did not accept the credentials; {HOW_TO}") from e
     return api
 
@@ -155,30 +168,36 @@ def archive_url(api, kind, name) -> str:
         return response.url
 
 
-def stream(url_source, folder: Path, resize: int, workers: int):
-    """Every file of the remote zip into `folder` that is not there yet, in archive order."""
+def stream(url_source, folder: Path, resize: int, workers: int, wanted=None):
+    """Every file of the remote zip into `folder` that is not there yet, in archive order; only the
+    files whose stored name `wanted(name)` keeps, when it is given. Films are fetched a round at a
+    time, and each round is shrunk by the worker processes while the next one is fetched."""
     try:
-        archive = zipfile.ZipFile(RangeFile(url_source))
+        remote = RangeFile(url_source)
+        archive = zipfile.ZipFile(remote)
     except zipfile.BadZipFile as e:
         raise KitError(f"--download: the archive is not a readable zip ({e}); rerun later") from e
     with archive:
         members = sorted((m for m in archive.infolist() if not m.is_dir()), key=lambda m: m.header_offset)
         names = dict(zip(members, images.stored_names(pd.Series([m.filename for m in members], dtype=object), 0)))
-        todo = [m for m in members if not (folder / names[m]).exists()]
+        asked = [m for m in members if wanted is None or wanted(names[m])]
+        todo = [m for m in asked if not (folder / names[m]).exists()]
         print(f"[download] {len(members)} files, {sum(m.compress_size for m in members) / 1e9:.1f} GB in the "
-              f"archive; {len(members) - len(todo)} already here, {len(todo)} to fetch"
+              f"archive" + (f"; {len(asked)} of them wanted" if wanted else "") + f"; {len(asked) - len(todo)} "
+              f"already here, {len(todo)} to fetch"
               + (f", JPEG films stored at {resize} px on the shorter side" if resize else ""), flush=True)
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as scratch:
-            films = []
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as scratch, \
+                images.worker_pool(max(1, workers)) as pool:
+            shrink = Shrinker(pool, resize, workers)
             for k, member in enumerate(progress(todo, len(todo), "[download]", unit="file")):
                 dst = folder / names[member]
+                if wanted:  # a few files here and there: one request for each, no read-ahead past it
+                    remote.window = member.compress_size + LOCAL_HEADER
                 if resize and dst.suffix.lower() in images.JPEG_SUFFIXES:
-                    films.append((_extract(archive, member, Path(scratch) / f"{k}{dst.suffix}"), dst))
-                    if len(films) == FILMS_A_ROUND:
-                        _store(films, resize, workers)
+                    shrink.add(_extract(archive, member, Path(scratch) / f"{k}{dst.suffix}"), dst)
                 else:
                     _extract(archive, member, dst)
-            _store(films, resize, workers)
+            shrink.finish()
 
 
 def _extract(archive, member, dst: Path) -> Path:
@@ -188,19 +207,67 @@ def _extract(archive, member, dst: Path) -> Path:
     return dst
 
 
-def _store(films: list, resize: int, workers: int):
-    """Shrink the films held at full size into place, then let them go (`films` is emptied)."""
-    jobs = [(str(src), str(dst)) for src, dst in films]
-    for (src, dst), (status, _, _) in zip(films, images.store_all(jobs, resize, workers, desc=None)):
-        if status == "unreadable":  # kept as it came: the separate stage records it as unreadable
-            os.replace(src, dst)
-        src.unlink(missing_ok=True)
-    films.clear()
+class Shrinker:
+    """Films held at full size, shrunk into place a round at a time by `pool`'s processes while the
+    caller fetches the next round."""
+
+    def __init__(self, pool, resize: int, workers: int):
+        self.pool, self.work, self.workers = pool, functools.partial(images.store_one, resize=resize), workers
+        self.films, self.pending = [], None  # pending: (films, their AsyncResult) being shrunk
+
+    def add(self, src: Path, dst: Path):
+        self.films.append((src, dst))
+        if len(self.films) == FILMS_A_ROUND:
+            self._next()
+
+    def finish(self):
+        self._next()
+        self._next()
+
+    def _next(self):
+        """Wait for the round being shrunk, then start the one held (if any)."""
+        if self.pending:
+            films, results = self.pending
+            for (src, dst), (status, _, _) in zip(films, results.get()):
+                if status == "unreadable":  # kept as it came: the separate stage records it as unreadable
+                    os.replace(src, dst)
+                src.unlink(missing_ok=True)
+        jobs = [(str(src), str(dst)) for src, dst in self.films]
+        self.pending = (self.films, self.pool.map_async(
+            self.work, jobs, chunksize=images.chunk_size(len(jobs), self.workers))) if jobs else None
+        self.films = []
 
 
-def fetch(cfg):
+def refill(cfg, paths):
+    """Fetch the files of `paths` that a download lacks: the films of a smoke run's slice, or those
+    left out of a download's shards. Range requests for just them; the rest of the archive is skipped."""
+    folder = Path(cfg.data_dir).resolve()
+    missing = [Path(p).resolve() for p in paths if not os.path.exists(p)]
+    missing = [str(p.relative_to(folder)) for p in missing if p.is_relative_to(folder)]
+    if missing and (folder / MARKER).exists():
+        print(f"[download] {len(missing)} films are not in {folder} yet; fetching just them")
+        fetch(cfg, files=missing)
+
+
+def _is_film(name) -> bool:
+    return Path(name).suffix.lower() in submission.IMAGE_SUFFIXES
+
+
+def _smoke_test_films(cfg, folder: Path) -> set:
+    """The file names of the test films a smoke run predicts: the sample submission's first rows."""
+    sample = Path(cfg.predict_csv) if cfg.predict_csv else submission.find_sample(
+        dataclasses.replace(cfg, data_dir=str(folder)))
+    if sample is None:
+        return set()
+    ids = submission.read_sample(sample).iloc[:smoke.TEST_FILMS, 0]
+    return {Path(i).name for i in ids}
+
+
+def fetch(cfg, files=None):
     """Fetch the dataset of --dataset into --data-dir unless it is already there (a fetch that
-    stopped midway continues); point cfg.data_dir at it."""
+    stopped midway continues); point cfg.data_dir at it. `files`: only these (paths in the folder).
+    A --smoke run fetches every file but the films, then only the test films it predicts; the
+    separate stage asks for its slice's training films (refill), and a real run for the rest."""
     dataset = "gxs" if cfg.dataset == "auto" else cfg.dataset
     if dataset not in KAGGLE_SOURCES:
         known = ", ".join(f"--dataset {k} ({v[1]})" for k, v in KAGGLE_SOURCES.items())
@@ -209,17 +276,27 @@ def fetch(cfg):
     folder = target(cfg, name)
     marker = folder / MARKER
     adapter, found = sources.discover([folder], dataset)
-    unfinished = marker.exists() and not json.loads(marker.read_text()).get("complete")
-    if found is None or unfinished:
+    state = json.loads(marker.read_text()) if marker.exists() else {}
+    unfinished = bool(state) and (not state.get("complete") or (state.get("slice") and not cfg.smoke))
+    if found is None or unfinished or files:
         api = kaggle_api("--download")
         print(f"[download] Kaggle {kind} {name} -> {folder}" + (" (continuing)" if unfinished else ""))
         folder.mkdir(parents=True, exist_ok=True)
         url = (f"https://www.kaggle.com/competitions/{name}/rules" if kind == "competition"
                else f"https://www.kaggle.com/datasets/{name}")
-        settings = {"archive": name, "resize": cfg.resize}
+        # a slice: a smoke run's, until a real run fetches the rest
+        settings = {"archive": name, "resize": cfg.resize, "slice": state.get("slice", False) if files else cfg.smoke}
+        source = functools.partial(archive_url, api, kind, name)
         with kaggle_errors(f"--download {name}", f"access denied: accept its rules at {url}, then rerun"):
             write_json({**settings, "complete": False}, marker)
-            stream(lambda: archive_url(api, kind, name), folder, cfg.resize, cfg.workers)
+            if files:
+                stream(source, folder, cfg.resize, cfg.workers, wanted=set(files).__contains__)
+            elif cfg.smoke:
+                stream(source, folder, cfg.resize, cfg.workers, wanted=lambda n: not _is_film(n))
+                tests = _smoke_test_films(cfg, folder)
+                stream(source, folder, cfg.resize, cfg.workers, wanted=lambda n: _is_film(n) and Path(n).name in tests)
+            else:
+                stream(source, folder, cfg.resize, cfg.workers)
             write_json({**settings, "complete": True}, marker)
         adapter, found = sources.discover([folder], dataset)
         if found is None:

@@ -17,6 +17,10 @@ KAGGLE_WORKING = Path("/kaggle/working")
 # on the session's disk but outside /kaggle/working: not the kernel's output, gone with the session
 KAGGLE_SCRATCH = Path("/kaggle/tmp/xray-kit")
 COLAB_WORK = Path("/content/xray-kit")
+# where drive.mount("/content/drive") puts the user's Drive: the work dir goes there, to outlive the session
+COLAB_DRIVE = Path("/content/drive/MyDrive")
+# local disk (about 100 GB, wiped with the session): the stored images, never 100k small files on Drive
+COLAB_SCRATCH = Path("/content/xray-kit-local")
 PLACES = {"kaggle": "Kaggle", "colab": "Google Colab", "local": "a local machine"}
 HF_ENDPOINT = "https://huggingface.co"
 
@@ -31,12 +35,14 @@ def platform() -> str:
 
 
 def default_work_dir(where: str) -> Path:
+    if where == "colab" and COLAB_DRIVE.is_dir():
+        return COLAB_DRIVE / "xray-kit"
     return {"kaggle": KAGGLE_WORKING, "colab": COLAB_WORK}.get(where, Path("work"))
 
 
 def scratch_dir(where: str) -> "Path | None":
     """Where --dataset-dir auto stores the images outside the work dir; None: in the work dir."""
-    return KAGGLE_SCRATCH if where == "kaggle" else None
+    return {"kaggle": KAGGLE_SCRATCH, "colab": COLAB_SCRATCH}.get(where)
 
 
 def data_roots(where: str) -> list:

@@ -8,6 +8,7 @@ decodes.
 
 `store_one` is the separate stage's unit of work.
 """
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -231,7 +232,17 @@ def store_all(jobs, resize: int, workers: int, desc: "str | None" = "[separate]"
     shown = partial(progress, total=len(jobs), desc=desc) if desc else iter
     if workers <= 1:
         return list(shown(map(work, jobs)))
-    chunk = max(1, min(64, len(jobs) // (workers * 8)))
+    with worker_pool(workers) as pool:
+        return list(shown(pool.imap(work, jobs, chunksize=chunk_size(len(jobs), workers))))
+
+
+def chunk_size(jobs: int, workers: int) -> int:
+    return max(1, min(64, jobs // (workers * 8)))
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """A pool of `workers` processes for store_one."""
     fork = sys.platform.startswith("linux")
     threads = cv2.getNumThreads()
     if fork:
@@ -239,6 +250,6 @@ def store_all(jobs, resize: int, workers: int, desc: "str | None" = "[separate]"
     try:
         with multiprocessing.get_context("fork" if fork else None).Pool(
                 workers, initializer=None if fork else single_threaded) as pool:
-            return list(shown(pool.imap(work, jobs, chunksize=chunk)))
+            yield pool
     finally:
         cv2.setNumThreads(threads)

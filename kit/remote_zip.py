@@ -23,6 +23,7 @@ class RangeFile(io.RawIOBase):
     def __init__(self, url_source, session=None, say=print):
         self.url_source, self.session, self.say = url_source, session or requests.Session(), say
         self.url, self.pos, self.start, self.buffer = url_source(), 0, 0, b""
+        self.window = None  # read-ahead in bytes; None: WINDOW
         self.size = int(self._get("bytes=-1").headers["Content-Range"].rpartition("/")[2])
 
     def readable(self):
@@ -47,7 +48,8 @@ class RangeFile(io.RawIOBase):
             # from the end of what is held when the read begins inside it: no byte asked for twice
             kept = self.buffer[self.pos - self.start:] if self.start <= self.pos <= have else b""
             first = self.pos + len(kept)
-            self.start, self.buffer = self.pos, kept + self._fetch(first, min(self.size, max(end, self.pos + WINDOW)))
+            ahead = WINDOW if self.window is None else self.window
+            self.start, self.buffer = self.pos, kept + self._fetch(first, min(self.size, max(end, self.pos + ahead)))
         data = self.buffer[self.pos - self.start:end - self.start]
         self.pos = end
         return data

@@ -14,6 +14,11 @@ from kit.errors import KitError
 
 KAGGLE_TIME_LIMIT = "11h30m"  # of the 12 h session: room left to save and to finish the run
 KAGGLE_OUTPUT_BUDGET = "19GB"  # Kaggle keeps about 20 GB of /kaggle/working
+# a free Colab session is cut after at most about 12 hours: stop with a submission before that
+COLAB_TIME_LIMIT = "11h"
+COLAB_OUTPUT_BUDGET = "15GB"  # a free Google Drive, whose trash (files replaced through the mount) counts too
+TIME_LIMITS = {"kaggle": KAGGLE_TIME_LIMIT, "colab": COLAB_TIME_LIMIT}
+OUTPUT_BUDGETS = {"kaggle": KAGGLE_OUTPUT_BUDGET, "colab": COLAB_OUTPUT_BUDGET}
 SESSION_ENV = "XRAY_KIT_SESSION"  # "<pid>:<start time>" of the process that began the run
 OPTIMIZER_COPIES = 4  # last.pth: the weights, their EMA and AdamW's two moments
 
@@ -30,26 +35,26 @@ def size(n) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
-def _auto(value, on_kaggle, where=None) -> str:
-    """`value`, or for 'auto' what it means on this platform: `on_kaggle` on Kaggle, none elsewhere."""
+def _auto(value, by_platform: dict, where=None) -> str:
+    """`value`, or for 'auto' what it means on this platform (`by_platform`), none on a local machine."""
     if value != "auto":
         return value
-    return on_kaggle if (where or env.platform()) == "kaggle" else "none"
+    return by_platform.get(where or env.platform(), "none")
 
 
 def time_limit(cfg) -> "float | None":
-    return settings.parse_duration(_auto(cfg.time_limit, KAGGLE_TIME_LIMIT))
+    return settings.parse_duration(_auto(cfg.time_limit, TIME_LIMITS))
 
 
 def output_budget(cfg) -> "float | None":
-    return settings.parse_size(_auto(cfg.output_budget, KAGGLE_OUTPUT_BUDGET))
+    return settings.parse_size(_auto(cfg.output_budget, OUTPUT_BUDGETS))
 
 
 def resolve(cfg, where):
     """Fill --time-limit and --output-budget auto for this platform; refuse a malformed one, and
     a --resume path that is not there."""
-    cfg.time_limit = _auto(cfg.time_limit, KAGGLE_TIME_LIMIT, where)
-    cfg.output_budget = _auto(cfg.output_budget, KAGGLE_OUTPUT_BUDGET, where)
+    cfg.time_limit = _auto(cfg.time_limit, TIME_LIMITS, where)
+    cfg.output_budget = _auto(cfg.output_budget, OUTPUT_BUDGETS, where)
     time_limit(cfg)
     output_budget(cfg)
     if cfg.resume not in ("auto", "none") and not Path(cfg.resume).exists():
@@ -103,9 +108,12 @@ def seconds_left() -> "float | None":
 
 def time_up(cfg, when, state="checkpoints/last.pth") -> TimeUp:
     """The exception that stops the run, with the way to continue."""
-    if env.platform() == "kaggle":
+    where = env.platform()
+    if where == "kaggle":
         how = ("attach this version's output as an input of the next one (Add Input > Your Work, or "
                "kernel_sources in kernel-metadata.json) and run it with --resume auto")
+    elif where == "colab":
+        how = "start a new Colab session and run the notebook's cells again: the work dir on Drive is kept"
     else:
         how = "run the same command again"
     return TimeUp(f"time limit {cfg.time_limit} reached {when}: the work so far is in {cfg.work} (training "

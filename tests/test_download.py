@@ -9,11 +9,12 @@ import types
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fake_data import gxs_dataset, jpeg
 from kaggle_server import kaggle_server, range_server  # noqa: F401 (a fixture)
-from kit import cli, download, env, images, remote_zip, sources
+from kit import cli, download, env, images, remote_zip, smoke, sources
 from kit.config import Config
 from kit.errors import KitError
 
@@ -189,7 +190,7 @@ def test_a_fetch_cut_off_continues_where_it_stopped(tmp_path, kaggle_server, cap
         with pytest.raises(KitError, match=r"the connection to Kaggle failed .*rerun"):
             fetch_from(url, kaggle_server, tmp_path / "d")
     marker = json.loads((tmp_path / "d" / download.MARKER).read_text())
-    assert marker == {"archive": "grand-xray-slam-division-a", "resize": 64, "complete": False}
+    assert marker == {"archive": "grand-xray-slam-division-a", "resize": 64, "slice": False, "complete": False}
     kept = {p for p in (tmp_path / "d").rglob("*") if p.is_file() and p.name != download.MARKER}
     assert 0 < len(kept) < 33 and not list((tmp_path / "d").glob(".download-*"))
     before = {p: p.stat().st_mtime_ns for p in kept}
@@ -204,3 +205,32 @@ def test_a_fetch_cut_off_continues_where_it_stopped(tmp_path, kaggle_server, cap
     with range_server(blob) as (url, asked):
         fetch_from(url, kaggle_server, tmp_path / "d")
     assert asked == [] and "is already in" in capsys.readouterr().out
+
+
+def test_a_smoke_download_fetches_only_the_films_of_its_slice(tmp_path, monkeypatch, capsys, archive, small_requests):
+    src, blob = archive
+    monkeypatch.setattr(smoke, "IMAGES", 6)
+    monkeypatch.setattr(smoke, "PATIENTS_PER_CLASS", 1)
+    monkeypatch.setattr(download, "kaggle_api", lambda action: object())
+    data, work = tmp_path / "d", tmp_path / "w"
+    argv = ["--download", "--task", "competition", "--data-dir", str(data), "--work-dir", str(work),
+            "--resize", "64", "--workers", "2"]
+    with range_server(blob) as (url, asked):
+        monkeypatch.setattr(download, "archive_url", lambda api, kind, name: url)
+        for stage in ("metadata", "separate"):
+            assert cli.main([*argv, "--smoke", "--stage", stage]) == 0
+        filtered = pd.read_csv(work / "smoke" / "filtered.csv")
+        films = {p.relative_to(data).as_posix() for p in data.rglob("*.jpg")}
+        slice_films = {Path(p).relative_to(data).as_posix() for p in filtered["path"]}
+        assert 6 <= len(slice_films) < len(ROWS)
+        assert films == slice_films | {"test1/t0.jpg"}  # and the sample submission's test film
+        assert json.loads((data / download.MARKER).read_text())["slice"] is True
+        fetched = sum(len(range_bytes(r, len(blob))) for r in asked)
+        films_left = sum(f.stat().st_size for f in src.rglob("*.jpg") if f.relative_to(src).as_posix() not in films)
+        # the archive but the films left out, and little more: each wanted film is one request
+        assert fetched < 1.25 * (len(blob) - films_left)
+        capsys.readouterr()
+        assert cli.main([*argv, "--stage", "metadata"]) == 0  # a real run: the rest of the films
+        assert f"{len(slice_films) + 3} already here, {len(ROWS) - len(slice_films)} to fetch" in capsys.readouterr().out
+    assert {p.relative_to(data) for p in data.rglob("*") if p.is_file()} == (
+        {p.relative_to(src) for p in src.rglob("*") if p.is_file()} | {Path(download.MARKER)})

@@ -30,11 +30,13 @@ def test_malformed_limits_are_refused_at_start(field, text):
         session.resolve(Config(**{field: text}), "local")
 
 
-def test_auto_limits_apply_on_kaggle_only():
-    on_kaggle, here = Config(), Config()
+def test_auto_limits_apply_on_kaggle_and_colab_only():
+    on_kaggle, on_colab, here = Config(), Config(), Config()
     session.resolve(on_kaggle, "kaggle")
-    session.resolve(here, "colab")
+    session.resolve(on_colab, "colab")
+    session.resolve(here, "local")
     assert (on_kaggle.time_limit, on_kaggle.output_budget) == ("11h30m", "19GB")
+    assert (on_colab.time_limit, on_colab.output_budget) == ("11h", "15GB")
     assert (here.time_limit, here.output_budget) == ("none", "none")
 
 

@@ -17,6 +17,8 @@ from kit.download import kaggle_api, kaggle_errors
 from kit.errors import KitError
 
 # the part of a kernel's output that submitting and describing the submission read
+# what competition_submit answers when the file's upload failed (its text in kaggle 2.0 and later)
+UPLOAD_FAILED = "Could not submit to competition"
 FETCHED = r"^(submission\.csv|history\.csv|reports/submission\.json|logs/.*\.log)$"
 
 
@@ -73,7 +75,9 @@ def run(cfg):
     with kaggle_errors(f"--stage submit to {name}", f"access denied: accept the competition's rules at {rules}, "
                                                     f"then rerun"):
         result = api.competition_submit(str(csv), message, name, quiet=True)
-    if result.message == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
+    # the answer is read only with what every kaggle 2.x has: 2.0.x lacks the constant of this text
+    answer = getattr(result, "message", "") or "submitted"
+    if answer == UPLOAD_FAILED:
         raise KitError(f"--stage submit to {name}: the upload of {csv} failed; rerun")
-    print(f"[submit] {result.message} (submission {result.ref}; its score: kaggle competitions "
-          f"submissions {name})")
+    print(f"[submit] {answer} (submission {getattr(result, 'ref', '') or 'made'}; its score, and whether it "
+          f"went through before submitting again: kaggle competitions submissions {name})")
