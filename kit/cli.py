@@ -7,7 +7,7 @@ import traceback
 from pathlib import Path
 
 from kit import env, interrupt, layout, pipeline, runlog, session, settings, shards, smoke
-from kit.config import KAGGLE_COMPETITION, TASKS, Config, apply_defaults
+from kit.config import TIMED_COMPETITION, TASKS, Config, apply_defaults
 from kit.errors import KitError
 from kit.flags import parse_config
 from kit.io import remove_partial_writes, write_json
@@ -19,8 +19,8 @@ def resolve(cfg: Config) -> Config:
     if not cfg.work_dir:
         cfg.work_dir = str(env.default_work_dir(where))
     apply_defaults(cfg, TASKS[cfg.task])
-    if cfg.task == "competition" and where == "kaggle":
-        apply_defaults(cfg, KAGGLE_COMPETITION)
+    if cfg.task == "competition" and where in ("kaggle", "colab"):
+        apply_defaults(cfg, TIMED_COMPETITION)
     if cfg.smoke:
         smoke.resolve(cfg)
     if cfg.workers <= 0:

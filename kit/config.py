@@ -16,8 +16,8 @@ TASKS = {
     "competition": dict(label_mode="multi", views="all", keep_negatives=1.0, val_frac=0.05, test_frac=0.0,
                         on_missing="fill"),
 }
-# and on Kaggle, where a session's length is known and its end must leave a submission behind
-KAGGLE_COMPETITION = dict(epochs="auto", on_error="submit")
+# and on Kaggle and Colab, where a session's length is known and its end must leave a submission behind
+TIMED_COMPETITION = dict(epochs="auto", on_error="submit")
 
 
 def opt(default, help, group="general", choices=None, flag=None, check=None):
@@ -108,7 +108,7 @@ class Config:
                          ("prior", "zero"))
     epochs: str = opt(6, "training epochs, or auto: after the first updates, the most whole epochs that fit in "
                            "the time limit (over --sessions sessions) with the stages after training, the "
-                           "schedule fitted to end there (competition default on Kaggle: auto)", "train")
+                           "schedule fitted to end there (competition default on Kaggle and Colab: auto)", "train")
     batch_size: str = opt("auto", "per-device batch, or auto: the largest that fits", "train")
     accum: str = opt("auto", "gradient accumulation steps, or auto: keep --effective-batch", "train")
     effective_batch: int = opt(64, "images per optimizer update across devices and accumulation", "train",
@@ -225,7 +225,7 @@ class Config:
     on_error: str = opt("stop", "a failure once an epoch's weights exist (out of memory, non-finite updates, "
                                 "unreadable data, a crashed worker, ...): submit ends the run with a fallback "
                                 "submission from the val-best epoch and exit 0; stop ends it with the error "
-                                "(competition default on Kaggle: submit)", "platform", ("submit", "stop"))
+                                "(competition default on Kaggle and Colab: submit)", "platform", ("submit", "stop"))
     resume: str = opt("none", "auto: continue from a matching checkpoints/last.pth found under the data "
                               "roots (on Kaggle: a previous version's output attached as input); or the "
                               "folder or last.pth to continue from; none", "platform")

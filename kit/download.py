@@ -101,13 +101,12 @@ def kaggle_api(action: str):
         raise KitError(f"{action}: cannot reach {API_HOST} (no network?); run it where the internet works")
     # importing kaggle authenticates at once and prints a sign-in guide when that fails; kaggle 2.0.x
     # (Colab's) then exits inside the import itself, and a kaggle.json without a key raises ValueError
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
+    with contextlib.redirect_stdout(io.StringIO()), kaggle_errors(action, f"the credentials were refused; {HOW_TO}"):
+        try:  # a token is checked online: a lost connection is kaggle_errors' one line
             from kaggle.api.kaggle_api_extended import KaggleApi
 
             api = KaggleApi()
-            with kaggle_errors(action, f"the credentials were refused; {HOW_TO}"):  # a token is checked online
-                api.authenticate()
+            api.authenticate()
         except ImportError as e:
             raise KitError(f"{action} needs the kaggle package ({e}); pip install kaggle") from e
         except (SystemExit, ValueError) as e:

@@ -304,7 +304,7 @@ def test_bad_schedule_and_error_settings_are_one_line_before_any_stage(tmp_path,
     assert not work.exists()
 
 
-def test_on_kaggle_the_competition_fits_its_epochs_and_submits_on_failure(monkeypatch):
+def test_on_kaggle_and_colab_the_competition_fits_its_epochs_and_submits_on_failure(monkeypatch):
     from kit import env
 
     def resolved(*argv):
@@ -316,6 +316,9 @@ def test_on_kaggle_the_competition_fits_its_epochs_and_submits_on_failure(monkey
     assert resolved("--task", "competition", "--epochs", "4", "--on-error", "stop").epochs == 4
     study = resolved()
     assert (study.epochs, study.on_error, study.on_missing) == (6, "stop", "fail")
+    monkeypatch.setattr(env, "platform", lambda: "colab")
+    colab = resolved("--task", "competition")
+    assert (colab.epochs, colab.on_error, colab.time_limit) == ("auto", "submit", "11h")
     monkeypatch.setattr(env, "platform", lambda: "local")
     local = resolved("--task", "competition")
     assert (local.epochs, local.on_error, local.on_missing) == (6, "stop", "fill")
