@@ -8,16 +8,15 @@ classes come in the study's proportions; some rows carry other findings or later
 so the metadata filter has work to do, and some carry several findings or none. A sample
 submission shaped like the real one (Image_name and the 14 findings) and test1/ (frontal and
 lateral films) mimic the competition's test set: `--demo --task competition` submits to it.
-`--demo --synthetic` runs the synthetic-data study on it (`run_synthetic`).
+`--demo --synthetic` runs the synthetic-data study on it (kit/stages/synthetic_demo.py).
 """
-import dataclasses
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from kit import layout, smoke
+from kit import smoke
 from kit.config import Config, apply_defaults
 from kit.images import encode_jpeg
 from kit.io import atomic_path, write_csv
@@ -171,27 +170,3 @@ GENERATOR_OVERRIDES = dict(gen_size=32, gen_width=32, gen_batch=8, gen_lr=1e-3, 
 
 def rarest_classes(n=RARE_CLASSES) -> list:
     return sorted(PROPORTIONS, key=PROPORTIONS.get)[:n]
-
-
-def run_synthetic(cfg, run_stages):
-    """`--demo --synthetic`: two runs of the whole study: real images only, in <work> itself (a
-    finished `--demo` run there is reused), then the generate stage learns the two rarest classes
-    from that run's train split into <work>/generated; the second run, in <work>/synthetic, has
-    those images in its train.csv; synth-quality judges them with the real-only soup, and compare
-    puts both runs' test results side by side (<work>/reports/compare.csv).
-
-    cfg: prepared by `prepare`; run_stages: the command line's run (one config's stages)."""
-    apply_defaults(cfg, GENERATOR_OVERRIDES)
-    study = dataclasses.replace(cfg, demo=False, synthetic=False, stage="all")
-    real = dataclasses.replace(study, synthetic_dir="")
-    generated = layout.generated_dir(real.work)
-    mixed = dataclasses.replace(study, work_dir=str(cfg.work / "synthetic"), synthetic_dir=str(generated))
-    print(f"[demo] run real images only: {real.work}")
-    run_stages(real)
-    print(f"[demo] a generator of the rarest classes ({', '.join(rarest_classes())}) learns from the train "
-          f"split of {real.work}")
-    run_stages(dataclasses.replace(real, stage="generate"))
-    print(f"[demo] run with synthetic images: {mixed.work}")
-    run_stages(mixed)
-    run_stages(dataclasses.replace(mixed, stage="synth-quality", weights=str(layout.soup_weights(real.work))))
-    run_stages(dataclasses.replace(study, stage="compare", runs=(real.work_dir, mixed.work_dir)))

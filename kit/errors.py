@@ -1,5 +1,19 @@
-"""The one exception type that means "the user's input is wrong": exit code 2, one line."""
+"""The one exception type that means "the user's input is wrong" (exit code 2, one line), and the
+one line that describes any error."""
 
 
 class KitError(Exception):
     """A problem the user can fix; its message names the problem and the fix."""
+
+
+def describe(e: Exception) -> str:
+    """One line for an error: a KitError says problem and fix; an OSError is the machine's
+    (permissions, a full disk, a vanished mount): its path; anything else, its type and first line."""
+    if isinstance(e, KitError):
+        return str(e)
+    if not isinstance(e, OSError):
+        first = next((line for line in str(e).splitlines() if line.strip()), "")[:300]
+        return f"{type(e).__name__}: {first}"
+    where = f": {e.filename}" if e.filename else ""
+    return (f"{e.strerror or e}{where}; check that path's permissions and the free disk space, then "
+            f"rerun (finished work is kept)")

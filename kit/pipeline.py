@@ -58,6 +58,7 @@ TOOLS = (
     Stage("generate", ("splits", "dataset"), ("generated",), doc="synthetic images of scarce classes"),
     Stage("synth-quality", ("splits", "soup"), ("reports",), model=True, doc="judge synthetic images"),
     Stage("compare", ("reports",), ("reports",), doc="two runs' test AUCs, paired"),
+    Stage("synthetic-demo", (), ("generated", "reports"), doc="--demo --synthetic: the synthetic-data study's runs"),
     Stage("blend", (), ("submission", "reports"), doc="several runs' answers, weights chosen on val"),
     Stage("bundle", doc="the kit as one kernel.py"),
     Stage("push", doc="bundle and push the kernel"),

@@ -77,6 +77,11 @@ def soup_needs(spec: str) -> int:
 def resolve(cfg):
     """Parse every such setting of `cfg` in place (the numbers become ints), refusing a bad one.
     Runs after the time limit is resolved: --epochs auto needs one to fit the schedule to."""
+    if (cfg.synthetic or cfg.stage == "synthetic-demo") and not cfg.demo:
+        raise KitError("--synthetic makes demo synthetic images and goes with --demo; mix in your own with "
+                       "--synthetic-dir DIR")
+    if cfg.synthetic and cfg.stage == "all":
+        cfg.stage = "synthetic-demo"  # the study's runs, their generator and their comparison
     cfg.epochs = count(cfg.epochs, "--epochs")
     if cfg.epochs == "auto" and parse_duration(cfg.time_limit) is None:
         raise KitError("--epochs auto fits the schedule to the time limit, and this run has none; pass "
