@@ -107,11 +107,11 @@ def test_a_broken_link_anchor_or_flag_is_caught(tmp_path):
                     "python run.py --stage push -- --task nonsense\n"
                     "python run.py --stage split && torchrun --standalone run.py --stage train\n```\n"
                     "and inline `python run.py --data-dir\n<your folder>` with a placeholder.\n\n"
-                    "1. In a list:\n   ```bash\n   python run.py --epochs -\n   ```\n")
+                    "1. In a list:\n   ```bash\n   python run.py --stage nope\n   ```\n")
     assert [b.split(":")[0] for b in broken_links(page)] == ["missing.md", "other.md#nowhere",
                                                               "other.md#twice-2"]
     commands = list(run_py_commands(page))
     assert [args for _, args in commands] == [
         ["--stage", "all", "--no-such-flag"], ["--stage", "push", "--", "--task", "nonsense"],
-        ["--stage", "split"], ["--stage", "train"], ["--epochs", "-"]]
+        ["--stage", "split"], ["--stage", "train"], ["--stage", "nope"]]
     assert [parse_error(args) is not None for _, args in commands] == [True, True, False, False, True]
