@@ -5,9 +5,9 @@ sampling, and EMAModel for the averaged weights that sample.
 Only the generate stage imports this module (and so diffusers): the classifier's stages run
 without it.
 
-Position in training is (epochs done, batches of this epoch done, updates done). The batch order
-is a function of (seed, epoch) and each update's noise and timesteps of (seed, update), so a run
-resumed from `state_dict()` continues exactly where it was.
+Position in training (kit.loop.Position) is (epochs done, batches of this epoch done, updates
+done). The batch order is a function of (seed, epoch) and each update's noise and timesteps of
+(seed, update), so a run resumed from `state_dict()` continues exactly where it was.
 """
 import math
 
@@ -17,6 +17,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
+from kit.loop import Position
 from kit.precision import grad_scaler
 
 TRAIN_TIMESTEPS = 1000
@@ -59,8 +60,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].cpu().numpy()
 
 
-class Training:
+class Training(Position):
     """The model, its EMA, AdamW, the warmup schedule and the gradient scaler, with the position."""
+
+    IN_EPOCH = "batches"
 
     def __init__(self, model, lr, seed, device, dtype, state=None, target="epsilon"):
         self.model, self.seed, self.device, self.dtype, self.target = model.to(device), seed, device, dtype, target
@@ -69,17 +72,14 @@ class Training:
         self.lr = get_constant_schedule_with_warmup(self.optimizer, WARMUP_UPDATES)  # epochs can be added later
         self.scaler = grad_scaler(dtype, device)
         self.ema = EMAModel(model.parameters(), decay=EMA_DECAY, use_ema_warmup=True)
-        self.epoch = self.batches = self.updates = 0
-        self.loss_sum, self.loss_count, self.history = 0.0, 0, []
+        self.start_position()
         if state:
             self.load_state_dict(state)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "lr": self.lr.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batches": self.batches,
-                "updates": self.updates, "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-                "history": self.history}
+                "scaler": self.scaler.state_dict(), **self.position()}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
@@ -89,8 +89,7 @@ class Training:
         self.lr.load_state_dict(state["lr"])
         if state["scaler"]:  # empty when saved without float16 scaling
             self.scaler.load_state_dict(state["scaler"])
-        for key in ("epoch", "batches", "updates", "loss_sum", "loss_count", "history"):
-            setattr(self, key, state[key])
+        self.load_position(state)
 
     def epoch_order(self, n: int) -> np.ndarray:
         return np.random.default_rng((self.seed, self.epoch)).permutation(n)
@@ -121,14 +120,8 @@ class Training:
         self.updates += 1
         self.batches += 1
         value = loss.item()
-        if math.isfinite(value):
-            self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + 1
+        self.add_loss(value)
         return value
-
-    def end_epoch(self, row):
-        self.history.append(row)
-        self.epoch += 1
-        self.batches, self.loss_sum, self.loss_count = 0, 0.0, 0
 
     def ema_model(self) -> UNet2DModel:
         """A copy of the model holding the EMA weights (the ones that sample)."""

@@ -1,5 +1,5 @@
-"""One training run's moving parts (model, EMA, optimizer, scaler, schedule, data order) and
-its loop over optimizer updates.
+"""One training run's moving parts (model, EMA, optimizer, scaler, schedule, data order), its
+loop over optimizer updates and epochs, and the files each epoch writes (`EpochFiles`).
 
 Position in the run is (epochs done, samples of this epoch done, updates done). The data
 order, each image's augmentation and the random numbers of each update are functions of that
@@ -10,20 +10,21 @@ import math
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
-from kit import batching, distributed, interrupt, layout, resume, session
+from kit import batching, distributed, layout, resume, session, timing
 from kit.data import EpochSampler, make_loader, to_input, worker_count
 from kit.errors import KitError
-from kit.io import write_json
-from kit.model import norm_stats, save_weights
+from kit.io import write_csv, write_json
+from kit.loop import SAVE_EVERY_S, Loop, Position
+from kit.model import checkpoint_dict, norm_stats, save_weights
 from kit.optim import build_optimizer, build_scheduler
 from kit.precision import autocast_dtype, grad_scaler
 from kit.progress import progress
 
-SAVE_EVERY_S = 600  # mid-epoch resume points: a session can end at any moment
 RATE_WARMUP, RATE_UPDATES = 2, 10  # the rate is timed after compiling and the loaders' start
 MAX_BAD_UPDATES = 10  # non-finite gradients in a row before giving up
 
@@ -53,7 +54,7 @@ class CompileFailed(Exception):
     """The compiled forward or backward pass of the first compiled update failed."""
 
 
-class Trainer:
+class Trainer(Position):
     def __init__(self, cfg, world, model, criterion, train_set, batch, accum, state=None, compiled=None):
         """compiled: whether to compile the step (None: as --compile decides for this device)."""
         self.cfg, self.world, self.model, self.criterion = cfg, world, model, criterion
@@ -71,39 +72,44 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
-        self.epoch = self.offset = self.updates = 0
-        self.loss_sum, self.loss_count, self.bad_in_row = 0.0, 0, 0
-        self.history = []
+        self.start_position()
+        self.bad_in_row = 0
         self.schedule = None  # --epochs auto: how the schedule was fitted to the time (resumed with it)
         if state:
             self.load_state_dict(state)
         self.scheduler.step_update(self.updates)
-        self.ddp = None
-        if world.size > 1:
-            gpu = [world.device.index] if world.device.type == "cuda" else None
-            # gradients as views of the all-reduce buckets: no second copy of them in GPU memory
-            self.ddp = DistributedDataParallel(model, device_ids=gpu, gradient_as_bucket_view=True)
-        net = self.ddp or model
-        self.compiled = compiles(cfg.compile, world.device) if compiled is None else compiled
-        self.net = torch.compile(net, dynamic=False) if self.compiled else net  # as the batch probe ran it
-        # until a compiled update succeeds: what a failed one may have changed (batch-norm statistics)
-        self._unproven = {k: v.clone() for k, v in model.named_buffers()} if self.compiled else None
+        self._wrap(compiles(cfg.compile, world.device) if compiled is None else compiled)
         self.sampler = EpochSampler(len(train_set), self.updates_per_epoch * self.effective,
                                     cfg.seed, world.rank, world.size)
         self.loader = self._loader()
-        self.last_save = time.monotonic()
-        self.on_rate = None  # called once with this session's measured training images/s
+        self.loop = Loop(world, self._save_state, "checkpoints/last.pth", self._session_ends,
+                         save_every_s=SAVE_EVERY_S)
+        self._state_file = None  # (path, signature) of last.pth: train_epoch's
+        # called with this session's measured training images/s, once the first updates ran and
+        # again with the validation images/s after each epoch
+        self.on_rate = None
         self._session_updates, self._rate_start = 0, None
+
+    def _wrap(self, compiled):
+        """The step's network: data-parallel over several processes, compiled or not."""
+        self.ddp = None
+        if self.world.size > 1:
+            gpu = [self.world.device.index] if self.world.device.type == "cuda" else None
+            # gradients as views of the all-reduce buckets: no second copy of them in GPU memory
+            self.ddp = DistributedDataParallel(self.model, device_ids=gpu, gradient_as_bucket_view=True)
+        net = self.ddp or self.model
+        self.compiled = compiled
+        self.net = torch.compile(net, dynamic=False) if compiled else net  # as the batch probe ran it
+        # until a compiled update succeeds: what a failed one may have changed (batch-norm statistics)
+        self._unproven = {k: v.clone() for k, v in self.model.named_buffers()} if compiled else None
 
     # state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch, "offset": self.offset, "updates": self.updates,
-                "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-                "batch": self.batch, "accum": self.accum, "world_size": self.world.size,
-                "history": self.history, "recipe": resume.recipe(self.cfg), "schedule": self.schedule}
+                **self.position(), "batch": self.batch, "accum": self.accum, "world_size": self.world.size,
+                "recipe": resume.recipe(self.cfg), "schedule": self.schedule}
 
     def load_state_dict(self, state):
         if state["batch"] * state["accum"] * state["world_size"] != self.effective:
@@ -115,8 +121,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved without float16 scaling
             self.scaler.load_state_dict(state["scaler"])
-        for key in ("epoch", "offset", "updates", "loss_sum", "loss_count", "history"):
-            setattr(self, key, state[key])
+        self.load_position(state)
         self.schedule = state.get("schedule")
 
     def refit(self, schedule: dict):
@@ -126,10 +131,17 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.updates_per_epoch)
         self.scheduler.step_update(self.updates)
 
-    def save(self, path, signature):
+    def _session_ends(self, where, state) -> session.TimeUp:
+        """The time limit ends this session: a fitted schedule counts it (the next one fits what is
+        left to the sessions left), before the state is saved."""
+        if self.schedule:
+            self.schedule["ended_sessions"] += 1
+        return session.time_up(self.cfg, where, state)
+
+    def _save_state(self):
         if self.world.is_main:
+            path, signature = self._state_file
             save_weights({**self.state_dict(), "signature": signature}, path)
-        self.last_save = time.monotonic()
 
     # training ------------------------------------------------------------------------------
 
@@ -139,8 +151,48 @@ class Trainer:
                            workers=worker_count(self.cfg.workers, self.world.size),
                            seed=self.cfg.seed, drop_last=True, sampler=self.sampler)
 
+    def train(self, files, validate, val_images, say=print):
+        """Train to cfg.epochs (--epochs auto may change it on the way). Each epoch: train,
+        `validate()` the EMA (its metrics on `val_images` images), write the epoch's `files`, last
+        of all last.pth, and print the epoch line."""
+        with self.loop.running(say):
+            while self.epoch < self.cfg.epochs:
+                row = self._epoch(files, validate, val_images)
+                if self.world.is_main:
+                    files.write_epoch(self)
+                # last: a run killed before this redoes the epoch and rewrites all of the above
+                eta = self.loop.end_epoch(self.cfg.epochs - self.epoch)
+                say(epoch_line(row, files.classes, self.cfg.epochs, eta))
+        if self.world.is_main:
+            files.finished()
+
+    def _epoch(self, files, validate, val_images) -> dict:
+        """Train and validate one epoch; its history row."""
+        epoch_start = time.perf_counter()
+        try:
+            stats = self.train_epoch(files.last_path, files.signature)
+        except session.TimeUp:
+            if self.world.is_main:  # the next stages' interim submission is made with these
+                files.write_interim(self)
+            raise
+        val_start = time.perf_counter()
+        val = validate()
+        val_rate = val_images / max(time.perf_counter() - val_start, 1e-9)
+        if self.on_rate:  # fits the schedule, if the first updates did not
+            self.on_rate(stats["images_per_s"], val_rate)
+        lr_high, lr_low = self.last_update_lrs()
+        row = {"epoch": self.epoch + 1, "train_loss": stats["train_loss"], **val, "lr": lr_high,
+               "lr_lowest": lr_low, "ema_decay": self.ema.get_decay(self.updates),
+               "images_per_s": stats["images_per_s"], "val_images_per_s": val_rate,
+               "epoch_s": time.perf_counter() - epoch_start, "batch_size": self.batch, "accum": self.accum,
+               "peak_gpu_mem_gib": peak_memory(self.world.device)}
+        self.end_epoch(row)
+        return row
+
     def train_epoch(self, last_path, signature) -> dict:
-        """Train to the end of the current epoch; its mean loss and this session's images/s."""
+        """Train to the end of the current epoch, with resume points in `last_path` (its resume
+        `signature` in it); its mean loss and this session's images/s."""
+        self._state_file = (last_path, signature)
         start, start_offset = time.perf_counter(), self.offset
         if self.world.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.world.device)
@@ -149,34 +201,32 @@ class Trainer:
         todo = range(self.offset // self.effective, self.updates_per_epoch)
         if self.world.is_main:
             todo = progress(todo, len(todo), f"epoch {self.epoch + 1}", unit="update",
-                            status=lambda: f"loss {self.loss_sum / max(self.loss_count, 1):.4f}")
+                            status=lambda: f"loss {self.mean_loss():.4f}")
         for _ in todo:
-            while True:
-                try:
-                    total = self._accumulate(batches)
-                    break
-                except torch.OutOfMemoryError:
-                    pass  # handled below, outside the except block that still holds the tensors
-                except CompileFailed as e:
-                    batches = self._stop_compiling(e.__cause__)
-                    continue
-                batches = self._back_off()
-            self._unproven = None
-            loss, finite = self._step(total)
-            self._account(loss, finite)
-            self._time_rate()
-            stop = interrupt.reason(self.world)
-            if stop:
-                if stop == "time" and self.schedule:  # the next session fits what is left to the sessions left
-                    self.schedule["ended_sessions"] += 1
-                self.save(last_path, signature)
-                where = f"in epoch {self.epoch + 1}"
-                raise session.time_up(self.cfg, where) if stop == "time" else interrupt.interrupted(where)
-            if time.monotonic() - self.last_save >= SAVE_EVERY_S and self.offset < self.sampler.samples_per_epoch:
-                self.save(last_path, signature)
+            batches = self._update(batches)
+            self.loop.after_update(self.epoch + 1, self.offset < self.sampler.samples_per_epoch)
         seconds = time.perf_counter() - start
-        return {"train_loss": self.loss_sum / max(self.loss_count, 1),
+        return {"train_loss": self.mean_loss(),
                 "images_per_s": (self.offset - start_offset) / max(seconds, 1e-9)}
+
+    def _update(self, batches):
+        """One optimizer update; the batches to go on with (restarted after an out-of-memory
+        back-off or a failed compile, which redo the update)."""
+        while True:
+            try:
+                total = self._accumulate(batches)
+                break
+            except torch.OutOfMemoryError:
+                pass  # handled below, outside the except block that still holds the tensors
+            except CompileFailed as e:
+                batches = self._stop_compiling(e.__cause__)
+                continue
+            batches = self._back_off()
+        self._unproven = None
+        loss, finite = self._step(total)
+        self._account(loss, finite)
+        self._time_rate()
+        return batches
 
     def _time_rate(self):
         self._session_updates += 1
@@ -235,8 +285,7 @@ class Trainer:
         self.offset += self.effective
         self.ema.update(self.model, step=self.updates)
         self.scheduler.step_update(self.updates)
-        if math.isfinite(loss):
-            self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+        self.add_loss(loss)
         self.bad_in_row = 0 if finite else self.bad_in_row + 1
         if self.bad_in_row >= MAX_BAD_UPDATES:
             raise KitError(f"{MAX_BAD_UPDATES} updates in a row had NaN or infinite gradients "
@@ -272,14 +321,63 @@ class Trainer:
         self.loader = self._loader()
         return iter(self.loader)
 
-    def end_epoch(self, row):
-        self.history.append(row)
-        self.epoch += 1
-        self.offset, self.loss_sum, self.loss_count = 0, 0.0, 0
-
     def last_update_lrs(self):
         """(highest, lowest) learning rate the last update ran at: the schedule one step back."""
         self.scheduler.step_update(max(self.updates - 1, 0))
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler.step_update(self.updates)
         return max(lrs), min(lrs)
+
+
+class EpochFiles:
+    """What a run writes as its epochs end: the EMA weights of each epoch (timm-loadable, with
+    what the soup and the reports need), history.csv, the pruning of epoch files `keep_rule`
+    lets go, and last.pth (with the run's resume `signature`); interim.pth when the time limit
+    stops the run mid-epoch. Only the main process writes them."""
+
+    def __init__(self, work, arch, img_size, classes, seen_patients, keep_rule, signature):
+        self.work, self.arch, self.img_size, self.classes = work, arch, img_size, classes
+        self.seen_patients, self.keep_rule, self.signature = seen_patients, keep_rule, signature
+        self.last_path = layout.last_state(work)
+
+    def ema_weights(self, trainer, metric) -> dict:
+        """The EMA as a timm-loadable weights file of the epochs finished so far."""
+        return checkpoint_dict(trainer.ema.module.state_dict(), arch=self.arch, classes=self.classes,
+                               img_size=self.img_size, mean=trainer.mean, std=trainer.std, epoch=trainer.epoch,
+                               metric=metric, seen_patients=self.seen_patients)
+
+    def write_epoch(self, trainer):
+        metric = trainer.history[-1]["val_macro_auc"]
+        save_weights(self.ema_weights(trainer, metric), layout.epoch_checkpoint(self.work, trainer.epoch))
+        write_csv(pd.DataFrame(trainer.history), layout.history_csv(self.work))
+        prune(self.work, self.keep_rule(trainer.history))
+
+    def write_interim(self, trainer):
+        save_weights(self.ema_weights(trainer, math.nan), layout.interim_weights(self.work))
+
+    def finished(self):
+        layout.interim_weights(self.work).unlink(missing_ok=True)  # the soup of the finished run replaces it
+
+
+def prune(work, keep):
+    for epoch, path in layout.epoch_checkpoints(work).items():
+        if epoch not in keep:
+            path.unlink()
+
+
+def clear_checkpoints(work):
+    """A fresh run: epoch files of an earlier run would mix into this one's soup."""
+    for path in layout.checkpoint_dir(work).glob("*.pth"):
+        path.unlink()
+
+
+def peak_memory(device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+
+
+def epoch_line(row, classes, epochs, eta) -> str:
+    per_class = ", ".join(f"{c} {row[f'val_auc_{c}']:.3f}" for c in classes)
+    return (f"[train] epoch {row['epoch']}/{epochs} | train loss {row['train_loss']:.4f} | val loss "
+            f"{row['val_loss']:.4f} | val AUC {row['val_macro_auc']:.4f} ({per_class}) | lr "
+            f"{row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {timing.duration(row['epoch_s'])} | "
+            f"ETA {timing.duration(eta)}")

@@ -81,10 +81,10 @@ def test_a_run_killed_at_the_end_of_an_epoch_leaves_no_short_history(tmp_path, m
         if len(written) == 2:
             raise SystemExit("killed")
         write_csv(df, path)
-    monkeypatch.setattr(train, "write_csv", killed_at_the_second)
+    monkeypatch.setattr(trainer_module, "write_csv", killed_at_the_second)
     with pytest.raises(SystemExit):
         run_quietly(tiny_cfg(work))
-    monkeypatch.setattr(train, "write_csv", write_csv)
+    monkeypatch.setattr(trainer_module, "write_csv", write_csv)
     assert "resuming from" in run_quietly(tiny_cfg(work))
     assert pd.read_csv(layout.history_csv(work)).epoch.tolist() == [1, 2]
 
@@ -139,7 +139,7 @@ def test_the_default_keep_epochs_deletes_what_the_soup_does_not_need(tmp_path):
     layout.checkpoint_dir(tmp_path).mkdir()
     for row in history:
         torch.save({}, layout.epoch_checkpoint(tmp_path, row["epoch"]))
-    train.prune(tmp_path, train.keep_policy(cfg)(history))
+    trainer_module.prune(tmp_path, train.keep_policy(cfg)(history))
     assert sorted(layout.epoch_checkpoints(tmp_path)) == [3, 5, 6]
     greedy = dataclasses.replace(cfg, soup="greedy")  # a greedy soup may take any epoch: all stay
     assert train.keep_policy(greedy)(history) == set(range(1, 7))

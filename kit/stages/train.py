@@ -6,23 +6,21 @@ checkpoints/epoch_NN.pth (EMA weights, timm-loadable) and checkpoints/last.pth (
 rerun needs to resume), prune the epoch files nobody will need. Several GPUs train
 data-parallel (torch.distributed); only rank 0 writes files and prints.
 """
-import math
-import time
 from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 
-from kit import batching, distributed, env, inference, interrupt, layout, resume, session, settings, submission, timing
+from kit import batching, distributed, env, inference, layout, resume, session, settings, submission, timing
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
-from kit.io import write_csv, write_json
+from kit.io import write_json
 from kit.losses import build_loss
 from kit.metrics import auc_per_class, macro_auc, single_label_report
-from kit.model import checkpoint_dict, create_model, init_head_prior, save_weights
+from kit.model import create_model, init_head_prior
 from kit.precision import allow_tf32, autocast_dtype
-from kit.trainer import Trainer, compile_failed, compiles
+from kit.trainer import EpochFiles, Trainer, clear_checkpoints, compile_failed, compiles
 
 EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
 
@@ -44,15 +42,41 @@ def run(cfg):
 
 def train(cfg, world):
     say = print if world.is_main else (lambda *a, **k: None)
+    train_df, val_df, classes = read_splits(cfg, world)
+    keep_rule = keep_policy(cfg)
+    signature = resume.signature(cfg, classes, [layout.split_csv(cfg.work, s) for s in ("train", "val")])
+    start = resume_point(cfg, world, signature, say)
+    if start is None:
+        return  # up to date
+    state, fitting = start
+    targets = train_df[classes].to_numpy(np.float32)
+    model, criterion = build_model(cfg, world, targets, state, keep_rule)
+    trainer = build_trainer(cfg, world, model, criterion, train_df, targets, state)
+    say(describe(cfg, world, trainer, len(train_df), len(val_df)))
+    validate_ema = validation(cfg, world, trainer, val_df, classes)
+    finish = finish_plan(cfg, val_df, len(session.most_kept(keep_rule, cfg.epochs)))
+    trainer.on_rate = Clock(cfg, world, trainer, finish, len(val_df), say, fitting).measured
+    seen_patients = layout.patient_hashes(pd.concat([train_df, val_df]))
+    files = EpochFiles(cfg.work, cfg.model, cfg.img_size, classes, seen_patients, keep_rule, signature)
+    trainer.train(files, validate_ema, len(val_df), say)
+
+
+def read_splits(cfg, world):
+    """(train.csv, val.csv, their class columns)."""
     train_df, classes = layout.read_split(cfg.work, "train")
     val_df, val_classes = layout.read_split(cfg.work, "val")
     if val_classes != classes:
         raise KitError("train.csv and val.csv have different class columns; rerun --stage split --force")
     if world.is_main:
         warn_missing_positives(train_df, val_df, classes)
-    keep_rule = keep_policy(cfg)
+    return train_df, val_df, classes
+
+
+def resume_point(cfg, world, signature, say):
+    """(last.pth's state or None, whether --epochs auto is still to be fitted), or None when the
+    run is up to date. Sets cfg.epochs for --epochs auto; a fresh run clears an earlier one's
+    epoch files."""
     last_path = layout.last_state(cfg.work)
-    signature = resume.signature(cfg, classes, [layout.split_csv(cfg.work, s) for s in ("train", "val")])
     resume.take_over(cfg, last_path, signature, world)
     state = resume.load(last_path, signature, cfg.force)
     changes = resume.recipe_changes(state, cfg) if state else []
@@ -65,87 +89,52 @@ def train(cfg, world):
                            f"({', '.join(changes)}); pass --force to train again with the new ones, "
                            f"or the run's own settings to use its results")
         say(f"[train] up to date: {state['epoch']} epochs done (--epochs more continues, --force retrains)")
-        return
+        return None
     if state:
         say(f"[train] resuming from {last_path} at epoch {state['epoch'] + 1}, "
             f"update {state['updates'] + 1}" + (f", with other settings ({', '.join(changes)})" if changes else ""))
     elif world.is_main:
         clear_checkpoints(cfg.work)
+    return state, fitting
 
-    device = world.device
+
+def build_model(cfg, world, targets, state, keep_rule):
+    """(model, loss): a fresh run's model pretrained, its head at the prior of the train split's
+    `targets`; a resumed run's weights come from its state."""
     allow_tf32()
     torch.manual_seed(cfg.seed)
     roots = env.data_roots(env.platform()) + ([cfg.data_dir] if cfg.data_dir else [])
-    model = create_model(cfg.model, len(classes), cfg.img_size, cfg.drop_path,
-                         "none" if state else cfg.pretrained, roots).to(device)
+    model = create_model(cfg.model, targets.shape[1], cfg.img_size, cfg.drop_path,
+                         "none" if state else cfg.pretrained, roots).to(world.device)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if world.is_main and not state:
         session.warn_output_budget(cfg, model, keep_rule)
-    targets = train_df[classes].to_numpy(np.float32)
     if cfg.head_init == "prior" and not state:  # a resumed run has its own weights
         init_head_prior(model, targets)
-    criterion = build_loss(cfg, targets).to(device)
-    batch, accum, compiled = plan_batches(cfg, world, model, criterion, len(classes), state,
-                                          compiles(cfg.compile, device))
+    return model, build_loss(cfg, targets).to(world.device)
 
+
+def build_trainer(cfg, world, model, criterion, train_df, targets, state) -> Trainer:
+    batch, accum, compiled = plan_batches(cfg, world, model, criterion, targets.shape[1], state,
+                                          compiles(cfg.compile, world.device))
     paths = layout.image_paths(cfg.work, train_df.file)
     train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed, hflip=cfg.hflip)
-    trainer = Trainer(cfg, world, model, criterion, train_set, batch, accum, state, compiled)
-    say(f"[train] {cfg.model} at {cfg.img_size}px on {device} x{world.size} | {len(train_df)} train, "
-        f"{len(val_df)} val images | batch {batch} x {accum} accumulation x {world.size} = "
-        f"{trainer.effective} | {trainer.updates_per_epoch} updates/epoch | amp "
-        f"{str(trainer.dtype).replace('torch.', '') if trainer.dtype else 'off'} | "
-        f"{'compiled' if trainer.compiled else 'not compiled'}")
-    val_loader = make_val_loader(cfg, world, val_df, classes, batch)
-    val_targets = val_df[classes].to_numpy(np.float32)
-    seen_patients = layout.patient_hashes(pd.concat([train_df, val_df]))
-
-    finish = finish_plan(cfg, val_df, len(session.most_kept(keep_rule, cfg.epochs)))
-    clock = Clock(cfg, world, trainer, finish, len(val_df), say, fitting)
-    trainer.on_rate = clock.measured
-    session_start, session_epochs = time.perf_counter(), 0
-    with interrupt.stop_after_update(say):
-        while trainer.epoch < cfg.epochs:
-            epoch_start = time.perf_counter()
-            try:
-                stats = trainer.train_epoch(last_path, signature)
-            except session.TimeUp:
-                if world.is_main:  # the next stages' interim submission is made with these
-                    save_weights(ema_weights(trainer, cfg, classes, seen_patients, math.nan),
-                                 layout.interim_weights(cfg.work))
-                raise
-            val_start = time.perf_counter()
-            val = validate(trainer, val_loader, val_targets, classes, cfg, world)
-            val_rate = len(val_df) / max(time.perf_counter() - val_start, 1e-9)
-            clock.epoch_done(stats["images_per_s"], val_rate)  # fits the schedule, if the first updates did not
-            lr_high, lr_low = trainer.last_update_lrs()
-            epoch = trainer.epoch + 1
-            row = {"epoch": epoch, "train_loss": stats["train_loss"], **val, "lr": lr_high, "lr_lowest": lr_low,
-                   "ema_decay": trainer.ema.get_decay(trainer.updates),
-                   "images_per_s": stats["images_per_s"], "val_images_per_s": val_rate,
-                   "epoch_s": time.perf_counter() - epoch_start,
-                   "batch_size": trainer.batch, "accum": trainer.accum, "peak_gpu_mem_gib": peak_memory(device)}
-            trainer.end_epoch(row)
-            if world.is_main:
-                save_weights(ema_weights(trainer, cfg, classes, seen_patients, val["val_macro_auc"]),
-                             layout.epoch_checkpoint(cfg.work, epoch))
-                write_csv(pd.DataFrame(trainer.history), layout.history_csv(cfg.work))
-                prune(cfg.work, keep_rule(trainer.history))
-            # last: a run killed before this redoes the epoch and rewrites all of the above
-            trainer.save(last_path, signature)
-            session_epochs += 1
-            eta = (time.perf_counter() - session_start) / session_epochs * (cfg.epochs - epoch)
-            say(summary(row, classes, cfg.epochs, eta))
-    if world.is_main:
-        layout.interim_weights(cfg.work).unlink(missing_ok=True)  # the soup of the finished run replaces it
+    return Trainer(cfg, world, model, criterion, train_set, batch, accum, state, compiled)
 
 
-def ema_weights(trainer, cfg, classes, seen_patients, metric) -> dict:
-    """The EMA as a timm-loadable weights file of the epochs finished so far."""
-    return checkpoint_dict(trainer.ema.module.state_dict(), arch=cfg.model, classes=classes,
-                           img_size=cfg.img_size, mean=trainer.mean, std=trainer.std, epoch=trainer.epoch,
-                           metric=metric, seen_patients=seen_patients)
+def describe(cfg, world, trainer, train_images, val_images) -> str:
+    return (f"[train] {cfg.model} at {cfg.img_size}px on {world.device} x{world.size} | {train_images} train, "
+            f"{val_images} val images | batch {trainer.batch} x {trainer.accum} accumulation x {world.size} = "
+            f"{trainer.effective} | {trainer.updates_per_epoch} updates/epoch | amp "
+            f"{str(trainer.dtype).replace('torch.', '') if trainer.dtype else 'off'} | "
+            f"{'compiled' if trainer.compiled else 'not compiled'}")
+
+
+def validation(cfg, world, trainer, val_df, classes):
+    """validate() -> the metrics of the trainer's EMA on the whole validation split."""
+    loader = make_val_loader(cfg, world, val_df, classes, trainer.batch)
+    return partial(validate, trainer, loader, val_df[classes].to_numpy(np.float32), classes, cfg, world)
 
 
 def finish_plan(cfg, val_df, epoch_files) -> timing.Finish:
@@ -176,7 +165,10 @@ class Clock:
         self.epoch_start = session.clock() if self.auto else None
         self.whole_epoch = trainer.offset == 0  # this session trains all of the epoch under way
 
-    def measured(self, rate):
+    def measured(self, rate, val_rate=None):
+        """The training images/s; after an epoch, the validation's too (`val_rate`), and the epoch's
+        length on the session clock checks a fitted schedule."""
+        self.infer_rate = val_rate or self.infer_rate
         infer_rate = self.infer_rate or timing.FORWARD_SPEEDUP * rate
         finish_s = self.finish.seconds(infer_rate)
         session.reserve(finish_s)
@@ -190,7 +182,12 @@ class Clock:
                                  val_images=self.val_images, epochs=self.cfg.epochs, epoch=t.epoch,
                                  fraction_done=t.offset / self.train_images, left_s=session.seconds_left(),
                                  finish_s=finish_s))
-        return finish_s
+        if val_rate is not None and self.auto:
+            now = session.clock()
+            epoch_s, self.epoch_start = now - self.epoch_start, now
+            if self.whole_epoch:
+                self.fit(epoch_s, finish_s)
+            self.whole_epoch = True
 
     def fit(self, epoch_s, finish_s, rate=None):
         """Fit the schedule to `epoch_s` seconds an epoch: first at `rate` (the first updates'),
@@ -225,16 +222,6 @@ class Clock:
                      f"more --sessions fit more")
         if self.world.is_main:
             write_json({**cfg.to_dict(), "schedule": schedule}, layout.run_config(cfg.work))
-
-    def epoch_done(self, rate, val_rate):
-        self.infer_rate = val_rate
-        finish_s = self.measured(rate)
-        if self.auto:
-            now = session.clock()
-            epoch_s, self.epoch_start = now - self.epoch_start, now
-            if self.whole_epoch:
-                self.fit(epoch_s, finish_s)
-            self.whole_epoch = True
 
 
 def plan_batches(cfg, world, model, criterion, num_classes, state, compiled):
@@ -296,18 +283,6 @@ def validate(trainer, loader, targets, classes, cfg, world) -> dict:
     return out
 
 
-def peak_memory(device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
-
-
-def summary(row, classes, epochs, eta) -> str:
-    per_class = ", ".join(f"{c} {row[f'val_auc_{c}']:.3f}" for c in classes)
-    return (f"[train] epoch {row['epoch']}/{epochs} | train loss {row['train_loss']:.4f} | val loss "
-            f"{row['val_loss']:.4f} | val AUC {row['val_macro_auc']:.4f} ({per_class}) | lr "
-            f"{row['lr']:.2e} | {row['images_per_s']:.0f} img/s | {timing.duration(row['epoch_s'])} | "
-            f"ETA {timing.duration(eta)}")
-
-
 def warn_missing_positives(train_df, val_df, classes):
     for name, df in (("train", train_df), ("val", val_df)):
         empty = [c for c in classes if not df[c].any()]
@@ -325,15 +300,3 @@ def keep_policy(cfg):
         return lambda history: set(settings.parse_epochs(cfg.soup_epochs, cfg.epochs)) | {layout.best_epoch(history)}
     n = settings.count(cfg.keep_epochs, "--keep-epochs", ("auto", "all"))
     return lambda history: {row["epoch"] for row in history[-n:]}
-
-
-def prune(work, keep):
-    for epoch, path in layout.epoch_checkpoints(work).items():
-        if epoch not in keep:
-            path.unlink()
-
-
-def clear_checkpoints(work):
-    """A fresh run: epoch files of an earlier run would mix into this one's soup."""
-    for path in layout.checkpoint_dir(work).glob("*.pth"):
-        path.unlink()
