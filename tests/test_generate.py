@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import contract
 import cv2
 import numpy as np
 import pandas as pd
@@ -36,17 +37,25 @@ def assert_same_state(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """Two uninterrupted epochs of 5 updates on the 21 train images of the two rarest classes."""
+def recorded(tmp_path_factory):
+    """Two uninterrupted epochs of 5 updates on the 21 train images of the two rarest classes,
+    with what the stage read and wrote."""
     work = make_work(tmp_path_factory.mktemp("gen_reference"))
     from kit.config import Config
 
-    generate.run(Config(work_dir=str(work), gen_per_class=2, **TINY))
-    return work
+    with contract.record([pipeline.BY_NAME["generate"]]) as accesses:
+        generate.run(Config(work_dir=str(work), gen_per_class=2, **TINY))
+    return work, accesses
 
 
-def test_the_generator_learns_from_train_images_only_and_writes_its_folder(reference, capsys):
-    work = reference
+@pytest.fixture(scope="module")
+def reference(recorded):
+    return recorded[0]
+
+
+def test_the_generator_learns_from_train_images_only_and_writes_its_folder(recorded, capsys):
+    work, accesses = recorded
+    assert contract.undeclared(pipeline.BY_NAME["generate"], accesses, contract.areas(work)) == []
     train, _ = layout.read_split(work, "train")
     trained_on = pd.read_csv(layout.generated_trained_on(work))
     assert set(trained_on["image_id"]) <= set(train["image_id"])
@@ -161,7 +170,9 @@ def test_the_split_and_synth_quality_take_the_generated_folder_as_it_is(cfg, tmp
     save_weights(checkpoint_dict(model.state_dict(), arch="test_vit", classes=["A", "B", "C"], img_size=32,
                                  mean=norm_stats(model)[0], std=norm_stats(model)[1], epoch=1, metric=0.5),
                  layout.soup_weights(work))
-    synth_quality.run(c)
+    with contract.record([pipeline.BY_NAME["synth-quality"]]) as accesses:
+        synth_quality.run(c)
+    assert contract.undeclared(pipeline.BY_NAME["synth-quality"], accesses, contract.areas(work)) == []
     quality = pd.read_csv(layout.reports_dir(work) / "synthetic_quality.csv")
     assert sorted(quality["class"]) == sorted(trained_on["class"].unique())
 
