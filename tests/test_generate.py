@@ -1,5 +1,6 @@
 """The generate stage with a tiny generator (32 px, 8 channels, a few updates): what it learns
 from, what it writes, resuming, and the study's steps taking its folder as it is."""
+import copy
 import os
 import signal
 import subprocess
@@ -91,12 +92,34 @@ def test_the_generator_learns_from_train_images_only_and_writes_its_folder(recor
 
 
 @pytest.mark.parametrize("target", ["sample", "v_prediction"])
-def test_a_generator_predicting_the_image_or_velocity_trains_and_samples(target):
+def test_a_generator_predicting_the_image_or_velocity_trains_and_samples(target, monkeypatch):
+    """The loss of an update is diffusers' own objective for its draws of noise and timesteps:
+    the mean squared error to the image itself, or to the scheduler's velocity."""
+    from diffusers import DDPMScheduler
+
     torch.manual_seed(0)
     run = generator.Training(generator.build(2, 32, 8), 1e-3, 0, torch.device("cpu"), None, target=target)
-    images = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8)
-    assert np.isfinite(run.update(images, torch.tensor([0, 1, 0, 1])))
-    assert generator.weights(run.ema_model(), ["a", "b"], 32, 0, target)["noise_schedule"]["prediction_type"] == target
+    untrained = copy.deepcopy(run.model)
+    images, labels = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    drawn, add_noise = {}, DDPMScheduler.add_noise
+
+    def seen(self, original, noise, timesteps):
+        drawn.update(noise=noise, t=timesteps)
+        return add_noise(self, original, noise, timesteps)
+    monkeypatch.setattr(DDPMScheduler, "add_noise", seen)
+    loss = run.update(images, labels)
+    monkeypatch.undo()
+    assert np.isfinite(loss)
+    file = generator.weights(run.ema_model(), ["a", "b"], 32, 0, target)
+    assert file["noise_schedule"]["prediction_type"] == target
+    schedule = DDPMScheduler.from_config(file["noise_schedule"])  # the schedule the file names
+    x0, noise, t = images.float()[:, None] / 127.5 - 1, drawn["noise"], drawn["t"]
+    with torch.no_grad():
+        predicted = untrained(schedule.add_noise(x0, noise, t), t, class_labels=labels).sample
+    wanted = {"epsilon": noise, "sample": x0, "v_prediction": schedule.get_velocity(x0, noise, t)}
+    errors = {name: torch.nn.functional.mse_loss(predicted, w).item() for name, w in wanted.items()}
+    assert loss == pytest.approx(errors[target], rel=1e-4)
+    assert all(loss != pytest.approx(e, rel=1e-2) for name, e in errors.items() if name != target)
     out = generator.sample(run.ema_model(), [0, 1], [torch.Generator().manual_seed(s) for s in (0, 1)], 2,
                            torch.device("cpu"), None, target)
     assert out.shape == (2, 32, 32) and out.dtype == np.uint8
