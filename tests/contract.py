@@ -4,7 +4,8 @@ Python's audit events see every file opened through Python (pandas, torch, numpy
 JPEG decoder), every folder listed, and every file renamed onto, removed or made: each is put
 down to the stage whose hook (`run`, `check`, `skipped`, `finish`) is running, and named by the
 artifact whose file or folder holds it. The work directory's other files (the settings, the
-stamps, the logs) belong to no artifact and are not checked."""
+stamps, the logs) belong to no artifact and are not checked; what OpenCV's own code or a forked
+worker process opens goes unheard."""
 import contextlib
 import os
 import sys
@@ -32,11 +33,12 @@ def _absolute(path) -> str:
 
 
 class Accesses:
-    """Absolute paths each stage read and wrote."""
+    """Absolute paths each stage read and wrote, and its hooks in the order they were called."""
 
     def __init__(self):
         self.stage = None
         self.reads, self.writes = defaultdict(set), defaultdict(set)
+        self.calls = []  # (stage, hook)
 
     def heard(self, event, args):
         if self.stage is None:
@@ -54,6 +56,7 @@ class Accesses:
 
     def during(self, name, hook):
         def attributed(*args, **kwargs):
+            self.calls.append((name, hook.__name__))
             outer, self.stage = self.stage, name
             try:
                 return hook(*args, **kwargs)
@@ -108,8 +111,8 @@ def undeclared(stage, accesses: Accesses, where: list) -> list:
     nor writes itself (a rerun resumes from its own outputs), inputs of the data folder it does
     not declare, writes it does not declare or declares and never makes."""
     reads, writes = owners(accesses.reads[stage.name], where), owners(accesses.writes[stage.name], where)
-    problems = [f"{stage.name} reads {name}, which its row does not declare"
-                for name in sorted(reads - set(stage.reads) - set(stage.writes) - set(stage.inputs))]
-    problems += [f"{stage.name} writes {name}, which its row does not declare" for name in sorted(writes - set(stage.writes))]
-    problems += [f"{stage.name} never writes {name}, which its row declares" for name in sorted(set(stage.writes) - writes)]
-    return problems
+    declared = set(stage.writes)
+    return ([f"{stage.name} reads {name}, which its row does not declare"
+             for name in sorted(reads - set(stage.reads) - declared - set(stage.inputs))]
+            + [f"{stage.name} writes {name}, which its row does not declare" for name in sorted(writes - declared)]
+            + [f"{stage.name} never writes {name}, which its row declares" for name in sorted(declared - writes)])

@@ -32,9 +32,20 @@ def recorded(tmp_path_factory):
 
 @pytest.mark.parametrize("stage", pipeline.PIPELINE, ids=lambda s: s.name)
 def test_each_stage_reads_and_writes_what_its_row_says(recorded, stage):
-    argv, accesses, where = recorded
-    assert accesses.writes[stage.name], f"{stage.name} did not run"
+    _, accesses, where = recorded
     assert contract.undeclared(stage, accesses, where) == []
+
+
+def test_under_stage_all_the_stages_run_in_order_and_their_declared_hooks_are_asked(recorded):
+    _, accesses, _ = recorded
+    assert [name for name, hook in accesses.calls if hook == "run"] == [s.name for s in pipeline.PIPELINE]
+    for stage in pipeline.PIPELINE:  # `finish` only where the time limit stops the run
+        asked = {hook for name, hook in accesses.calls if name == stage.name}
+        declared = {hook for hook, on in (("run", True), ("check", stage.check), ("skipped", stage.optional)) if on}
+        assert asked == declared, stage.name
+    # a stage's check runs as soon as the first stage has chosen the targets, before the data is copied
+    assert accesses.calls[0] == ("metadata", "run")
+    assert accesses.calls.index(("predict", "check")) < accesses.calls.index(("separate", "run"))
 
 
 def test_a_stage_reading_an_artifact_its_row_does_not_declare_fails_the_check(recorded, monkeypatch):
