@@ -50,7 +50,9 @@ def probe_batch(model, criterion, img_size, num_classes, device, dtype, start, s
     batch = start
     try:
         while batch >= 1:
-            fits = _try_batch(step or model, criterion, batch, img_size, num_classes, device, dtype)
+            # not `step or model`: a compiled module has no truth value (its len() raises)
+            fits = _try_batch(model if step is None else step, criterion, batch, img_size, num_classes, device,
+                              dtype)
             model.zero_grad(set_to_none=True)
             if fits and torch.cuda.max_memory_allocated(device) + state <= MEMORY_USE * total:
                 break

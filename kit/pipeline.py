@@ -23,6 +23,7 @@ class Stage:
     name: str
     reads: tuple = ()  # artifacts (layout's names) an earlier stage wrote
     writes: tuple = ()
+    inputs: tuple = ()  # what it reads of the data folder (INPUTS)
     model: bool = False  # imports timm: the hub is asked first, so an offline machine never waits on it
     # `check(cfg)`: run under --stage all as soon as the first stage has chosen the targets, so that a
     # mistake stops the run before hours of training
@@ -42,21 +43,30 @@ class Stage:
         return self.load()
 
 
+# the data folder's parts a stage reads: the dataset's tables and images, and the competition's
+# sample submission with its test films
+INPUTS = ("data", "sample")
+
 PIPELINE = (
-    Stage("metadata", (), ("filtered",), doc="keep the target classes' images"),
-    Stage("separate", ("filtered",), ("dataset",), doc="copy and shrink just those images"),
+    Stage("metadata", (), ("filtered",), ("data", "sample"), doc="keep the target classes' images"),
+    Stage("separate", ("filtered",), ("dataset",), ("data",), doc="copy and shrink just those images"),
     Stage("split", ("dataset",), ("splits",), doc="train/val/test by patient"),
-    Stage("train", ("dataset", "splits"), ("checkpoints", "history"), model=True, doc="fine-tune"),
-    Stage("soup", ("checkpoints", "splits", "history"), ("soup",), model=True, doc="average the last epochs"),
-    Stage("evaluate", ("soup", "splits", "checkpoints", "history"), ("reports",), model=True, optional=True,
-          doc="the held-out test report"),
-    Stage("predict", ("soup", "filtered"), ("submission",), model=True, check=True, optional=True, finish=True,
+    # the sample submission: how many test films predict will take, time kept at the end
+    Stage("train", ("dataset", "splits"), ("checkpoints", "history"), ("sample",), model=True, doc="fine-tune"),
+    Stage("soup", ("checkpoints", "splits", "history", "dataset"), ("soup", "reports"), model=True,
+          doc="average the last epochs"),
+    Stage("evaluate", ("soup", "splits", "checkpoints", "history", "dataset"), ("reports",), model=True,
+          optional=True, doc="the held-out test report"),
+    # splits/train.csv: the prevalence that fills an unreadable film (--on-missing fill);
+    # checkpoints/last.pth: the schedule the submission's report names
+    Stage("predict", ("soup", "filtered", "dataset", "splits", "checkpoints"), ("submission", "reports"),
+          ("sample",), model=True, check=True, optional=True, finish=True,
           doc="submission.csv in the sample submission's order"),
 )
 # run only when named
 TOOLS = (
-    Stage("generate", ("splits", "dataset"), ("generated",), doc="synthetic images of scarce classes"),
-    Stage("synth-quality", ("splits", "soup"), ("reports",), model=True, doc="judge synthetic images"),
+    Stage("generate", ("splits", "dataset"), ("generated", "reports"), doc="synthetic images of scarce classes"),
+    Stage("synth-quality", ("splits", "soup", "dataset"), ("reports",), model=True, doc="judge synthetic images"),
     Stage("compare", ("reports",), ("reports",), doc="two runs' test AUCs, paired"),
     Stage("synthetic-demo", (), ("generated", "reports"), doc="--demo --synthetic: the synthetic-data study's runs"),
     Stage("blend", (), ("submission", "reports"), doc="several runs' answers, weights chosen on val"),

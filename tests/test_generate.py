@@ -1,10 +1,12 @@
 """The generate stage with a tiny generator (32 px, 8 channels, a few updates): what it learns
 from, what it writes, resuming, and the study's steps taking its folder as it is."""
+import copy
 import os
 import signal
 import subprocess
 import sys
 
+import contract
 import cv2
 import numpy as np
 import pandas as pd
@@ -36,17 +38,25 @@ def assert_same_state(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """Two uninterrupted epochs of 5 updates on the 21 train images of the two rarest classes."""
+def recorded(tmp_path_factory):
+    """Two uninterrupted epochs of 5 updates on the 21 train images of the two rarest classes,
+    with what the stage read and wrote."""
     work = make_work(tmp_path_factory.mktemp("gen_reference"))
     from kit.config import Config
 
-    generate.run(Config(work_dir=str(work), gen_per_class=2, **TINY))
-    return work
+    with contract.record([pipeline.BY_NAME["generate"]]) as accesses:
+        generate.run(Config(work_dir=str(work), gen_per_class=2, **TINY))
+    return work, accesses
 
 
-def test_the_generator_learns_from_train_images_only_and_writes_its_folder(reference, capsys):
-    work = reference
+@pytest.fixture(scope="module")
+def reference(recorded):
+    return recorded[0]
+
+
+def test_the_generator_learns_from_train_images_only_and_writes_its_folder(recorded, capsys):
+    work, accesses = recorded
+    assert contract.undeclared(pipeline.BY_NAME["generate"], accesses, contract.areas(work)) == []
     train, _ = layout.read_split(work, "train")
     trained_on = pd.read_csv(layout.generated_trained_on(work))
     assert set(trained_on["image_id"]) <= set(train["image_id"])
@@ -82,12 +92,34 @@ def test_the_generator_learns_from_train_images_only_and_writes_its_folder(refer
 
 
 @pytest.mark.parametrize("target", ["sample", "v_prediction"])
-def test_a_generator_predicting_the_image_or_velocity_trains_and_samples(target):
+def test_a_generator_predicting_the_image_or_velocity_trains_and_samples(target, monkeypatch):
+    """The loss of an update is diffusers' own objective for its draws of noise and timesteps:
+    the mean squared error to the image itself, or to the scheduler's velocity."""
+    from diffusers import DDPMScheduler
+
     torch.manual_seed(0)
     run = generator.Training(generator.build(2, 32, 8), 1e-3, 0, torch.device("cpu"), None, target=target)
-    images = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8)
-    assert np.isfinite(run.update(images, torch.tensor([0, 1, 0, 1])))
-    assert generator.weights(run.ema_model(), ["a", "b"], 32, 0, target)["noise_schedule"]["prediction_type"] == target
+    untrained = copy.deepcopy(run.model)
+    images, labels = torch.randint(0, 256, (4, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 0, 1])
+    drawn, add_noise = {}, DDPMScheduler.add_noise
+
+    def seen(self, original, noise, timesteps):
+        drawn.update(noise=noise, t=timesteps)
+        return add_noise(self, original, noise, timesteps)
+    monkeypatch.setattr(DDPMScheduler, "add_noise", seen)
+    loss = run.update(images, labels)
+    monkeypatch.undo()
+    assert np.isfinite(loss)
+    file = generator.weights(run.ema_model(), ["a", "b"], 32, 0, target)
+    assert file["noise_schedule"]["prediction_type"] == target
+    schedule = DDPMScheduler.from_config(file["noise_schedule"])  # the schedule the file names
+    x0, noise, t = images.float()[:, None] / 127.5 - 1, drawn["noise"], drawn["t"]
+    with torch.no_grad():
+        predicted = untrained(schedule.add_noise(x0, noise, t), t, class_labels=labels).sample
+    wanted = {"epsilon": noise, "sample": x0, "v_prediction": schedule.get_velocity(x0, noise, t)}
+    errors = {name: torch.nn.functional.mse_loss(predicted, w).item() for name, w in wanted.items()}
+    assert loss == pytest.approx(errors[target], rel=1e-4)
+    assert all(loss != pytest.approx(e, rel=1e-2) for name, e in errors.items() if name != target)
     out = generator.sample(run.ema_model(), [0, 1], [torch.Generator().manual_seed(s) for s in (0, 1)], 2,
                            torch.device("cpu"), None, target)
     assert out.shape == (2, 32, 32) and out.dtype == np.uint8
@@ -161,7 +193,9 @@ def test_the_split_and_synth_quality_take_the_generated_folder_as_it_is(cfg, tmp
     save_weights(checkpoint_dict(model.state_dict(), arch="test_vit", classes=["A", "B", "C"], img_size=32,
                                  mean=norm_stats(model)[0], std=norm_stats(model)[1], epoch=1, metric=0.5),
                  layout.soup_weights(work))
-    synth_quality.run(c)
+    with contract.record([pipeline.BY_NAME["synth-quality"]]) as accesses:
+        synth_quality.run(c)
+    assert contract.undeclared(pipeline.BY_NAME["synth-quality"], accesses, contract.areas(work)) == []
     quality = pd.read_csv(layout.reports_dir(work) / "synthetic_quality.csv")
     assert sorted(quality["class"]) == sorted(trained_on["class"].unique())
 

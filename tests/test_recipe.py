@@ -54,7 +54,11 @@ def test_every_head_gets_the_prior_and_an_absent_class_stays_finite():
         np.testing.assert_allclose(head.linear.bias.detach().numpy(), expected, rtol=1e-5)
     model.eval()
     with torch.no_grad():  # the untrained model's output starts near the prevalence
-        assert np.isfinite(model(torch.zeros(2, 3, 224, 224)).numpy()).all()
+        probs = torch.sigmoid(model(torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)))).numpy()
+    assert np.isfinite(probs).all()
+    # within half an image (of 20) of the train prevalence, 25%, 100% and 0%: where the prior puts it
+    np.testing.assert_allclose(probs, np.broadcast_to(targets.mean(0), probs.shape), atol=0.5 / 20 + 1e-3)
+    np.testing.assert_allclose(probs, np.broadcast_to([0.25, 0.975, 0.025], probs.shape), atol=1e-3)
 
 
 def test_single_label_decisions_follow_the_val_thresholds():

@@ -2,6 +2,7 @@ import dataclasses
 import math
 import os
 import shutil
+import types
 from types import SimpleNamespace
 
 import cv2
@@ -319,27 +320,6 @@ def test_a_compiled_step_failing_midway_is_redone_from_the_state_before_it(tmp_p
             assert torch.equal(state[part][k], v), (part, k)
 
 
-def test_the_batch_probe_runs_the_compiled_step_and_falls_back_when_it_fails(monkeypatch):
-    world = SimpleNamespace(device=torch.device("cuda", 0), size=1, is_main=True)
-    model, seen = create_model("eva02_tiny_patch14_224", 3, 28), []
-
-    def probe_batch(model, criterion, img_size, num_classes, device, dtype, start, step=None):
-        seen.append(step)
-        if step is not None:
-            raise RuntimeError("triton: no kernel image is available (simulated)")
-        return start // 2
-
-    monkeypatch.setattr(batching, "probe_batch", probe_batch)
-    monkeypatch.setattr(train, "autocast_dtype", lambda amp, device: None)
-    monkeypatch.setattr(train.distributed, "reduced", lambda tensor, world, op: tensor)
-    monkeypatch.setattr(torch, "tensor", lambda value, device=None: torch.as_tensor(value))
-    cfg = tiny_cfg("w", batch_size="auto", effective_batch=64)
-    assert train.plan_batches(cfg, world, model, None, 3, None, compiled=False) == (32, 2, False)
-    assert seen == [None]
-    assert train.plan_batches(cfg, world, model, None, 3, None, compiled=True) == (32, 2, False)
-    assert seen[1]._orig_mod is model and seen[2] is None  # the compiled step first, then the plain one
-
-
 def test_batch_plan_keeps_the_effective_batch():
     auto = tiny_cfg("w", batch_size="auto", effective_batch=64)
     assert batching.plan(auto, 1) == (32, 2)  # CPU: no probe
@@ -362,26 +342,100 @@ def test_batch_plan_keeps_the_effective_batch():
         batching.back_off(1, 64)
 
 
+class GpuOnCpu(types.ModuleType):
+    """torch as a module sees it on a GPU of 8.5 GiB where a training step takes half a GiB an
+    image: tensors asked for on the GPU are made on the CPU, and the peak memory of a step is
+    that of the batch of the last images made. Set as that module's `torch` only."""
+    GIB = 2**30
+
+    def __init__(self):
+        super().__init__("torch")
+        self.batches = []  # the batch of each step the module made images for
+        self.cuda = SimpleNamespace(
+            get_device_properties=lambda device: SimpleNamespace(total_memory=17 * self.GIB // 2),
+            max_memory_allocated=lambda device: self.batches[-1] * self.GIB // 2,
+            reset_peak_memory_stats=lambda device: None, empty_cache=lambda: None)
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def randn(self, *size, device=None, **kwargs):
+        self.batches.append(size[0])
+        return torch.randn(*size, **kwargs)
+
+    def zeros(self, *size, device=None, **kwargs):
+        return torch.zeros(*size, **kwargs)
+
+    def tensor(self, data, device=None, **kwargs):
+        return torch.tensor(data, **kwargs)
+
+    def autocast(self, device_type, **kwargs):
+        return torch.autocast("cpu", **kwargs)
+
+
+class Loss(torch.nn.Module):
+    """The training loss, out of memory beyond 24 images as a 8.5 GiB GPU would be: after a real
+    forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, logits, targets):
+        self.batches.append(len(targets))
+        if len(targets) > 24:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return FocalBCELoss()(logits, targets)
+
+
 def test_batch_probe_halves_until_a_real_step_fits(monkeypatch):
-    """The probe runs real training steps; the GPU's memory is played by a fake allocator."""
-    gib, used = 2**30, []
-
-    class Loss(torch.nn.Module):
-        def forward(self, logits, targets):
-            used.append(len(targets) * gib // 2)  # half a GiB an image
-            if len(targets) > 24:
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return FocalBCELoss()(logits, targets)
-
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 17 * gib // 2}))
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: used[-1])
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: None)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    model = create_model("eva02_tiny_patch14_224", 3, 28)
+    """The probe runs real training steps; the GPU's memory is played by GpuOnCpu."""
+    monkeypatch.setattr(batching, "torch", GpuOnCpu())
+    model, loss = create_model("eva02_tiny_patch14_224", 3, 28), Loss()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # 64 and 32 run out of memory; 16 runs, but 8 GiB is more than 90% of 8.5
-    assert batching.probe_batch(model, Loss(), 28, 3, torch.device("cpu"), None, start=64) == 8
-    assert [u // (gib // 2) for u in used] == [64, 32, 16, 8]
+    assert batching.probe_batch(model, loss, 28, 3, torch.device("cpu"), None, start=64) == 8
+    assert loss.batches == batching.torch.batches == [64, 32, 16, 8]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_batch_probe_runs_the_compiled_step_and_falls_back_when_it_fails(monkeypatch, capsys):
+    """On a GPU played by GpuOnCpu: the compiled step is probed first, really compiled, and its
+    compiler's failure is met by probing the plain step, whose batch training then takes."""
+    gpu, graphs, backends = GpuOnCpu(), [], []
+
+    def runs(graph, inputs):  # compiler backends that take the graph of the model's forward pass
+        graphs.append(graph)
+        return graph.forward
+
+    def fails(graph, inputs):
+        graphs.append(graph)
+        raise RuntimeError("triton: no kernel image is available (simulated)")
+
+    gpu.compile = lambda net, **kwargs: torch.compile(net, backend=backends[-1], **kwargs)
+    monkeypatch.setattr(batching, "torch", gpu)
+    monkeypatch.setattr(train, "torch", gpu)
+    world = SimpleNamespace(device=torch.device("cuda", 0), size=1, rank=0, is_main=True)
+    model, loss = create_model("test_vit", 3, 32), Loss()  # a small ViT: quick to compile
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # 32 runs out of memory; 16 runs, but 8 GiB is more than 90% of 8.5: batch 8, 4 steps an update
+    cfg = tiny_cfg("w", batch_size="auto", effective_batch=32, amp="off", img_size=32)
+    assert train.plan_batches(cfg, world, model, loss, 3, None, compiled=False) == (8, 4, False)
+    assert loss.batches == [32, 16, 8] and not graphs
+    loss.batches.clear()
+    backends.append(runs)
+    assert train.plan_batches(cfg, world, model, loss, 3, None, compiled=True) == (8, 4, True)
+    assert loss.batches == [32, 16, 8] and len(graphs) == 3  # compiled for each batch (dynamic=False)
+    loss.batches.clear()
+    graphs.clear()
+    torch._dynamo.reset()
+    backends.append(fails)
+    assert train.plan_batches(cfg, world, model, loss, 3, None, compiled=True) == (8, 4, False)
+    # the compiled step got a graph of the model's forward pass for 32 images, and failed before a
+    # loss; the plain step then found its batch as above
+    assert len(graphs) == 1 and loss.batches == [32, 16, 8]
+    assert "[train] torch.compile failed" in capsys.readouterr().out
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
 
