@@ -17,8 +17,9 @@ GROUP_TITLES = {
 }
 
 
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each flag's default, unless its help already says what it is or there is none to show."""
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each flag's default, unless its help already says what it is or there is none to show; the
+    stage list as written."""
 
     def _get_help_string(self, action):
         if "(default" in (action.help or "") or action.default in ("", None, ()):
@@ -56,6 +57,8 @@ def build_parser(defaults=True):
         description="Chest X-ray classification study: "
                     + " -> ".join(s.name for s in pipeline.PIPELINE) + ". Every artifact goes to --work-dir.",
         formatter_class=DefaultsFormatter,
+        epilog="stages (--stage all runs the first ones in order; the others run when named):\n"
+               + "\n".join(f"  {s.name:<15} {s.doc}" for s in pipeline.PIPELINE + pipeline.TOOLS),
     )
     for group, fields in fields_by_group().items():
         g = parser.add_argument_group(GROUP_TITLES[group])
