@@ -16,6 +16,7 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from kit import batching, distributed, layout, resume, session, timing
+from kit.config import optimizer_kwargs, scheduler_kwargs
 from kit.data import EpochSampler, make_loader, to_input, worker_count
 from kit.errors import KitError
 from kit.io import write_csv, write_json
@@ -55,6 +56,8 @@ class CompileFailed(Exception):
 
 
 class Trainer(Position):
+    # cfg: the recipe, saved with the state for resume's check; refit sets its --epochs auto, which
+    # the train stage's clock and keep rule read
     def __init__(self, cfg, world, model, criterion, train_set, batch, accum, state=None, compiled=None):
         """compiled: whether to compile the step (None: as --compile decides for this device)."""
         self.cfg, self.world, self.model, self.criterion = cfg, world, model, criterion
@@ -69,8 +72,8 @@ class Trainer(Position):
         if self.updates_per_epoch == 0:
             raise KitError(f"the train split has {len(train_set)} images, fewer than one effective "
                            f"batch of {self.effective}; lower --effective-batch")
-        self.optimizer = build_optimizer(model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
+        self.optimizer = build_optimizer(model, **optimizer_kwargs(cfg))
+        self.scheduler = build_scheduler(self.optimizer, self.updates_per_epoch, **scheduler_kwargs(cfg))
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
         self.start_position()
         self.bad_in_row = 0
@@ -128,7 +131,7 @@ class Trainer(Position):
         """The schedule to end after `schedule["epochs"]` (cfg.epochs is set to it). The updates so far
         ran in warmup, which is the same for any length, so the run goes on as if planned so."""
         self.schedule, self.cfg.epochs = schedule, schedule["epochs"]
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.updates_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, self.updates_per_epoch, **scheduler_kwargs(self.cfg))
         self.scheduler.step_update(self.updates)
 
     def _session_ends(self, where, state) -> session.TimeUp:
@@ -136,7 +139,7 @@ class Trainer(Position):
         left to the sessions left), before the state is saved."""
         if self.schedule:
             self.schedule["ended_sessions"] += 1
-        return session.time_up(self.cfg, where, state)
+        return session.time_up(self.cfg.time_limit, self.cfg.work, where, state)
 
     def _save_state(self):
         if self.world.is_main:
