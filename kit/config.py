@@ -273,10 +273,6 @@ def optimizer_kwargs(cfg) -> dict:
     return dict(lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
 
 
-def scheduler_kwargs(cfg) -> dict:
-    return dict(epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr)
-
-
 def predict_kwargs(cfg) -> dict:
     """Where the competition's test set is: given, or searched for under the data folder."""
     return dict(predict_csv=cfg.predict_csv, predict_dir=cfg.predict_dir, data_dir=cfg.data_dir)

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from train_fixtures import CLASSES, last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 from kit import batching, inference, layout
-from kit.config import Config, loss_kwargs, optimizer_kwargs, scheduler_kwargs
+from kit.config import Config, loss_kwargs, optimizer_kwargs
 from kit import trainer as trainer_module
 from kit.data import XrayDataset, make_loader
 from kit.distributed import World
@@ -44,10 +44,11 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     assert (history.lr_lowest < history.lr).all()  # layer-wise decay reaches the history
     cfg = tiny_cfg(work)
     optimizer = build_optimizer(create_model(cfg.model, len(CLASSES), 28), **optimizer_kwargs(cfg))
-    build_scheduler(optimizer, 4, **scheduler_kwargs(cfg)).step_update(7)  # the 8th and last update
+    schedule = (cfg.epochs, cfg.warmup_epochs, cfg.min_lr)
+    build_scheduler(optimizer, 4, *schedule).step_update(7)  # the 8th and last update
     last_update_lr = max(g["lr"] for g in optimizer.param_groups)
     assert history.lr.iloc[-1] == pytest.approx(last_update_lr) and last_update_lr == pytest.approx(cfg.min_lr)
-    build_scheduler(optimizer, 4, **scheduler_kwargs(cfg)).step_update(3)  # the last update of epoch 1
+    build_scheduler(optimizer, 4, *schedule).step_update(3)  # the last update of epoch 1
     epoch_1_lr = max(g["lr"] for g in optimizer.param_groups)
     assert history.lr.iloc[0] == pytest.approx(epoch_1_lr) and epoch_1_lr > 10 * cfg.min_lr
     # timm's warmup, 1 - (1 + t)^(-2/3) with t = 0 at the first update: t = 3 and 7 at the epochs' ends
@@ -191,7 +192,7 @@ def test_llrd_covers_every_parameter_and_the_schedule_scales_each_group():
     cfg = tiny_cfg("unused", lr=3e-4, layer_decay=0.77, epochs=2, warmup_epochs=0.5, min_lr=1e-6)
     model = create_model(cfg.model, 3, 28)
     optimizer = build_optimizer(model, **optimizer_kwargs(cfg))
-    scheduler = build_scheduler(optimizer, 10, **scheduler_kwargs(cfg))
+    scheduler = build_scheduler(optimizer, 10, cfg.epochs, cfg.warmup_epochs, cfg.min_lr)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert set(group_of) == {id(p) for p in named.values()}  # cls_token, pos_embed, fc_norm included
@@ -225,7 +226,7 @@ def test_ema_averages_the_weights_with_the_warmup_decay(tmp_path, warmup):
     data = XrayDataset([layout.image_path(work, f) for f in df.file], targets, 28, "strong")
     torch.manual_seed(0)
     model = create_model(cfg.model, 3, 28)
-    trainer = Trainer(cfg, World(), model, build_loss(targets, **loss_kwargs(cfg)), data, 4, 2)
+    trainer = Trainer(World(), model, build_loss(targets, **loss_kwargs(cfg)), data, 4, 2, **train.trainer_kwargs(cfg))
     batches, expected = iter(trainer.loader), None
     for step in range(1, 5):
         trainer._account(*trainer._step(trainer._accumulate(batches)))

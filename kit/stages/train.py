@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from kit import batching, distributed, env, inference, layout, resume, session, settings, submission, timing
-from kit.config import loss_kwargs, predict_kwargs
+from kit.config import loss_kwargs, optimizer_kwargs, predict_kwargs
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.io import write_json
@@ -122,7 +122,15 @@ def build_trainer(cfg, world, model, criterion, train_df, targets, state) -> Tra
                                           compiles(cfg.compile, world.device))
     paths = layout.image_paths(cfg.work, train_df.file)
     train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed, hflip=cfg.hflip)
-    return Trainer(cfg, world, model, criterion, train_set, batch, accum, state, compiled)
+    return Trainer(world, model, criterion, train_set, batch, accum, state, compiled, **trainer_kwargs(cfg))
+
+
+def trainer_kwargs(cfg) -> dict:
+    """The settings the trainer runs by; the recipe goes into its state for resume's check."""
+    return dict(epochs=cfg.epochs, seed=cfg.seed, workers=cfg.workers, amp=cfg.amp, compile=cfg.compile,
+                clip_grad=cfg.clip_grad, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
+                optimizer=optimizer_kwargs(cfg), warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+                recipe=resume.recipe(cfg), time_limit=cfg.time_limit, work=cfg.work)
 
 
 def describe(cfg, world, trainer, train_images, val_images) -> str:
@@ -210,6 +218,7 @@ class Clock:
         schedule = dict(epochs=epochs, fits=fits, images_per_s=round(rate or self.train_images / epoch_s, 2),
                         sessions=cfg.sessions, time_limit=cfg.time_limit, ended_sessions=ended)
         t.refit(schedule)
+        cfg.epochs = epochs  # the keep rule and run_config.json follow the fitted schedule
         where = f"{cfg.sessions - ended} session{'s' * (cfg.sessions - ended > 1)} of {cfg.time_limit}"
         ends = f"the schedule ends on update {epochs * t.updates_per_epoch}"
         if rate is None:
