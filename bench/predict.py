@@ -123,8 +123,8 @@ def main(argv=None):
               f"test films")
         settings = variations(default, device, args)
         rates = stage_rates(paths, ckpt, [c for _, c in settings], args.repeats)
-        rows = [{"setting": what, "batch": inference_batch(c.batch_size, device), "amp": c.amp, "workers": worker_count(c.workers),
-                 "tta": "on" if c.tta else "off", "images_per_s": common.median(r)}
+        rows = [{"setting": what, "batch": inference_batch(c.batch_size, device), "amp": c.amp,
+                 "workers": worker_count(c.workers), "tta": "on" if c.tta else "off", "images_per_s": common.median(r)}
                 for (what, c), r in zip(settings, rates)]
     default_batch = inference_batch(default.batch_size, device)
     alone = common.median(model_rates(ckpt, default_batch, default.amp, args.images, device, args.repeats))

@@ -84,7 +84,8 @@ def test_work_on_drive_and_images_on_local_disk_as_run_config_records(colab, tmp
 
 def test_the_time_up_message_says_how_to_continue_on_colab(colab):
     cfg = cli.resolve(Config())
-    assert "run the notebook's cells again: the work dir on Drive is kept" in str(session.time_up(cfg.time_limit, cfg.work, "now"))
+    message = str(session.time_up(cfg.time_limit, cfg.work, "now"))
+    assert "run the notebook's cells again: the work dir on Drive is kept" in message
 
 
 def test_the_output_budget_warns_against_drives_free_quota(colab, capsys):

@@ -25,7 +25,8 @@ def no_run(monkeypatch):
 
 def counting_loop(cfg, state, **kwargs):
     saves = []
-    return Loop(World(), lambda: saves.append(1), state, partial(session.time_up, cfg.time_limit, cfg.work), **kwargs), saves
+    time_up = partial(session.time_up, cfg.time_limit, cfg.work)
+    return Loop(World(), lambda: saves.append(1), state, time_up, **kwargs), saves
 
 
 def test_a_signal_stops_after_the_update_with_the_state_saved(request):

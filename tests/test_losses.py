@@ -47,9 +47,12 @@ def test_build_loss_picks_the_configured_mix():
     logits, targets = _batch(seed=2)
     bce = torch.nn.BCEWithLogitsLoss()(logits, targets).item()
     focal = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="mean").item()
-    assert build_loss(targets, **loss_kwargs(Config(loss="bce")))(logits, targets).item() == pytest.approx(bce, rel=1e-6)
-    assert build_loss(targets, **loss_kwargs(Config(loss="focal")))(logits, targets).item() == pytest.approx(focal, rel=1e-6)
-    mix = build_loss(targets, **loss_kwargs(Config(loss="focal_bce", focal_weight=0.7)))(logits, targets).item()
+    def loss(**chosen):
+        return build_loss(targets, **loss_kwargs(Config(**chosen)))(logits, targets).item()
+
+    assert loss(loss="bce") == pytest.approx(bce, rel=1e-6)
+    assert loss(loss="focal") == pytest.approx(focal, rel=1e-6)
+    mix = loss(loss="focal_bce", focal_weight=0.7)
     assert mix == pytest.approx(0.7 * focal + 0.3 * bce, rel=1e-6)
 
 

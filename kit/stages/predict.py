@@ -103,8 +103,8 @@ def _inputs(cfg, weights):
 
 def stamp(cfg, weights=None, kind="final", error=None) -> Stamp:
     csv, folder, weights, index = _inputs(cfg, weights)
-    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg.tta, cfg.hflip), amp=cfg.amp,
-                    on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
+    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg.tta, cfg.hflip),
+                    amp=cfg.amp, on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
                     smoke=cfg.smoke, study_pool=cfg.study_pool, kind=kind, error=str(error or ""))
     # every image, not the folder: a file copied over another leaves the folder's time as it was
     inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]

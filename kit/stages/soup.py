@@ -47,7 +47,8 @@ def recorded_val_aucs(work, epochs, classes) -> dict:
 
 def stamp(cfg) -> Stamp:
     paths = chosen_checkpoints(cfg)
-    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=tta_name(cfg.tta, cfg.hflip), amp=cfg.amp, study_pool=cfg.study_pool),
+    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=tta_name(cfg.tta, cfg.hflip), amp=cfg.amp,
+                      study_pool=cfg.study_pool),
                  [*paths.values(), layout.split_csv(cfg.work, "val"), layout.history_csv(cfg.work)],
                  [layout.soup_weights(cfg.work), layout.soup_report(cfg.work), layout.val_predictions_csv(cfg.work),
                   layout.study_pool_json(cfg.work),
