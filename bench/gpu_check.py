@@ -47,12 +47,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from bench import common, generate, gpus, predict, train_step
 from kit import io as kit_io
 from kit import env, timing
-from kit.config import Config
+from kit.config import Config, loss_kwargs
 from kit.distributed import World
 from kit.errors import KitError
 from kit.data import worker_count
 from kit.images import header_size, store_all
-from kit.inference import batch_size
+from kit.inference import inference_batch
 from kit.losses import build_loss
 from kit.model import create_model
 from kit.stages.generate import SAMPLE_BATCH
@@ -113,7 +113,7 @@ def buildable(arch, img_size, device) -> "tuple[float, str]":
         return float("nan"), str(e).split(";")[0]  # the kit's message, less its hints
     except Exception as e:  # a model that exists but fails to build must not stop the others
         return float("nan"), f"{type(e).__name__}: {e}".splitlines()[0][:160]
-    criterion = build_loss(Config(), torch.zeros(1, train_step.CLASSES).numpy()).to(device)
+    criterion = build_loss(torch.zeros(1, train_step.CLASSES).numpy(), **loss_kwargs(Config())).to(device)
     flops = train_step.step_flops(model.to(device), criterion, img_size, device, None)
     del model
     train_step.free(device)
@@ -149,7 +149,7 @@ def forward_rows(arch, s, device) -> list:
     T4's attention kernels (what the T4 estimate scales)."""
     ckpt = predict.random_checkpoint(arch, s["img_size"])
     cfg = Config(model=arch, img_size=s["img_size"])
-    batch = batch_size(cfg, device)
+    batch = inference_batch(cfg.batch_size, device)
     rows = [{"what": f"model alone {arch}", "model": arch, "alone": True, "setting": f"amp {cfg.amp}, batch {batch}", "unit": "img/s",
              "value": common.median(predict.model_rates(ckpt, batch, cfg.amp, s["predict_images"], device,
                                                         s["repeats"]))}]
@@ -176,7 +176,7 @@ def predict_rows(arch, s, device, tmp) -> list:
         (rates,) = predict.stage_rates(paths, ckpt, [cfg], s["repeats"])
         width, height = header_size(films[0])
         rows.append({"what": f"predict stage {arch}, {name} films", "unit": "img/s", "value": common.median(rates),
-                     "setting": f"{height}x{width}, amp {cfg.amp}, batch {batch_size(cfg, device)}, "
+                     "setting": f"{height}x{width}, amp {cfg.amp}, batch {inference_batch(cfg.batch_size, device)}, "
                                 f"{worker_count(cfg.workers)} workers", "films": name, "model": arch})
     return rows
 

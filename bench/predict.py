@@ -31,12 +31,12 @@ import torch
 from bench import common
 from bench.train_step import CPU_IMG_SIZE, CPU_MODEL, MemoryDataset, precision_name, precisions
 from kit import env
-from kit.config import Config
+from kit.config import Config, scorer_kwargs
 from kit.data import make_loader, worker_count
 from kit.inference import predict
 from kit.model import checkpoint_dict, create_model, load_model, norm_stats
 from kit.precision import allow_tf32, autocast_dtype
-from kit.inference import Scorer, batch_size
+from kit.inference import Scorer, inference_batch
 
 CLASSES = [f"class_{k}" for k in range(5)]
 AMP = {"bf16": "bf16", "fp16": "fp16", "fp32": "off"}
@@ -54,7 +54,7 @@ def stage_rates(paths, ckpt, configs, repeats) -> list:
     """images/s of `repeats` passes of the predict stage's scorer for each configuration, after
     one warm-up pass each (loader workers started, model built, kernels chosen). The
     configurations take turns, so a drifting machine load weighs on all of them alike."""
-    scorers = [Scorer({"test": paths}, ckpt["img_size"], c, shorter_side=c.resize) for c in configs]
+    scorers = [Scorer({"test": paths}, ckpt["img_size"], c.resize, **scorer_kwargs(c)) for c in configs]
     rates = [[] for _ in configs]
     for i in range(1 + repeats):
         for scorer, done in zip(scorers, rates):
@@ -80,7 +80,7 @@ def model_rates(ckpt, batch, amp, n, device, repeats) -> list:
 
 def variations(default: Config, device, args) -> list:
     """(what changed, Config) for the default and each setting varied alone."""
-    default_batch = batch_size(default, device)
+    default_batch = inference_batch(default.batch_size, device)
     default_precision = precision_name(autocast_dtype(default.amp, device))
     out = [("default", default)]
     out += [(f"batch {b}", Config(**{**default.to_dict(), "batch_size": str(b)}))
@@ -123,10 +123,10 @@ def main(argv=None):
               f"test films")
         settings = variations(default, device, args)
         rates = stage_rates(paths, ckpt, [c for _, c in settings], args.repeats)
-        rows = [{"setting": what, "batch": batch_size(c, device), "amp": c.amp, "workers": worker_count(c.workers),
-                 "tta": "on" if c.tta else "off", "images_per_s": common.median(r)}
+        rows = [{"setting": what, "batch": inference_batch(c.batch_size, device), "amp": c.amp,
+                 "workers": worker_count(c.workers), "tta": "on" if c.tta else "off", "images_per_s": common.median(r)}
                 for (what, c), r in zip(settings, rates)]
-    default_batch = batch_size(default, device)
+    default_batch = inference_batch(default.batch_size, device)
     alone = common.median(model_rates(ckpt, default_batch, default.amp, args.images, device, args.repeats))
     rows.append({"setting": "model alone (images in memory)", "batch": default_batch, "amp": default.amp,
                  "workers": 0, "tta": "off", "images_per_s": alone})

@@ -195,7 +195,7 @@ def main(argv=None):
               f"{args.test_films} empty test films ({time.perf_counter() - start:.0f} s to write)")
 
         def table_work(select):
-            table = sources.read(gxs, csv, cfg)
+            table = sources.read(gxs, csv)
             framed = metadata.filter_views(table, cfg.views)
             return select(framed, classes, list(gxs.FINDINGS), cfg.label_mode, cfg.keep_negatives, cfg.seed)
 

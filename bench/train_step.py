@@ -32,12 +32,12 @@ from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import common, gpus
-from kit.config import Config
+from kit.config import Config, loss_kwargs
 from kit.distributed import World
 from kit.losses import build_loss
 from kit.model import create_model
 from kit.precision import allow_tf32, autocast_dtype
-from kit.stages.train import plan_batches
+from kit.stages.train import plan_batches, trainer_kwargs
 from kit.trainer import Trainer, compiles
 
 CLASSES = 5
@@ -129,8 +129,8 @@ def measure(base, world, precision, batch, compile, checkpointing, args, tmp) ->
         model = create_model(cfg.model, CLASSES, cfg.img_size, cfg.drop_path, "none").to(world.device)
         model.set_grad_checkpointing(checkpointing)
         data = MemoryDataset(batch * args.updates, cfg.img_size)
-        trainer = Trainer(cfg, world, model, build_loss(cfg, data.targets.numpy()).to(world.device),
-                          data, batch, 1)
+        trainer = Trainer(world, model, build_loss(data.targets.numpy(), **loss_kwargs(cfg)).to(world.device),
+                          data, batch, 1, **trainer_kwargs(cfg))
         rates = []
         for epoch in range(1 + args.repeats):
             with contextlib.redirect_stdout(io.StringIO()):  # progress lines, a back-off notice
@@ -197,7 +197,7 @@ def kit_default(base, world):
     image's step."""
     dtype = autocast_dtype(base.amp, world.device)
     model = create_model(base.model, CLASSES, base.img_size, 0.0, "none").to(world.device)
-    criterion = build_loss(base, torch.zeros(1, CLASSES).numpy()).to(world.device)
+    criterion = build_loss(torch.zeros(1, CLASSES).numpy(), **loss_kwargs(base)).to(world.device)
     batch, _, compiled = plan_batches(base, world, model, criterion, CLASSES, None,
                                       compiles(base.compile, world.device))
     flops = step_flops(model, criterion, base.img_size, world.device, dtype)

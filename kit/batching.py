@@ -16,22 +16,22 @@ MEMORY_USE = 0.9  # fraction of GPU memory a probe may fill
 STATE_COPIES = 3  # AdamW's two moments and the EMA, each one float32 copy of the weights
 
 
-def plan(cfg, world_size, probe=None):
+def plan(world_size, batch_size, accum, effective_batch, probe=None):
     """(per-device batch, accumulation steps) from --batch-size, --accum, --effective-batch.
 
     probe(start) -> the largest batch <= start that fits; needed for --batch-size auto on GPU.
     With auto, the fewest accumulation steps whose share of --effective-batch fits, and the
     batch nearest that share: exact where the devices divide it, else close (63 of 64 on 3
     GPUs), never a whole extra round of accumulation (126)."""
-    target = cfg.effective_batch
-    if cfg.batch_size == "auto":
+    target = effective_batch
+    if batch_size == "auto":
         start = max(1, round(target / world_size))
         batch = probe(start) if probe else min(start, CPU_BATCH)
     else:
-        batch = settings.count(cfg.batch_size, "--batch-size")
-    if cfg.accum != "auto":
-        return batch, settings.count(cfg.accum, "--accum")
-    if cfg.batch_size != "auto":
+        batch = settings.count(batch_size, "--batch-size")
+    if accum != "auto":
+        return batch, settings.count(accum, "--accum")
+    if batch_size != "auto":
         return batch, max(1, round(target / (batch * world_size)))
     accum = 1  # the fewest steps whose share of the target fits in `batch`
     while round(target / (accum * world_size)) > batch:

@@ -104,10 +104,11 @@ CODE_FILE = "kernel.py"
 NOT_IN_A_KERNEL = ("bundle", "push", "submit", "weights")  # they need this machine's files or the internet
 
 
-def kernel_args(cfg) -> tuple:
-    """The kernel's arguments, parsed by run.py's own parser to catch a typo before the push, and
-    the settings they give the kernel's run (the demo's where they leave them to it)."""
-    args = shlex.split(cfg.kernel_args)
+def kernel_args(text) -> tuple:
+    """The kernel's arguments (`text`, the words after --), parsed by run.py's own parser to catch
+    a typo before the push, and the settings they give the kernel's run (the demo's where they
+    leave them to it)."""
+    args = shlex.split(text)
     parser = build_parser()
     parser.exit_on_error = False
     try:
@@ -135,14 +136,15 @@ def kernel_args(cfg) -> tuple:
     return args, kernel
 
 
-def out_dir(cfg) -> Path:
-    return Path(cfg.out) if cfg.out else DEFAULT_OUT
+def out_dir(out) -> Path:
+    return Path(out) if out else DEFAULT_OUT
 
 
-def write(cfg, strict=False) -> Path:
-    """Write the bundle; `strict` (push): refuse what kaggle_meta.preflight finds, before writing."""
-    args, kernel = kernel_args(cfg)
-    template = kaggle_meta.template(cfg)
+def write(args_text, kernel_metadata, out, strict=False) -> Path:
+    """Write the bundle of the kernel running `args_text` with --kernel-metadata `kernel_metadata`
+    into --out `out`; `strict` (push): refuse what kaggle_meta.preflight finds, before writing."""
+    args, kernel = kernel_args(args_text)
+    template = kaggle_meta.template(kernel_metadata)
     meta = {**kaggle_meta.read(template), "code_file": CODE_FILE}
     warnings = kaggle_meta.validate(meta)
     problems = kaggle_meta.preflight(meta, kernel)
@@ -150,7 +152,7 @@ def write(cfg, strict=False) -> Path:
         raise KitError("; also ".join(problems))
     for warning in warnings + problems:
         print(f"warning: {warning}")
-    out = out_dir(cfg)
+    out = out_dir(out)
     source = kernel_source(args)
     write_text(source, out / CODE_FILE)
     write_json(meta, out / kaggle_meta.FILE)

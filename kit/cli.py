@@ -16,11 +16,12 @@ def resolve(cfg: Config) -> Config:
     apply_defaults(cfg, TASKS[cfg.task])
     if cfg.task == "competition" and where in ("kaggle", "colab"):
         apply_defaults(cfg, TIMED_COMPETITION)
-    if cfg.smoke:
-        smoke.resolve(cfg)
+    if cfg.smoke:  # its own folders and short settings (the user's flags still win)
+        cfg.work_dir, cfg.dataset_dir = smoke.folders(cfg.work_dir, cfg.dataset_dir)
+        apply_defaults(cfg, smoke.defaults(cfg.task))
     if cfg.workers <= 0:
         cfg.workers = env.cpu_count()
-    session.resolve(cfg, where)
+    cfg.time_limit, cfg.output_budget = session.resolve(cfg.time_limit, cfg.output_budget, cfg.resume, where)
     settings.resolve(cfg)
     return cfg
 

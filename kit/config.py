@@ -265,3 +265,32 @@ def apply_defaults(cfg, values: dict):
     for name, value in values.items():
         if not chosen(cfg, name):
             setattr(cfg, name, value)
+
+
+# the settings a stage hands on to a library factory (as timm's optimizer_kwargs)
+
+def optimizer_kwargs(cfg) -> dict:
+    return dict(lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+
+
+def predict_kwargs(cfg) -> dict:
+    """Where the competition's test set is: given, or searched for under the data folder."""
+    return dict(predict_csv=cfg.predict_csv, predict_dir=cfg.predict_dir, data_dir=cfg.data_dir)
+
+
+def download_kwargs(cfg) -> dict:
+    """What --download fetches, where, and how it stores the films."""
+    return dict(dataset=cfg.dataset, data_dir=cfg.data_dir, resize=cfg.resize, workers=cfg.workers,
+                smoke=cfg.smoke, predict_csv=cfg.predict_csv)
+
+
+def scorer_kwargs(cfg) -> dict:
+    """How a stage's model scores images: its loaders, precision and test-time augmentation."""
+    return dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, amp=cfg.amp, tta=cfg.tta,
+                hflip=cfg.hflip)
+
+
+def loss_kwargs(cfg) -> dict:
+    return dict(loss=cfg.loss, pos_weight=cfg.pos_weight, focal_weight=cfg.focal_weight,
+                focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma, asl_gamma_neg=cfg.asl_gamma_neg,
+                asl_gamma_pos=cfg.asl_gamma_pos, asl_clip=cfg.asl_clip)

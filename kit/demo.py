@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from kit import smoke
-from kit.config import Config, apply_defaults
 from kit.images import encode_jpeg
 from kit.io import atomic_path, write_csv
 from kit.sources import gxs
@@ -146,13 +145,20 @@ def generate(root: Path, seed: int = 0) -> Path:
     return csv_path
 
 
-def prepare(cfg: Config):
-    """Point the config at the generated data and give it CPU-sized defaults."""
-    short = smoke.defaults(cfg.task) if cfg.smoke else {}
-    apply_defaults(cfg, {k: v for k, v in TRAIN_OVERRIDES.items() if k not in short})
-    if not cfg.data_dir:
-        cfg.data_dir = str(cfg.work / "demo_data")
-    csv_path = generate(Path(cfg.data_dir))
+def defaults(task, smoke_run) -> dict:
+    """The demo's CPU-sized settings, where a --smoke run (`smoke_run`) sets none of its own."""
+    short = smoke.defaults(task) if smoke_run else {}
+    return {k: v for k, v in TRAIN_OVERRIDES.items() if k not in short}
+
+
+def data_dir(work) -> str:
+    """Where the demo's dataset goes when --data-dir leaves it open."""
+    return str(Path(work) / "demo_data")
+
+
+def prepare(folder):
+    """The demo's dataset, generated into `folder`."""
+    csv_path = generate(Path(folder))
     print(f"[demo] dataset in the Grand X-Ray Slam layout: {csv_path.parent}")
 
 

@@ -35,11 +35,12 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def should_relaunch(cfg) -> bool:
-    return cfg.ddp == "auto" and not under_torchrun() and torch.cuda.device_count() > 1
+def should_relaunch(ddp) -> bool:
+    """--ddp `ddp`: train under torchrun here (auto, outside torchrun, with several GPUs)."""
+    return ddp == "auto" and not under_torchrun() and torch.cuda.device_count() > 1
 
 
-def relaunch_command(cfg, nproc, **changes) -> list:
+def relaunch_command(cfg, nproc, **changes) -> list:  # cfg: the whole config goes to the processes
     """torchrun running this same training, every setting passed on explicitly."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             str(RUN_PY), *config_flags(cfg, stage="train", demo=False, **changes)]
@@ -54,7 +55,7 @@ def launch(command) -> int:
             raise
 
 
-def relaunch(cfg):
+def relaunch(cfg):  # cfg: the whole config goes to the processes
     """Train under torchrun, one process per GPU; out of memory on any GPU, all of them start
     again from the last saved state at the smaller batch it chose (the same effective batch)."""
     nproc = torch.cuda.device_count()
@@ -72,7 +73,7 @@ def relaunch(cfg):
                        f"resume, or --ddp off to train on one GPU")
 
 
-def config_flags(cfg, **changes) -> list:
+def config_flags(cfg, **changes) -> list:  # cfg: the whole config, as flags
     """Command-line flags that rebuild `cfg` (with `changes`) in another process."""
     flags = []
     for f in dataclasses.fields(Config):

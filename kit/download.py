@@ -11,7 +11,6 @@ ranges), and its members are read from there one after another, JPEG films store
 files already stored.
 """
 import contextlib
-import dataclasses
 import functools
 import io
 import json
@@ -138,9 +137,9 @@ def kaggle_errors(action: str, forbidden: str):
         raise KitError(f"{action}: {e}") from e
 
 
-def target(cfg, name) -> Path:
-    if cfg.data_dir:
-        return Path(cfg.data_dir)
+def target(data_dir, name) -> Path:
+    if data_dir:
+        return Path(data_dir)
     where = env.platform()
     if where == "kaggle":
         raise KitError("--download on Kaggle: attach the data instead (Add Input, or competition_sources "
@@ -237,46 +236,47 @@ class Shrinker:
         self.films = []
 
 
-def refill(cfg, paths):
-    """Fetch the files of `paths` that a download lacks: the films of a smoke run's slice, or those
-    left out of a download's shards. Range requests for just them; the rest of the archive is skipped."""
-    folder = Path(cfg.data_dir).resolve()
+def refill(paths, dataset, data_dir, resize, workers, smoke, predict_csv):
+    """Fetch the files of `paths` that the download in `data_dir` lacks: the films of a smoke run's
+    slice, or those left out of a download's shards. Range requests for just them; the rest of the
+    archive is skipped."""
+    folder = Path(data_dir).resolve()
     missing = [Path(p).resolve() for p in paths if not os.path.exists(p)]
     missing = [str(p.relative_to(folder)) for p in missing if p.is_relative_to(folder)]
     if missing and (folder / MARKER).exists():
         print(f"[download] {len(missing)} films are not in {folder} yet; fetching just them")
-        fetch(cfg, files=missing)
+        fetch(dataset, data_dir, resize, workers, smoke, predict_csv, files=missing)
 
 
 def _is_film(name) -> bool:
     return Path(name).suffix.lower() in submission.IMAGE_SUFFIXES
 
 
-def _smoke_test_films(cfg, folder: Path) -> set:
+def _smoke_test_films(predict_csv, folder: Path) -> set:
     """The file names of the test films a smoke run predicts: the sample submission's first rows."""
-    sample = Path(cfg.predict_csv) if cfg.predict_csv else submission.find_sample(
-        dataclasses.replace(cfg, data_dir=str(folder)))
+    sample = Path(predict_csv) if predict_csv else submission.find_sample(str(folder))
     if sample is None:
         return set()
     ids = submission.read_sample(sample).iloc[:smoke.TEST_FILMS, 0]
     return {Path(i).name for i in ids}
 
 
-def fetch(cfg, files=None):
-    """Fetch the dataset of --dataset into --data-dir unless it is already there (a fetch that
-    stopped midway continues); point cfg.data_dir at it. `files`: only these (paths in the folder).
+def fetch(dataset, data_dir, resize, workers, smoke, predict_csv, files=None) -> str:
+    """Fetch `dataset` (--dataset) into `data_dir` (--data-dir; empty: this platform's data root)
+    unless it is already there (a fetch that stopped midway continues); the folder it is in, for
+    --data-dir. `files`: only these (paths in the folder).
     A --smoke run fetches every file but the films, then only the test films it predicts; the
     separate stage asks for its slice's training films (refill), and a real run for the rest."""
-    dataset = "gxs" if cfg.dataset == "auto" else cfg.dataset
+    dataset = "gxs" if dataset == "auto" else dataset
     if dataset not in KAGGLE_SOURCES:
         known = ", ".join(f"--dataset {k} ({v[1]})" for k, v in KAGGLE_SOURCES.items())
         raise KitError(f"--download knows {known}; put the {dataset} dataset in --data-dir yourself")
     kind, name = KAGGLE_SOURCES[dataset]
-    folder = target(cfg, name)
+    folder = target(data_dir, name)
     marker = folder / MARKER
     adapter, found = sources.discover([folder], dataset)
     state = json.loads(marker.read_text()) if marker.exists() else {}
-    unfinished = bool(state) and (not state.get("complete") or (state.get("slice") and not cfg.smoke))
+    unfinished = bool(state) and (not state.get("complete") or (state.get("slice") and not smoke))
     if found is None or unfinished or files:
         api = kaggle_api("--download")
         print(f"[download] Kaggle {kind} {name} -> {folder}" + (" (continuing)" if unfinished else ""))
@@ -284,18 +284,18 @@ def fetch(cfg, files=None):
         url = (f"https://www.kaggle.com/competitions/{name}/rules" if kind == "competition"
                else f"https://www.kaggle.com/datasets/{name}")
         # a slice: a smoke run's, until a real run fetches the rest
-        settings = {"archive": name, "resize": cfg.resize, "slice": state.get("slice", False) if files else cfg.smoke}
+        settings = {"archive": name, "resize": resize, "slice": state.get("slice", False) if files else smoke}
         source = functools.partial(archive_url, api, kind, name)
         with kaggle_errors(f"--download {name}", f"access denied: accept its rules at {url}, then rerun"):
             write_json({**settings, "complete": False}, marker)
             if files:
-                stream(source, folder, cfg.resize, cfg.workers, wanted=set(files).__contains__)
-            elif cfg.smoke:
-                stream(source, folder, cfg.resize, cfg.workers, wanted=lambda n: not _is_film(n))
-                tests = _smoke_test_films(cfg, folder)
-                stream(source, folder, cfg.resize, cfg.workers, wanted=lambda n: _is_film(n) and Path(n).name in tests)
+                stream(source, folder, resize, workers, wanted=set(files).__contains__)
+            elif smoke:
+                stream(source, folder, resize, workers, wanted=lambda n: not _is_film(n))
+                tests = _smoke_test_films(predict_csv, folder)
+                stream(source, folder, resize, workers, wanted=lambda n: _is_film(n) and Path(n).name in tests)
             else:
-                stream(source, folder, cfg.resize, cfg.workers)
+                stream(source, folder, resize, workers)
             write_json({**settings, "complete": True}, marker)
         adapter, found = sources.discover([folder], dataset)
         if found is None:
@@ -304,4 +304,4 @@ def fetch(cfg, files=None):
                            f"folder and rerun, or pass the dataset's folder with --data-dir")
     else:
         print(f"[download] {name} is already in {folder} ({found.relative_to(folder)}), skipped")
-    cfg.data_dir = str(folder)
+    return str(folder)

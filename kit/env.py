@@ -112,9 +112,10 @@ def _version(package) -> str:
         return "not installed"
 
 
-def facts(cfg, torch_loaded: bool) -> str:
-    """A short block on where the run is: platform, versions, the JPEG decoder, GPUs (only once
-    torch is imported anyway: data stages start without it), CPUs, folders, free disk and limits."""
+def facts(torch_loaded: bool, work, data_dir, time_limit, output_budget, stage) -> str:
+    """A short block on where the run of --stage `stage` is: platform, versions, the JPEG decoder,
+    GPUs (only once torch is imported anyway: data stages start without it), CPUs, folders, free
+    disk and limits."""
     turbo = _version("simplejpeg")
     jpeg = "OpenCV (simplejpeg not installed)" if turbo == "not installed" else f"simplejpeg {turbo}"
     lines = [f"xray kit on {PLACES[platform()]} | Python {sys.version.split()[0]} | torch {_version('torch')} "
@@ -125,11 +126,11 @@ def facts(cfg, torch_loaded: bool) -> str:
         counts = collections.Counter((name, round(mem, 1)) for name, mem in gpus())
         shown = ", ".join(f"{n} x {name} ({mem} GiB)" for (name, mem), n in counts.items())
         lines.append(f"  CUDA {torch.version.cuda or 'none'} | GPUs: {shown or 'none, training on the CPU'}")
-    data = cfg.data_dir or "searched for under " + ", ".join(map(str, data_roots(platform())))
-    free = shutil.disk_usage(cfg.work).free / 1e9
+    data = data_dir or "searched for under " + ", ".join(map(str, data_roots(platform())))
+    free = shutil.disk_usage(work).free / 1e9
     hub = {None: "not asked (no stage needs it)", "1": "offline (HF_HUB_OFFLINE=1)"}.get(
         os.environ.get("HF_HUB_OFFLINE"), "online")
-    lines += [f"  {cpu_count()} CPUs | data: {data} | work dir: {cfg.work} ({free:.1f} GB free)",
-              f"  time limit: {cfg.time_limit} | output budget: {cfg.output_budget} | Hugging Face hub: {hub} "
-              f"| stages: {cfg.stage}"]
+    lines += [f"  {cpu_count()} CPUs | data: {data} | work dir: {work} ({free:.1f} GB free)",
+              f"  time limit: {time_limit} | output budget: {output_budget} | Hugging Face hub: {hub} "
+              f"| stages: {stage}"]
     return "\n".join(lines)

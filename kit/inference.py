@@ -27,9 +27,9 @@ def tta_views(tta, hflip) -> tuple:
     return (None, "flip") if hflip > 0 else (None, JITTER)
 
 
-def tta_name(cfg) -> str:
+def tta_name(tta, hflip) -> str:
     """What --tta averages in this run, in words (also what decides whether scores are up to date)."""
-    views = tta_views(cfg.tta, cfg.hflip)
+    views = tta_views(tta, hflip)
     return "off" if len(views) == 1 else "flip" if "flip" in views else "scale and shift jitter"
 
 
@@ -97,9 +97,10 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def batch_size(cfg, on: torch.device) -> int:
-    """The training batch when one was given; inference needs no more memory than training."""
-    given = settings.count(cfg.batch_size, "--batch-size")
+def inference_batch(setting, on: torch.device) -> int:
+    """The training batch when one was given (--batch-size `setting`); inference needs no more
+    memory than training."""
+    given = settings.count(setting, "--batch-size")
     if given != "auto":
         return given
     return GPU_BATCH if on.type == "cuda" else CPU_BATCH
@@ -132,12 +133,14 @@ class Scorer:
     Several GPUs share each batch (DataParallel): inference has no gradients to synchronize,
     so the simple replication is close to linear in GPUs. `shorter_side`: see XrayDataset."""
 
-    def __init__(self, image_lists: dict, img_size, cfg, shorter_side=0):
+    def __init__(self, image_lists: dict, img_size, shorter_side=0, *, batch_size, workers, seed, amp, tta,
+                 hflip):
+        """The keywords: the run's settings of those names (config.scorer_kwargs)."""
         self.device = device()
-        self.cfg = cfg
+        self.amp, self.tta, self.hflip = amp, tta, hflip
         self.loaders = {name: make_loader(XrayDataset(paths, None, img_size, shorter_side=shorter_side),
-                                          batch_size(cfg, self.device), shuffle=False,
-                                          workers=worker_count(cfg.workers), seed=cfg.seed)
+                                          inference_batch(batch_size, self.device), shuffle=False,
+                                          workers=worker_count(workers), seed=seed)
                         for name, paths in image_lists.items()}
         self.images_per_s = float("nan")
         self._model, self._built_for = None, None
@@ -156,10 +159,10 @@ class Scorer:
         NaN rows where ok is False."""
         model = self._load(ckpt)
         if torch.cuda.device_count() > 1:
-            model = torch.nn.DataParallel(Autocast(model, autocast_dtype(self.cfg.amp, self.device)))
+            model = torch.nn.DataParallel(Autocast(model, autocast_dtype(self.amp, self.device)))
         start = time.perf_counter()
         probs, ok = predict(model, self.loaders[images], self.device, ckpt["mean"], ckpt["std"],
-                            amp=self.cfg.amp, views=tta_views(self.cfg.tta, self.cfg.hflip), progress=desc)
+                            amp=self.amp, views=tta_views(self.tta, self.hflip), progress=desc)
         self.images_per_s = len(ok) / max(time.perf_counter() - start, 1e-9)
         return probs, ok
 
@@ -168,7 +171,7 @@ class Scorer:
         where = f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else "CPU"
         loader = next(iter(self.loaders.values()))
         return (f"{where}, batch {loader.batch_size}, {loader.num_workers} workers, "
-                f"amp {self.cfg.amp}, tta {tta_name(self.cfg)}")
+                f"amp {self.amp}, tta {tta_name(self.tta, self.hflip)}")
 
 
 # features (synth-quality) --------------------------------------------------------------------
@@ -188,12 +191,12 @@ class FeaturesAndLogits(torch.nn.Module):
         return torch.cat([self.model.forward_head(trunk, pre_logits=True), self.model.forward_head(trunk)], dim=1)
 
 
-def extract(model, paths, img_size, mean, std, cfg, device, desc):
+def extract(model, paths, img_size, mean, std, device, desc, *, batch_size, workers, seed, amp):
     """(features float32 [N, D], logits float32 [N, C], ok bool [N]) in `paths` order; rows of
     unreadable images are not meaningful where ok is False."""
-    loader = make_loader(XrayDataset(paths, None, img_size), batch_size(cfg, device), shuffle=False,
-                         workers=worker_count(cfg.workers), seed=cfg.seed)
-    index, out, ok = logits(FeaturesAndLogits(model), loader, device, mean, std, cfg.amp, progress=desc)
+    loader = make_loader(XrayDataset(paths, None, img_size), inference_batch(batch_size, device), shuffle=False,
+                         workers=worker_count(workers), seed=seed)
+    index, out, ok = logits(FeaturesAndLogits(model), loader, device, mean, std, amp, progress=desc)
     n_classes = model.num_classes
     ordered, good = np.empty_like(out), np.zeros(len(paths), bool)
     ordered[index], good[index] = out, ok

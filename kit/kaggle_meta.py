@@ -51,9 +51,9 @@ def read(path) -> dict:
     return meta
 
 
-def template(cfg) -> Path:
-    """--kernel-metadata, else the template beside run.py."""
-    return Path(cfg.kernel_metadata) if cfg.kernel_metadata else ROOT / FILE
+def template(kernel_metadata) -> Path:
+    """--kernel-metadata `kernel_metadata`, else the template beside run.py."""
+    return Path(kernel_metadata) if kernel_metadata else ROOT / FILE
 
 
 def _bad(field, problem, fix, where=FILE + ": "):

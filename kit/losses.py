@@ -58,9 +58,10 @@ class AsymmetricLoss(nn.Module):
         return loss / targets.numel() if self.summed else loss
 
 
-def build_loss(cfg, train_targets) -> nn.Module:
-    if cfg.loss == "asl":
-        return AsymmetricLoss(cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
-    pos_weight = balanced_pos_weight(train_targets) if cfg.pos_weight == "balanced" else None
-    return FocalBCELoss(FOCAL_WEIGHT.get(cfg.loss, cfg.focal_weight), cfg.focal_alpha,
-                        cfg.focal_gamma, pos_weight)
+def build_loss(train_targets, loss, pos_weight, focal_weight, focal_alpha, focal_gamma,
+               asl_gamma_neg, asl_gamma_pos, asl_clip) -> nn.Module:
+    """The loss named `loss` (--loss; config.loss_kwargs gives the rest from a Config)."""
+    if loss == "asl":
+        return AsymmetricLoss(asl_gamma_neg, asl_gamma_pos, asl_clip)
+    weights = balanced_pos_weight(train_targets) if pos_weight == "balanced" else None
+    return FocalBCELoss(FOCAL_WEIGHT.get(loss, focal_weight), focal_alpha, focal_gamma, weights)

@@ -9,14 +9,14 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 
-def build_optimizer(model, cfg):
+def build_optimizer(model, lr, weight_decay, layer_decay):
     # fused: one kernel over all the weights, the same update, faster than the default
     # per-tensor loop on CPU and GPUs
-    return create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               layer_decay=cfg.layer_decay, fused=True)
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay,
+                               layer_decay=layer_decay, fused=True)
 
 
-def build_scheduler(optimizer, cfg, updates_per_epoch):
+def build_scheduler(optimizer, updates_per_epoch, epochs, warmup_epochs, min_lr):
     """Linear warmup from --min-lr, then cosine down to --min-lr, stepped per optimizer update
     (call step_update(updates_done) before each update).
 
@@ -24,8 +24,8 @@ def build_scheduler(optimizer, cfg, updates_per_epoch):
     warmup, --min-lr again at the last update. timm's factory fits warmup inside the cosine
     (warmup_prefix=False), which never reaches the peak and drops at the end of warmup; here the
     cosine starts where warmup ends and spans the rest of the run, ending on its last update."""
-    total = cfg.epochs * updates_per_epoch
-    warmup = min(round(cfg.warmup_epochs * updates_per_epoch), total - 1)
-    return CosineLRScheduler(optimizer, t_initial=max(total - 1 - warmup, 1), lr_min=cfg.min_lr,
-                             warmup_t=warmup, warmup_lr_init=cfg.min_lr, warmup_prefix=True,
+    total = epochs * updates_per_epoch
+    warmup = min(round(warmup_epochs * updates_per_epoch), total - 1)
+    return CosineLRScheduler(optimizer, t_initial=max(total - 1 - warmup, 1), lr_min=min_lr,
+                             warmup_t=warmup, warmup_lr_init=min_lr, warmup_prefix=True,
                              t_in_epochs=False)

@@ -95,12 +95,12 @@ def stamped(name: str, stamp):
     settings and inputs did not change since they were made; recorded when it ran."""
     def wrap(run):
         @functools.wraps(run)
-        def checked(cfg, *args, **kwargs):
+        def checked(cfg, *args, **kwargs):  # cfg: the stage's whole config, handed to its stamp and run
             s = stamp(cfg, *args, **kwargs)
-            if stamps.up_to_date(cfg, name, s.settings, s.inputs, s.outputs):
+            if stamps.up_to_date(cfg.work, name, s.settings, s.inputs, s.outputs, cfg.force):
                 return None
             result = run(cfg, *args, **kwargs)
-            stamps.record(cfg, name, s.settings, s.inputs)
+            stamps.record(cfg.work, name, s.settings, s.inputs)
             return result
         return checked
     return wrap

@@ -27,15 +27,19 @@ RECIPE = ("pretrained", "drop_path", "effective_batch", "lr", "layer_decay", "we
           "aug", "hflip", "ema_decay", "ema_warmup", "seed", "head_init")
 
 
-def signature(cfg, classes, split_files) -> dict:
+def split_digest(split_files) -> str:
     """The split files enter without their source paths: the same images, labels and stored
     files under another --data-dir (a Kaggle input mounted elsewhere) are the same split."""
     digest = hashlib.sha256()
     for f in split_files:
         table = pd.read_csv(f, dtype=str, keep_default_na=False)
         digest.update(table.drop(columns="path", errors="ignore").to_csv(index=False).encode())
-    return {"model": cfg.model, "classes": list(classes), "img_size": cfg.img_size,
-            "splits": digest.hexdigest()[:16]}
+    return digest.hexdigest()[:16]
+
+
+def signature(model, classes, img_size, split_files) -> dict:
+    """What a training state of --model `model` is only valid for (SIGNATURE)."""
+    return {"model": model, "classes": list(classes), "img_size": img_size, "splits": split_digest(split_files)}
 
 
 def load(path, expected, force) -> "dict | None":
@@ -63,11 +67,11 @@ def _short(value):
 
 
 
-def recipe(cfg) -> dict:
+def recipe(cfg) -> dict:  # cfg: a whole recipe is what a state records
     return {k: getattr(cfg, k) for k in RECIPE}
 
 
-def recipe_changes(state, cfg) -> list:
+def recipe_changes(state, cfg) -> list:  # cfg: a whole recipe, compared with the saved one
     """'--lr 0.0003 -> 0.001' for each recipe setting `cfg` changes from the saved state's."""
     saved = state.get("recipe") or {}  # states written before recipes were saved: nothing to compare
     return [f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in recipe(cfg).items()
@@ -113,13 +117,13 @@ def saved_schedule(path) -> "dict | None":
     return _peek(path).get("schedule") if Path(path).exists() else None
 
 
-def apply_schedule(cfg):
-    """--epochs auto for stages after training: the epochs the train stage fitted."""
-    schedule = saved_schedule(layout.last_state(cfg.work))
+def fitted_epochs(work) -> int:
+    """--epochs auto for stages after training: the epochs the train stage fitted in `work`."""
+    schedule = saved_schedule(layout.last_state(work))
     if schedule is None:
-        raise KitError(f"--epochs auto: {layout.last_state(cfg.work)} holds no fitted schedule; run the train "
+        raise KitError(f"--epochs auto: {layout.last_state(work)} holds no fitted schedule; run the train "
                        f"stage first (it fits the epochs to the time limit), or pass a number of epochs")
-    cfg.epochs = schedule["epochs"]
+    return schedule["epochs"]
 
 
 def _copy(src, dst):
@@ -127,13 +131,14 @@ def _copy(src, dst):
         shutil.copyfile(src, tmp)
 
 
-def take_over(cfg, last_path, signature, world):
-    """--resume: copy the furthest matching training state found (last.pth, its epoch files and
-    history.csv) into the work dir, unless the work dir's own state is as far along."""
-    if cfg.resume == "none" or cfg.force:
+def take_over(where, force, last_path, signature, world):
+    """--resume `where`: copy the furthest matching training state found (last.pth, its epoch files
+    and history.csv) into the work dir, unless the work dir's own state is as far along; `force`
+    (--force): none."""
+    if where == "none" or force:
         return
     if world.is_main:
-        roots = env.data_roots(env.platform()) if cfg.resume == "auto" else [Path(cfg.resume)]
+        roots = env.data_roots(env.platform()) if where == "auto" else [Path(where)]
         _take_over(roots, Path(last_path), signature)
     from kit import distributed
 

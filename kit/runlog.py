@@ -45,14 +45,14 @@ def _last_state(line) -> str:
     return line.rstrip("\r").rpartition("\r")[2]
 
 
-def start(cfg):
-    """From now until `stop`, copy what this process prints to the run's log."""
+def start(work, stage):
+    """From now until `stop`, copy what this process prints to the log of --stage `stage` in `work`."""
     global _file, _streams
     if _file is not None or os.environ.get("RANK", "0") != "0":
         return  # a run inside this one (the synthetic demo's) keeps its log; other ranks write none
     owner, _, path = os.environ.get(LOG_ENV, "").partition(":")
     if not path or owner == str(os.getpid()):
-        path = layout.run_log(cfg.work, cfg.stage, time.localtime())
+        path = layout.run_log(work, stage, time.localtime())
         os.environ[LOG_ENV] = f"{os.getpid()}:{path}"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _file = open(path, "a", encoding="utf-8", buffering=1)  # line-buffered: flushed at every line

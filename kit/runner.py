@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from kit import env, errors, interrupt, layout, pipeline, runlog, session, shards
+from kit.config import apply_defaults, download_kwargs
 from kit.io import remove_partial_writes, write_json
 
 
@@ -19,20 +20,22 @@ def prepare(cfg):
     if cfg.demo:
         from kit import demo
 
-        demo.prepare(cfg)
+        apply_defaults(cfg, demo.defaults(cfg.task, cfg.smoke))
+        cfg.data_dir = cfg.data_dir or demo.data_dir(cfg.work)
+        demo.prepare(cfg.data_dir)
         return
     if first_process():
         shards.restore_all(cfg.work)  # before any download
     if cfg.download:
         from kit import download
 
-        download.fetch(cfg)
+        cfg.data_dir = download.fetch(**download_kwargs(cfg))
 
 
 def run(cfg):
     """Run --stage (all: the pipeline in order) for a resolved config."""
     env.ensure_writable(cfg.work)
-    runlog.start(cfg)  # the command line stops it, after printing any error
+    runlog.start(cfg.work, cfg.stage)  # the command line stops it, after printing any error
     prepare(cfg)
     if first_process():  # torchrun's other ranks may already be writing
         for folder in {cfg.work, *([Path(cfg.data_dir)] if cfg.demo else [])}:
@@ -45,8 +48,8 @@ def run(cfg):
         env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub
     for stage in plan:  # before the facts, which say whether torch is loaded
         stage.load()
-    if session.start(cfg):
-        print(env.facts(cfg, torch_loaded="torch" in sys.modules))
+    if session.start(cfg.time_limit):
+        print(env.facts("torch" in sys.modules, cfg.work, cfg.data_dir, cfg.time_limit, cfg.output_budget, cfg.stage))
     run_stages(cfg, plan)
 
 
@@ -74,7 +77,7 @@ def run_stages(cfg, plan):
             if why:
                 print(f"[{stage.name}] skipped: {why}")
                 continue
-            session.check_time(cfg, stage.name)
+            session.check_time(cfg.time_limit, cfg.work, stage.name)
             start = time.perf_counter()
             stage.module.run(cfg)
             print(f"[{stage.name}] done in {time.perf_counter() - start:.1f}s")

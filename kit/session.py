@@ -42,27 +42,29 @@ def _auto(value, by_platform: dict, where=None) -> str:
     return by_platform.get(where or env.platform(), "none")
 
 
-def time_limit(cfg) -> "float | None":
-    return settings.parse_duration(_auto(cfg.time_limit, TIME_LIMITS))
+def time_limit(limit) -> "float | None":
+    """Seconds of --time-limit `limit` (None: no limit)."""
+    return settings.parse_duration(_auto(limit, TIME_LIMITS))
 
 
-def output_budget(cfg) -> "float | None":
-    return settings.parse_size(_auto(cfg.output_budget, OUTPUT_BUDGETS))
+def output_budget(budget) -> "float | None":
+    """Bytes of --output-budget `budget` (None: no budget)."""
+    return settings.parse_size(_auto(budget, OUTPUT_BUDGETS))
 
 
-def resolve(cfg, where):
-    """Fill --time-limit and --output-budget auto for this platform; refuse a malformed one, and
-    a --resume path that is not there."""
-    cfg.time_limit = _auto(cfg.time_limit, TIME_LIMITS, where)
-    cfg.output_budget = _auto(cfg.output_budget, OUTPUT_BUDGETS, where)
-    time_limit(cfg)
-    output_budget(cfg)
-    if cfg.resume not in ("auto", "none") and not Path(cfg.resume).exists():
-        raise KitError(f"--resume {cfg.resume} does not exist; pass the folder (or last.pth) of the run "
+def resolve(limit, budget, resume, where) -> tuple:
+    """(--time-limit, --output-budget) with auto filled for this platform; refuses a malformed one,
+    and a --resume path that is not there."""
+    limit, budget = _auto(limit, TIME_LIMITS, where), _auto(budget, OUTPUT_BUDGETS, where)
+    time_limit(limit)
+    output_budget(budget)
+    if resume not in ("auto", "none") and not Path(resume).exists():
+        raise KitError(f"--resume {resume} does not exist; pass the folder (or last.pth) of the run "
                        f"to continue, auto to search the inputs, or none")
+    return limit, budget
 
 
-def start(cfg) -> bool:
+def start(limit) -> bool:
     """Start the run's clock, or take it over from the process that started this one (torchrun
     workers). True in the process that should describe the machine: the starting one, one per
     machine under a torchrun the user started."""
@@ -72,8 +74,8 @@ def start(cfg) -> bool:
     if not inherited:
         began = clock()
         os.environ[SESSION_ENV] = f"{os.getpid()}:{began!r}"
-    limit = time_limit(cfg)
-    _deadline = float(began) + limit if limit else None
+    seconds = time_limit(limit)
+    _deadline = float(began) + seconds if seconds else None
     return not inherited and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
@@ -106,8 +108,8 @@ def seconds_left() -> "float | None":
     return None if _deadline is None else _deadline - clock()
 
 
-def time_up(cfg, when, state="checkpoints/last.pth") -> TimeUp:
-    """The exception that stops the run, with the way to continue."""
+def time_up(limit, work, when, state="checkpoints/last.pth") -> TimeUp:
+    """The exception that stops the run under --time-limit `limit`, with the way to continue."""
     where = env.platform()
     if where == "kaggle":
         how = ("attach this version's output as an input of the next one (Add Input > Your Work, or "
@@ -116,13 +118,13 @@ def time_up(cfg, when, state="checkpoints/last.pth") -> TimeUp:
         how = "start a new Colab session and run the notebook's cells again: the work dir on Drive is kept"
     else:
         how = "run the same command again"
-    return TimeUp(f"time limit {cfg.time_limit} reached {when}: the work so far is in {cfg.work} (training "
+    return TimeUp(f"time limit {limit} reached {when}: the work so far is in {work} (training "
                   f"continues from {state}); to continue, {how}")
 
 
-def check_time(cfg, stage):
+def check_time(limit, work, stage):
     if out_of_time():
-        raise time_up(cfg, f"before the {stage} stage")
+        raise time_up(limit, work, f"before the {stage} stage")
 
 
 # output budget ---------------------------------------------------------------------------------
@@ -144,18 +146,18 @@ def most_kept(keep_rule, epochs) -> set:
     return keep_rule([{"epoch": e, "val_macro_auc": -e} for e in range(1, epochs + 1)])
 
 
-def warn_output_budget(cfg, model, keep_rule):
-    """Before training: warn when the work dir would end up larger than --output-budget, with
-    the most epoch files `keep_rule` can keep."""
-    budget = output_budget(cfg)
-    if budget is None:
+def warn_output_budget(budget, work, epochs, model, keep_rule):
+    """Before training: warn when the work dir `work` would end up larger than --output-budget
+    `budget`, with the most epoch files `keep_rule` can keep in `epochs`."""
+    limit = output_budget(budget)
+    if limit is None:
         return
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    files = len(most_kept(keep_rule, cfg.epochs)) + 1  # and the soup, or the newest epoch before pruning
+    files = len(most_kept(keep_rule, epochs)) + 1  # and the soup, or the newest epoch before pruning
     checkpoints = files * weights + OPTIMIZER_COPIES * weights
-    other = _tree_bytes(cfg.work, skip={layout.checkpoint_dir(cfg.work), layout.soup_weights(cfg.work)})
-    if checkpoints + other > budget:
+    other = _tree_bytes(work, skip={layout.checkpoint_dir(work), layout.soup_weights(work)})
+    if checkpoints + other > limit:
         print(f"warning: the work dir would hold about {size(checkpoints + other)}, more than "
-              f"--output-budget {cfg.output_budget}: {files} weights files of {size(weights)}, last.pth "
+              f"--output-budget {budget}: {files} weights files of {size(weights)}, last.pth "
               f"of {size(OPTIMIZER_COPIES * weights)} and {size(other)} already there; keep fewer "
               f"epoch files (--keep-epochs, --soup-epochs) or a smaller --resize")

@@ -18,9 +18,9 @@ FOLDER = "shards"
 KEPT = ("download", "stored")  # --download's files but the stored films; the separate stage's folder
 
 
-def wanted(cfg) -> bool:
+def wanted(keep_shards) -> bool:
     """--keep-shards: on, off, or auto (on Colab, where the work dir outlives the local disk)."""
-    return cfg.keep_shards == "on" or (cfg.keep_shards == "auto" and env.platform() == "colab")
+    return keep_shards == "on" or (keep_shards == "auto" and env.platform() == "colab")
 
 
 def _index(work, name) -> Path:

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from kit import layout
-from kit.config import apply_defaults
 
 FOLDER = "smoke"
 IMAGES = 400  # about 5 updates of 64 images, and a few dozen val and test images
@@ -20,13 +19,13 @@ PATIENTS_PER_CLASS = 4  # enough for a positive in train, val and test
 TEST_FILMS = 48
 
 
-def resolve(cfg):
-    """The smoke's own work dir and its short settings (the user's flags still win)."""
-    if Path(cfg.work_dir).name != FOLDER:
-        cfg.work_dir = str(Path(cfg.work_dir) / FOLDER)
-    if cfg.dataset_dir != "auto" and Path(cfg.dataset_dir).name != FOLDER:  # not the real run's images
-        cfg.dataset_dir = str(Path(cfg.dataset_dir) / FOLDER)
-    apply_defaults(cfg, defaults(cfg.task))
+def folders(work_dir, dataset_dir) -> tuple:
+    """(--work-dir, --dataset-dir) of the smoke: its own folders inside the real run's."""
+    if Path(work_dir).name != FOLDER:
+        work_dir = str(Path(work_dir) / FOLDER)
+    if dataset_dir != "auto" and Path(dataset_dir).name != FOLDER:  # not the real run's images
+        dataset_dir = str(Path(dataset_dir) / FOLDER)
+    return work_dir, dataset_dir
 
 
 def defaults(task) -> dict:

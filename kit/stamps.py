@@ -43,22 +43,22 @@ def _stamp_path(work: Path, stage: str) -> Path:
     return Path(work) / ".stamps" / f"{stage}.json"
 
 
-def _recorded(cfg, stage) -> dict:
-    stamp = _stamp_path(cfg.work, stage)
+def _recorded(work, stage) -> dict:
+    stamp = _stamp_path(work, stage)
     return json.loads(stamp.read_text()) if stamp.exists() else {}
 
 
-def up_to_date(cfg, stage: str, settings: dict, inputs, outputs) -> bool:
-    """True (and says so) when `stage` may be skipped; --force always redoes it."""
-    if cfg.force or not all(Path(o).exists() for o in outputs):
+def up_to_date(work, stage: str, settings: dict, inputs, outputs, force=False) -> bool:
+    """True (and says so) when `stage` may be skipped; `force` (--force) always redoes it."""
+    if force or not all(Path(o).exists() for o in outputs):
         return False
-    recorded = _recorded(cfg, stage)
+    recorded = _recorded(work, stage)
     if recorded.get("fingerprint") != _fingerprint(settings, _files(inputs, recorded.get("files", {}))):
         return False
     print(f"[{stage}] up to date, skipped (--force redoes it)")
     return True
 
 
-def record(cfg, stage: str, settings: dict, inputs):
-    files = _files(inputs, _recorded(cfg, stage).get("files", {}))
-    write_json({"fingerprint": _fingerprint(settings, files), "files": files}, _stamp_path(cfg.work, stage))
+def record(work, stage: str, settings: dict, inputs):
+    files = _files(inputs, _recorded(work, stage).get("files", {}))
+    write_json({"fingerprint": _fingerprint(settings, files), "files": files}, _stamp_path(work, stage))

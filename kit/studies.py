@@ -102,12 +102,12 @@ def read_decision(work) -> "dict | None":
     return json.loads(path.read_text())
 
 
-def for_test(cfg, names, probs):
-    """The test films' probabilities as the run answers them: pooled by study where the setting
-    (or the val decision under auto) pools and the names carry studies."""
-    method = cfg.study_pool
+def for_test(study_pool, work, names, probs):
+    """The test films' probabilities as the run answers them: pooled by study where --study-pool
+    `study_pool` (or under auto the val decision in `work`) pools and the names carry studies."""
+    method = study_pool
     if method == "auto":
-        decision = read_decision(cfg.work)
+        decision = read_decision(work)
         if decision is None:
             print("[predict] study pool: per film (no val decision in reports/; run --stage soup)")
             return probs

@@ -25,8 +25,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 SUFFIX = r"(?s)(?<=.)(\.[^.]+)\Z"  # a file name's suffix as pathlib reads it
 
 
-def find_sample(cfg) -> "Path | None":
-    roots = [Path(cfg.data_dir)] if cfg.data_dir else env.data_roots(env.platform())
+def find_sample(data_dir) -> "Path | None":
+    """The first sample submission under `data_dir` (--data-dir; empty: this platform's data folders)."""
+    roots = [Path(data_dir)] if data_dir else env.data_roots(env.platform())
     for root in roots:
         for depth in range(SEARCH_DEPTH + 1):
             for name in SAMPLE_NAMES:
@@ -45,29 +46,30 @@ def folder_beside(csv: Path) -> Path:
     return csv.parent
 
 
-def find_inputs(cfg):
-    """(sample submission or None, image folder or None); both None when there is nothing to predict."""
-    csv = Path(cfg.predict_csv) if cfg.predict_csv else None
-    folder = Path(cfg.predict_dir) if cfg.predict_dir else None
+def find_inputs(predict_csv, predict_dir, data_dir):
+    """(sample submission or None, image folder or None) from --predict-csv, --predict-dir, else
+    searched under --data-dir; both None when there is nothing to predict."""
+    csv = Path(predict_csv) if predict_csv else None
+    folder = Path(predict_dir) if predict_dir else None
     if csv and not csv.is_file():
         raise KitError(f"--predict-csv {csv} not found; pass the competition's sample submission")
     if folder and not folder.is_dir():
         raise KitError(f"--predict-dir {folder} is not a folder; pass the folder of test images")
     if not csv and not folder:
-        csv = find_sample(cfg)
+        csv = find_sample(data_dir)
     if csv and not folder:
         folder = folder_beside(csv)
     return csv, folder
 
 
-def skip_reason(cfg, trained) -> "str | None":
-    """Why a run training `trained` classes makes no submission (None: it makes one). The study
-    does not stop over a competition's sample that scores other classes than it trains: it says
-    which task makes that submission."""
-    csv, folder = find_inputs(cfg)
+def skip_reason(trained, task, predict_csv, predict_dir, data_dir) -> "str | None":
+    """Why a run of --task `task` training `trained` classes makes no submission (None: it makes
+    one). The study does not stop over a competition's sample that scores other classes than it
+    trains: it says which task makes that submission."""
+    csv, folder = find_inputs(predict_csv, predict_dir, data_dir)
     if folder is None:
         return "no sample submission found and no --predict-dir: nothing to predict"
-    if csv and not cfg.predict_csv and cfg.task == "study":
+    if csv and not predict_csv and task == "study":
         asked = sample_classes(csv)
         if unknown_classes(asked, trained):
             return (f"{csv.name} scores {len(asked)} classes and the study trains {len(trained)} "

@@ -14,7 +14,6 @@ import pandas as pd
 
 from kit import layout
 from kit.images import store_all, stored_names
-from kit.config import Config
 from kit.errors import KitError
 from kit.sources.common import normalize_name, read_csv_checked
 
@@ -22,27 +21,15 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 FOLDER = "synthetic"
 SHOWN = 5
 STORED = ("written", "skipped")
-
-
-def settings(cfg) -> dict:
-    return {k: getattr(cfg, k) for k in ("synthetic_dir", "synthetic_max_ratio", "synthetic_classes")}
-
-
-def warn_unused(cfg):
-    """The caps were set, but there are no synthetic images for them to cap."""
-    defaults = Config()
-    unused = [f"--{k.replace('_', '-')}" for k in ("synthetic_max_ratio", "synthetic_classes")
-              if getattr(cfg, k) != getattr(defaults, k)]
-    if unused:
-        print(f"[split] warning: {' and '.join(unused)} do nothing without --synthetic-dir")
+SETTINGS = ("synthetic_dir", "synthetic_max_ratio", "synthetic_classes")  # what the mix depends on
 
 
 def _images(folder: Path) -> list:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _source(cfg) -> Path:
-    source = Path(cfg.synthetic_dir)
+def _source(synthetic_dir) -> Path:
+    source = Path(synthetic_dir)
     if not source.exists():
         raise KitError(f"--synthetic-dir {source} not found; pass a folder of class subfolders or a CSV")
     return source
@@ -52,11 +39,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return read_csv_checked(path, ["path"], dtype=str, keep_default_na=False)
 
 
-def source_files(cfg) -> list:
-    """Every file the synthetic set is made of (for the split stage's up-to-date check)."""
-    if not cfg.synthetic_dir:
+def source_files(synthetic_dir) -> list:
+    """Every file the synthetic set of --synthetic-dir is made of (for the up-to-date checks)."""
+    if not synthetic_dir:
         return []
-    source = _source(cfg)
+    source = _source(synthetic_dir)
     if source.is_dir():
         return _images(source)
     return [source, *(source.parent / p for p in _read_csv(source)["path"])]
@@ -113,9 +100,9 @@ def _from_csv(path: Path, classes) -> pd.DataFrame:
     return pd.concat([table, targets], axis=1)
 
 
-def listing(cfg, classes) -> pd.DataFrame:
+def listing(synthetic_dir, classes) -> pd.DataFrame:
     """Every synthetic image of --synthetic-dir: path, name (relative), one 0/1 column per class."""
-    source = _source(cfg)
+    source = _source(synthetic_dir)
     table = _from_folder(source, classes) if source.is_dir() else _from_csv(source, classes)
     table = table.reindex(columns=["path", "name", *classes]).fillna(0)
     table[classes] = table[classes].astype(int)
@@ -150,10 +137,10 @@ def within_cap(targets, room, candidates) -> list:
     return taken
 
 
-def found_per_class(cfg, classes) -> list:
+def found_per_class(synthetic_dir, synthetic_classes, classes) -> list:
     """Synthetic images available per class, before the cap (the metadata stage's summary)."""
-    table = listing(cfg, classes)
-    allowed = taking_classes(cfg.synthetic_classes, classes)
+    table = listing(synthetic_dir, classes)
+    allowed = taking_classes(synthetic_classes, classes)
     return [int(table[c].sum()) if c in allowed else 0 for c in classes]
 
 
@@ -165,31 +152,33 @@ def id_prefix(used: pd.Series) -> str:
     return prefix
 
 
-def mix(cfg, train: pd.DataFrame, classes, used_ids: pd.Series) -> pd.DataFrame:
-    """`train` with capped synthetic rows appended (source "synthetic"); `used_ids`: the image
-    and patient ids of every real image, which no synthetic id may equal."""
-    found = listing(cfg, classes)
-    allowed = taking_classes(cfg.synthetic_classes, classes)
+def mix(train: pd.DataFrame, classes, used_ids: pd.Series, work, resize, workers, seed, *,
+        synthetic_dir, synthetic_max_ratio, synthetic_classes) -> pd.DataFrame:
+    """`train` with capped synthetic rows appended (source "synthetic"), stored under `work` at
+    `resize`; `used_ids`: the image and patient ids of every real image, which no synthetic id may
+    equal. The keywords: the settings of those names (SETTINGS)."""
+    found = listing(synthetic_dir, classes)
+    allowed = taking_classes(synthetic_classes, classes)
     outside = found[[c for c in classes if c not in allowed]].sum(axis=1) > 0
     table = found[~outside].reset_index(drop=True)
     prefix = id_prefix(used_ids)
     table["image_id"] = prefix + table["name"]
-    table["file"] = f"{FOLDER}/" + stored_names(table["name"], cfg.resize)
+    table["file"] = f"{FOLDER}/" + stored_names(table["name"], resize)
     if table["file"].duplicated().any():
         clash = table.loc[table["file"].duplicated(), "file"].iloc[0]
         raise KitError(f"two synthetic images would be stored as {clash!r}; rename one (names must "
                        f"differ apart from their suffix)")
 
-    dataset = layout.dataset_dir(cfg.work)
+    dataset = layout.dataset_dir(work)
     shutil.rmtree(dataset / FOLDER, ignore_errors=True)  # the set or the cap may have changed: no stale image
     targets = table[classes].to_numpy()
-    room = np.floor(cfg.synthetic_max_ratio * train[classes].to_numpy().sum(axis=0))
-    queue = list(np.random.default_rng(cfg.seed).permutation(len(table)))
+    room = np.floor(synthetic_max_ratio * train[classes].to_numpy().sum(axis=0))
+    queue = list(np.random.default_rng(seed).permutation(len(table)))
     kept, failed = [], []
     # an unreadable image frees its place for the next candidate of its class
     while chosen := within_cap(targets, room, queue):
         jobs = [(table.at[i, "path"], str(dataset / table.at[i, "file"])) for i in chosen]
-        status = [s for s, _, _ in store_all(jobs, cfg.resize, cfg.workers, "[split] synthetic")]
+        status = [s for s, _, _ in store_all(jobs, resize, workers, "[split] synthetic")]
         ok = [i for i, s in zip(chosen, status) if s in STORED]
         failed += [(table.at[i, "path"], s) for i, s in zip(chosen, status) if s not in STORED]
         room -= targets[ok].sum(axis=0)
@@ -202,7 +191,7 @@ def mix(cfg, train: pd.DataFrame, classes, used_ids: pd.Series) -> pd.DataFrame:
                          "path": added["path"],
                          "label": ["|".join(np.array(classes)[t == 1]) for t in added[classes].to_numpy()],
                          "file": added["file"], "status": "ok", "source": "synthetic", **added[classes]})
-    _report(len(found), int(outside.sum()), len(rows), failed, cfg.synthetic_max_ratio)
+    _report(len(found), int(outside.sum()), len(rows), failed, synthetic_max_ratio)
     return pd.concat([train, rows], ignore_index=True)
 
 

@@ -15,7 +15,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
-from kit import batching, distributed, layout, resume, session, timing
+from kit import batching, distributed, layout, session, timing
 from kit.data import EpochSampler, make_loader, to_input, worker_count
 from kit.errors import KitError
 from kit.io import write_csv, write_json
@@ -55,32 +55,40 @@ class CompileFailed(Exception):
 
 
 class Trainer(Position):
-    def __init__(self, cfg, world, model, criterion, train_set, batch, accum, state=None, compiled=None):
-        """compiled: whether to compile the step (None: as --compile decides for this device)."""
-        self.cfg, self.world, self.model, self.criterion = cfg, world, model, criterion
+    def __init__(self, world, model, criterion, train_set, batch, accum, state=None, compiled=None, *, epochs,
+                 seed, workers, amp, compile, clip_grad, ema_decay, ema_warmup, optimizer, warmup_epochs, min_lr,
+                 recipe, time_limit, work):
+        """compiled: whether to compile the step (None: as --compile `compile` decides for this
+        device). The keywords: the run's settings of those names (the train stage's
+        trainer_kwargs); `optimizer`: build_optimizer's, `recipe`: resume.recipe's, saved with the
+        state."""
+        self.world, self.model, self.criterion = world, model, criterion
+        self.epochs, self.seed, self.workers, self.clip_grad = epochs, seed, workers, clip_grad
+        self.warmup_epochs, self.min_lr, self.recipe = warmup_epochs, min_lr, recipe
+        self.time_limit, self.work = time_limit, work
         self.train_set, self.batch, self.accum = train_set, batch, accum
         self.mean, self.std = norm_stats(model)
         # on the device once: a list copied there each update would wait for the GPU each time
         self._norm = tuple(torch.tensor(v, device=world.device) for v in (self.mean, self.std))
-        self.dtype = autocast_dtype(cfg.amp, world.device)
+        self.dtype = autocast_dtype(amp, world.device)
         self.scaler = grad_scaler(self.dtype, world.device)
         self.effective = batch * accum * world.size
         self.updates_per_epoch = len(train_set) // self.effective
         if self.updates_per_epoch == 0:
             raise KitError(f"the train split has {len(train_set)} images, fewer than one effective "
                            f"batch of {self.effective}; lower --effective-batch")
-        self.optimizer = build_optimizer(model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
-        self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
+        self.optimizer = build_optimizer(model, **optimizer)
+        self.scheduler = self._scheduler()
+        self.ema = ModelEmaV3(model, decay=ema_decay, use_warmup=ema_warmup)
         self.start_position()
         self.bad_in_row = 0
         self.schedule = None  # --epochs auto: how the schedule was fitted to the time (resumed with it)
         if state:
             self.load_state_dict(state)
         self.scheduler.step_update(self.updates)
-        self._wrap(compiles(cfg.compile, world.device) if compiled is None else compiled)
+        self._wrap(compiles(compile, world.device) if compiled is None else compiled)
         self.sampler = EpochSampler(len(train_set), self.updates_per_epoch * self.effective,
-                                    cfg.seed, world.rank, world.size)
+                                    seed, world.rank, world.size)
         self.loader = self._loader()
         self.loop = Loop(world, self._save_state, "checkpoints/last.pth", self._session_ends,
                          save_every_s=SAVE_EVERY_S)
@@ -109,7 +117,7 @@ class Trainer(Position):
         return {"model": self.model.state_dict(), "ema": self.ema.module.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 **self.position(), "batch": self.batch, "accum": self.accum, "world_size": self.world.size,
-                "recipe": resume.recipe(self.cfg), "schedule": self.schedule}
+                "recipe": self.recipe, "schedule": self.schedule}
 
     def load_state_dict(self, state):
         if state["batch"] * state["accum"] * state["world_size"] != self.effective:
@@ -125,18 +133,21 @@ class Trainer(Position):
         self.schedule = state.get("schedule")
 
     def refit(self, schedule: dict):
-        """The schedule to end after `schedule["epochs"]` (cfg.epochs is set to it). The updates so far
-        ran in warmup, which is the same for any length, so the run goes on as if planned so."""
-        self.schedule, self.cfg.epochs = schedule, schedule["epochs"]
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.updates_per_epoch)
+        """The schedule to end after `schedule["epochs"]`. The updates so far ran in warmup, which is
+        the same for any length, so the run goes on as if planned so."""
+        self.schedule, self.epochs = schedule, schedule["epochs"]
+        self.scheduler = self._scheduler()
         self.scheduler.step_update(self.updates)
+
+    def _scheduler(self):
+        return build_scheduler(self.optimizer, self.updates_per_epoch, self.epochs, self.warmup_epochs, self.min_lr)
 
     def _session_ends(self, where, state) -> session.TimeUp:
         """The time limit ends this session: a fitted schedule counts it (the next one fits what is
         left to the sessions left), before the state is saved."""
         if self.schedule:
             self.schedule["ended_sessions"] += 1
-        return session.time_up(self.cfg, where, state)
+        return session.time_up(self.time_limit, self.work, where, state)
 
     def _save_state(self):
         if self.world.is_main:
@@ -148,21 +159,21 @@ class Trainer(Position):
     def _loader(self):
         self.sampler.set_position(self.epoch, self.offset)
         return make_loader(self.train_set, self.batch, shuffle=False,
-                           workers=worker_count(self.cfg.workers, self.world.size),
-                           seed=self.cfg.seed, drop_last=True, sampler=self.sampler)
+                           workers=worker_count(self.workers, self.world.size),
+                           seed=self.seed, drop_last=True, sampler=self.sampler)
 
     def train(self, files, validate, val_images, say=print):
-        """Train to cfg.epochs (--epochs auto may change it on the way). Each epoch: train,
+        """Train to `epochs` (--epochs auto may change it on the way: refit). Each epoch: train,
         `validate()` the EMA (its metrics on `val_images` images), write the epoch's `files`, last
         of all last.pth, and print the epoch line."""
         with self.loop.running(say):
-            while self.epoch < self.cfg.epochs:
+            while self.epoch < self.epochs:
                 row = self._epoch(files, validate, val_images)
                 if self.world.is_main:
                     files.write_epoch(self)
                 # last: a run killed before this redoes the epoch and rewrites all of the above
-                eta = self.loop.end_epoch(self.cfg.epochs - self.epoch)
-                say(epoch_line(row, files.classes, self.cfg.epochs, eta))
+                eta = self.loop.end_epoch(self.epochs - self.epoch)
+                say(epoch_line(row, files.classes, self.epochs, eta))
         if self.world.is_main:
             files.finished()
 
@@ -238,7 +249,7 @@ class Trainer(Position):
     def _accumulate(self, batches):
         """Forward and backward over `accum` micro-batches: the gradients of one update and the
         summed loss. Out of memory here, the update can be redone at a smaller batch."""
-        seed = np.random.SeedSequence((self.cfg.seed, self.world.rank, self.updates)).generate_state(1)[0]
+        seed = np.random.SeedSequence((self.seed, self.world.rank, self.updates)).generate_state(1)[0]
         torch.manual_seed(int(seed))  # drop-path masks: a function of the position, like the data
         device, total = self.world.device, torch.zeros((), device=self.world.device)
         self.optimizer.zero_grad(set_to_none=True)
@@ -265,7 +276,7 @@ class Trainer(Position):
         scaler has unscaled and fused AdamW may have stepped some parameter groups already."""
         try:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad or math.inf)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad or math.inf)
             # one wait for the GPU per update: the loss and whether the gradients are finite, together
             # (gradients are all-reduced, so every rank agrees)
             loss, finite = torch.stack([distributed.mean(total, self.world), torch.isfinite(norm).float()]).tolist()
@@ -313,7 +324,7 @@ class Trainer(Position):
         old = self.batch
         self.batch, self.accum = batching.back_off(self.batch, self.accum)
         if self.world.size > 1:
-            write_json({"batch": self.batch, "accum": self.accum}, layout.batch_back_off(self.cfg.work))
+            write_json({"batch": self.batch, "accum": self.accum}, layout.batch_back_off(self.work))
             raise KitError(f"out of GPU memory at batch {old} per GPU; every process restarts from the last "
                            f"saved state at batch {self.batch} x {self.accum} accumulation steps")
         print(f"[train] out of GPU memory at batch {old}: continuing with batch {self.batch} x "

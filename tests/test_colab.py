@@ -55,7 +55,8 @@ def dataset(root, n=30):
 def test_auto_settings_resolve_to_colabs_own(colab):
     cfg = cli.resolve(Config())
     assert (cfg.time_limit, cfg.output_budget) == (session.COLAB_TIME_LIMIT, session.COLAB_OUTPUT_BUDGET)
-    assert session.time_limit(cfg) == 11 * 3600 and session.output_budget(cfg) == 15e9
+    assert session.time_limit(cfg.time_limit) == 11 * 3600
+    assert session.output_budget(cfg.output_budget) == 15e9
     assert cfg.work == colab / "xray-kit"  # Drive not mounted: the session's disk
     (colab / "drive" / "MyDrive").mkdir(parents=True)
     assert cli.resolve(Config()).work == colab / "drive" / "MyDrive" / "xray-kit"
@@ -83,7 +84,8 @@ def test_work_on_drive_and_images_on_local_disk_as_run_config_records(colab, tmp
 
 def test_the_time_up_message_says_how_to_continue_on_colab(colab):
     cfg = cli.resolve(Config())
-    assert "run the notebook's cells again: the work dir on Drive is kept" in str(session.time_up(cfg, "now"))
+    message = str(session.time_up(cfg.time_limit, cfg.work, "now"))
+    assert "run the notebook's cells again: the work dir on Drive is kept" in message
 
 
 def test_the_output_budget_warns_against_drives_free_quota(colab, capsys):
@@ -92,11 +94,15 @@ def test_the_output_budget_warns_against_drives_free_quota(colab, capsys):
     cfg = cli.resolve(Config(work_dir=str(colab / "w"), epochs=3))
     cfg.work.mkdir(parents=True)
     model = torch.nn.Linear(1000, 1000)  # 4 MB of weights
-    session.warn_output_budget(cfg, model, lambda history: {h["epoch"] for h in history})
+
+    def keep_all(history):
+        return {h["epoch"] for h in history}
+
+    session.warn_output_budget(cfg.output_budget, cfg.work, cfg.epochs, model, keep_all)
     assert capsys.readouterr().out == ""
     with open(cfg.work / "shards.tar", "wb") as f:  # sparse: 15 GB that take no disk
         f.truncate(15 * 10**9)
-    session.warn_output_budget(cfg, model, lambda history: {h["epoch"] for h in history})
+    session.warn_output_budget(cfg.output_budget, cfg.work, cfg.epochs, model, keep_all)
     assert "the work dir would hold about 15.0 GB, more than --output-budget 15GB" in capsys.readouterr().out
 
 

@@ -15,7 +15,7 @@ import pytest
 from fake_data import gxs_dataset, jpeg
 from kaggle_server import kaggle_server, range_server  # noqa: F401 (a fixture)
 from kit import cli, download, env, images, remote_zip, smoke, sources
-from kit.config import Config
+from kit.config import Config, download_kwargs
 from kit.errors import KitError
 
 ROWS = [(f"{k}.jpg", f"P{k}", "PA", [["Cardiomegaly", "Pneumothorax", "Lung Opacity"][k % 3]]) for k in range(30)]
@@ -56,8 +56,7 @@ def test_data_already_there_is_used_without_credentials(tmp_path, capsys, monkey
     gxs_dataset(tmp_path / "data" / "grand-xray-slam-division-a", ROWS, images=False)
     monkeypatch.chdir(tmp_path)  # the default data root is ./data
     cfg = Config(download=True)
-    download.fetch(cfg)
-    assert cfg.data_dir == str(Path("data") / "grand-xray-slam-division-a")
+    assert download.fetch(**download_kwargs(cfg)) == str(Path("data") / "grand-xray-slam-division-a")
     assert "grand-xray-slam-division-a is already in" in capsys.readouterr().out
 
 
@@ -117,12 +116,12 @@ def test_a_fetched_folder_without_the_dataset_is_refused(tmp_path, kaggle_server
 def test_what_download_cannot_do(monkeypatch, where, dataset, message):
     monkeypatch.setattr(env, "platform", lambda: where)
     with pytest.raises(KitError, match=message):
-        download.fetch(Config(download=True, dataset=dataset))
+        download.fetch(**download_kwargs(Config(download=True, dataset=dataset)))
 
 
 def test_the_default_folder_is_under_the_platforms_data_root(monkeypatch):
     monkeypatch.setattr(env, "platform", lambda: "colab")
-    assert str(download.target(Config(), "nih-chest-xrays/data")) == "/content/data/nih-chest-xrays-data"
+    assert str(download.target("", "nih-chest-xrays/data")) == "/content/data/nih-chest-xrays-data"
 
 
 @pytest.fixture
@@ -151,7 +150,7 @@ def fetch_from(url, kaggle_server, data_dir):
     """--download through the kaggle package's own client: Kaggle's answer redirects to `url`."""
     kaggle_server.archive_url = url
     cfg = Config(download=True, data_dir=str(data_dir), resize=64, workers=2)
-    download.fetch(cfg)
+    cfg.data_dir = download.fetch(**download_kwargs(cfg))
     return cfg
 
 

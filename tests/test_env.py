@@ -87,10 +87,14 @@ def test_pretrained_weights_are_found_in_every_kaggle_mount(kaggle, mount):
     assert find_weights("eva02_tiny_patch14_224.mim_in22k", env.data_roots("kaggle")) == folder / "model.safetensors"
 
 
+def facts(cfg, torch_loaded):
+    return env.facts(torch_loaded, cfg.work, cfg.data_dir, cfg.time_limit, cfg.output_budget, cfg.stage)
+
+
 def test_the_facts_block(tmp_path, kaggle):
     cfg = Config(work_dir=str(tmp_path / "w"), time_limit="11h30m", output_budget="19GB", data_dir="/data/x")
     (tmp_path / "w").mkdir()
-    text = env.facts(cfg, torch_loaded=True)
+    text = facts(cfg, torch_loaded=True)
     lines = text.splitlines()
     assert lines[0] == (f"xray kit on Kaggle | Python {python_platform.python_version()} | torch "
                         f"{importlib.metadata.version('torch')} | timm {importlib.metadata.version('timm')} "
@@ -101,7 +105,7 @@ def test_the_facts_block(tmp_path, kaggle):
     assert f"  {len(os.sched_getaffinity(0))} CPUs | " in text
     assert f"data: /data/x | work dir: {tmp_path / 'w'} (" in text and " GB free)" in text
     assert "time limit: 11h30m | output budget: 19GB" in text
-    assert "GPUs" not in env.facts(cfg, torch_loaded=False)
+    assert "GPUs" not in facts(cfg, torch_loaded=False)
 
 
 def test_the_facts_block_says_when_opencv_decodes_jpegs(tmp_path, monkeypatch):
@@ -113,7 +117,7 @@ def test_the_facts_block_says_when_opencv_decodes_jpegs(tmp_path, monkeypatch):
         return real(name)
 
     monkeypatch.setattr(importlib.metadata, "version", version)
-    first = env.facts(Config(work_dir=str(tmp_path)), torch_loaded=False).splitlines()[0]
+    first = facts(Config(work_dir=str(tmp_path)), torch_loaded=False).splitlines()[0]
     assert first.endswith("| JPEG decoder: OpenCV (simplejpeg not installed)")
 
 
@@ -123,13 +127,14 @@ def test_the_facts_block_says_what_was_decided_about_the_hub(tmp_path, monkeypat
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     if setting:
         monkeypatch.setenv("HF_HUB_OFFLINE", setting)
-    assert f"Hugging Face hub: {shown} |" in env.facts(Config(work_dir=str(tmp_path)), torch_loaded=False)
+    assert f"Hugging Face hub: {shown} |" in facts(Config(work_dir=str(tmp_path)), torch_loaded=False)
 
 
 def test_data_stages_start_without_torch(tmp_path):
     """The block for a data stage needs neither torch nor timm imported."""
     code = ("import sys; from kit import cli; cfg = cli.resolve(cli.parse_config(['--stage', 'split', "
-            f"'--work-dir', {str(tmp_path)!r}])); print(cli.env.facts(cfg, 'torch' in sys.modules)); "
+            f"'--work-dir', {str(tmp_path)!r}])); print(cli.env.facts('torch' in sys.modules, cfg.work, "
+            "cfg.data_dir, cfg.time_limit, cfg.output_budget, cfg.stage)); "
             "print(sorted({'torch', 'timm'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

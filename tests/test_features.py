@@ -22,8 +22,9 @@ def test_features_and_logits_match_the_plain_timm_forward(tmp_path, arch, img_si
         paths.append(tmp_path / f"{i}.png")
         cv2.imwrite(str(paths[-1]), rng.integers(0, 256, (img_size, img_size), dtype=np.uint8))
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    feats, logits, ok = extract(model, paths, img_size, mean, std, Config(workers=0, amp="off"),
-                                torch.device("cpu"), None)
+    cfg = Config(workers=0, amp="off")
+    feats, logits, ok = extract(model, paths, img_size, mean, std, torch.device("cpu"), None,
+                                batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, amp=cfg.amp)
     images = torch.stack([torch.from_numpy(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))[None] for p in paths])
     with torch.no_grad():
         x = to_input(images, mean, std, torch.device("cpu"))

@@ -180,8 +180,8 @@ def test_the_split_and_synth_quality_take_the_generated_folder_as_it_is(cfg, tmp
     assert set(trained_on["image_id"]) <= set(real["train"]["image_id"])
 
     folder = layout.generated_dir(work)
-    by_folder = synthetic.listing(cfg(synthetic_dir=str(folder)), ["A", "B", "C"])
-    by_manifest = synthetic.listing(cfg(synthetic_dir=str(layout.generated_manifest(work))), ["A", "B", "C"])
+    by_folder = synthetic.listing(str(folder), ["A", "B", "C"])
+    by_manifest = synthetic.listing(str(layout.generated_manifest(work)), ["A", "B", "C"])
     assert by_folder["name"].tolist() == sorted(by_manifest["name"])
     c, parts = run_split(cfg, df, work_dir=str(work), synthetic_dir=str(folder), pretrained="none", workers=0)
     syn = parts["train"][parts["train"]["source"] == "synthetic"]

@@ -13,7 +13,7 @@ from conftest import ROOT
 from fake_data import gxs_dataset, nih_dataset
 from kaggle_server import KEY, TOKEN, USERNAME, kaggle_server, range_server  # noqa: F401 (a fixture)
 from kit import cli, kaggle_meta
-from kit.config import Config
+from kit.config import Config, download_kwargs
 
 KERNEL = f"{USERNAME}/xray-kit-eva-x"
 COMPETITION = "grand-xray-slam-division-a"
@@ -198,7 +198,8 @@ def test_download_asks_kaggle_for_the_archive_and_streams_it_from_where_it_point
         z.write(table, table.name)
     with range_server(archive.read_bytes()) as (url, asked):
         kaggle_server.archive_url = url
-        download.fetch(Config(download=True, dataset=dataset, data_dir=str(tmp_path / "d"), workers=1))
+        cfg = Config(download=True, dataset=dataset, data_dir=str(tmp_path / "d"), workers=1)
+        download.fetch(**download_kwargs(cfg))
     assert kaggle_server.calls(call) == [body] and asked  # asked Kaggle, then read the archive's ranges
     assert (tmp_path / "d" / table.name).read_bytes() == table.read_bytes()
 
@@ -215,7 +216,7 @@ def test_download_asks_kaggle_again_when_the_archives_url_expires(tmp_path, monk
         z.write(table, table.name, zipfile.ZIP_STORED)
     with range_server(archive.read_bytes(), expire={3}) as (url, asked):
         kaggle_server.archive_url = url
-        download.fetch(Config(download=True, data_dir=str(tmp_path / "d"), workers=1))
+        download.fetch(**download_kwargs(Config(download=True, data_dir=str(tmp_path / "d"), workers=1)))
     assert len(kaggle_server.calls("DownloadDataFiles")) == 2 and len(asked) > 3  # a new URL, then on
     assert (tmp_path / "d" / table.name).read_bytes() == table.read_bytes()
 
@@ -227,7 +228,7 @@ def test_download_refused_points_to_the_rules(tmp_path, monkeypatch, kaggle_serv
     monkeypatch.setattr(env, "platform", lambda: "local")
     kaggle_server.refuse["DownloadDataFiles"] = 403
     with pytest.raises(KitError, match=rf"accept its rules at https://www.kaggle.com/competitions/{COMPETITION}/rules"):
-        download.fetch(Config(download=True, data_dir=str(tmp_path / "d")))
+        download.fetch(**download_kwargs(Config(download=True, data_dir=str(tmp_path / "d"))))
 
 
 def test_nothing_leaves_the_machine(kaggle_server):

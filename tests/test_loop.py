@@ -25,7 +25,8 @@ def no_run(monkeypatch):
 
 def counting_loop(cfg, state, **kwargs):
     saves = []
-    return Loop(World(), lambda: saves.append(1), state, partial(session.time_up, cfg), **kwargs), saves
+    time_up = partial(session.time_up, cfg.time_limit, cfg.work)
+    return Loop(World(), lambda: saves.append(1), state, time_up, **kwargs), saves
 
 
 def test_a_signal_stops_after_the_update_with_the_state_saved(request):
@@ -46,7 +47,7 @@ def test_the_time_limit_stops_after_the_update_with_the_state_saved(monkeypatch)
     now = [1000.0]
     monkeypatch.setattr(session, "clock", lambda: now[0])
     cfg = Config(time_limit="10s", work_dir="w")
-    session.start(cfg)
+    session.start(cfg.time_limit)
     loop, saves = counting_loop(cfg, "checkpoints/last.pth")
     loop.after_update(3, epoch_goes_on=True)
     now[0] += 10

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
-from kit.config import Config
+from kit.config import Config, loss_kwargs
 from kit.losses import FocalBCELoss, balanced_pos_weight, build_loss
 
 
@@ -47,16 +47,19 @@ def test_build_loss_picks_the_configured_mix():
     logits, targets = _batch(seed=2)
     bce = torch.nn.BCEWithLogitsLoss()(logits, targets).item()
     focal = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="mean").item()
-    assert build_loss(Config(loss="bce"), targets)(logits, targets).item() == pytest.approx(bce, rel=1e-6)
-    assert build_loss(Config(loss="focal"), targets)(logits, targets).item() == pytest.approx(focal, rel=1e-6)
-    mix = build_loss(Config(loss="focal_bce", focal_weight=0.7), targets)(logits, targets).item()
+    def loss(**chosen):
+        return build_loss(targets, **loss_kwargs(Config(**chosen)))(logits, targets).item()
+
+    assert loss(loss="bce") == pytest.approx(bce, rel=1e-6)
+    assert loss(loss="focal") == pytest.approx(focal, rel=1e-6)
+    mix = loss(loss="focal_bce", focal_weight=0.7)
     assert mix == pytest.approx(0.7 * focal + 0.3 * bce, rel=1e-6)
 
 
 def test_balanced_pos_weight_is_negatives_over_positives():
     targets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]])
     assert balanced_pos_weight(targets).tolist() == [1.0, 3.0, 1.0]  # no positive: neutral 1
-    loss = build_loss(Config(pos_weight="balanced"), targets)
+    loss = build_loss(targets, **loss_kwargs(Config(pos_weight="balanced")))
     assert loss.pos_weight.tolist() == [1.0, 3.0, 1.0]
 
 
@@ -76,5 +79,5 @@ def test_asl_is_the_asymmetric_loss_formula_averaged(gammas):
     logits, targets = _batch(seed=3)
     gamma_neg, gamma_pos, clip = gammas
     cfg = Config(loss="asl", asl_gamma_neg=gamma_neg, asl_gamma_pos=gamma_pos, asl_clip=clip)
-    got = build_loss(cfg, targets)(logits, targets).item()
+    got = build_loss(targets, **loss_kwargs(cfg))(logits, targets).item()
     assert got == pytest.approx(_asl_by_hand(logits, targets, gamma_neg, gamma_pos, clip), rel=1e-5)

@@ -11,6 +11,7 @@ import pytest
 from eval_fixtures import CLASSES, evaluated_run, plain_timm_probs
 
 from kit import images, layout, submission
+from kit.config import predict_kwargs
 from kit.errors import KitError
 from kit.images import area_resize
 from kit.io import write_json
@@ -165,12 +166,12 @@ def test_folder_without_sample_predicts_every_image(run, tmp_path):
 def test_competition_layout_is_found_without_flags(cfg, tmp_path):
     c = cfg(data_dir=str(tmp_path / "data"))
     (tmp_path / "data" / "comp" / "test1").mkdir(parents=True)
-    assert submission.find_inputs(c) == (None, None)
+    assert submission.find_inputs(**predict_kwargs(c)) == (None, None)
     sample = _sample(tmp_path / "data" / "comp" / "sample_submission_1.csv", ["a.jpg"], CLASSES)
-    assert submission.find_inputs(c) == (sample, tmp_path / "data" / "comp" / "test1")
+    assert submission.find_inputs(**predict_kwargs(c)) == (sample, tmp_path / "data" / "comp" / "test1")
     c.predict_csv = str(tmp_path / "missing.csv")
     with pytest.raises(KitError, match="--predict-csv .*missing.csv not found"):
-        submission.find_inputs(c)
+        submission.find_inputs(**predict_kwargs(c))
 
 
 def test_a_folder_without_the_named_images_stops_before_predicting(run, tmp_path):

@@ -11,7 +11,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from train_fixtures import CLASSES, make_work, run_quietly, tiny_cfg
 
 from kit import augment, layout, metrics
-from kit.config import Config
+from kit.config import Config, optimizer_kwargs
 from kit.data import XrayDataset
 from kit.model import create_model, init_head_prior
 from kit.optim import build_optimizer, build_scheduler
@@ -29,7 +29,7 @@ def test_the_head_starts_at_the_log_odds_of_the_train_split(tmp_path, monkeypatc
     class Stop(Exception):
         pass
 
-    def capture(cfg, world, model, *args, **kwargs):
+    def capture(world, model, *args, **kwargs):
         seen["bias"] = model.get_classifier().bias.detach().clone()
         raise Stop
 
@@ -88,8 +88,8 @@ def test_single_label_decisions_follow_the_val_thresholds():
 
 def test_the_schedule_peaks_at_the_end_of_warmup_and_ends_on_the_floor():
     cfg = Config(epochs=3, warmup_epochs=1.0, lr=3e-4, min_lr=1e-6, layer_decay=0.5)
-    optimizer = build_optimizer(create_model("eva02_tiny_patch14_224", 3, 28), cfg)
-    scheduler = build_scheduler(optimizer, cfg, updates_per_epoch=10)
+    optimizer = build_optimizer(create_model("eva02_tiny_patch14_224", 3, 28), **optimizer_kwargs(cfg))
+    scheduler = build_scheduler(optimizer, 10, cfg.epochs, cfg.warmup_epochs, cfg.min_lr)
 
     def rates(update):
         scheduler.step_update(update)

@@ -55,7 +55,7 @@ def test_a_terminals_progress_bar_becomes_periodic_lines(tmp_path, monkeypatch):
     terminal = Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
     monkeypatch.setattr(sys, "stderr", terminal)  # tqdm draws on stderr
-    runlog.start(Config(work_dir=str(tmp_path), stage="train"))
+    runlog.start(tmp_path, "train")
     try:
         assert sum(1 for _ in progress(range(50), total=50, desc="[train] epoch 1", unit="batch")) == 50
         print("after the bar")
@@ -80,7 +80,7 @@ def test_under_torchrun_rank_0_appends_to_the_log_of_the_process_that_started_it
     monkeypatch.setenv(runlog.LOG_ENV, f"{os.getppid()}:{started}")  # what the relaunching process set
     for rank in ("1", "0"):
         monkeypatch.setenv("RANK", rank)
-        runlog.start(cfg)
+        runlog.start(cfg.work, cfg.stage)
         print(f"rank {rank} prints")
         runlog.stop()
     assert logs(tmp_path) == [started]

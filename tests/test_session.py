@@ -27,17 +27,15 @@ def test_sizes(text, size):
                                          ("output_budget", "19 parsecs"), ("output_budget", "GB")])
 def test_malformed_limits_are_refused_at_start(field, text):
     with pytest.raises(KitError, match=f"--{field.replace('_', '-')} '{text}': pass a"):
-        session.resolve(Config(**{field: text}), "local")
+        cfg = Config(**{field: text})
+        session.resolve(cfg.time_limit, cfg.output_budget, cfg.resume, "local")
 
 
 def test_auto_limits_apply_on_kaggle_and_colab_only():
-    on_kaggle, on_colab, here = Config(), Config(), Config()
-    session.resolve(on_kaggle, "kaggle")
-    session.resolve(on_colab, "colab")
-    session.resolve(here, "local")
-    assert (on_kaggle.time_limit, on_kaggle.output_budget) == ("11h30m", "19GB")
-    assert (on_colab.time_limit, on_colab.output_budget) == ("11h", "15GB")
-    assert (here.time_limit, here.output_budget) == ("none", "none")
+    cfg = Config()
+    assert session.resolve(cfg.time_limit, cfg.output_budget, cfg.resume, "kaggle") == ("11h30m", "19GB")
+    assert session.resolve(cfg.time_limit, cfg.output_budget, cfg.resume, "colab") == ("11h", "15GB")
+    assert session.resolve(cfg.time_limit, cfg.output_budget, cfg.resume, "local") == ("none", "none")
 
 
 @pytest.fixture(autouse=True)
@@ -59,33 +57,33 @@ def clock(monkeypatch):
 
 def test_the_clock_runs_from_the_start_of_the_run(clock):
     cfg = Config(time_limit="10s", work_dir="w")
-    assert session.start(cfg) and not session.out_of_time()
+    assert session.start(cfg.time_limit) and not session.out_of_time()
     clock[0] += 9.9
     assert not session.out_of_time()
     clock[0] += 0.1
     assert session.out_of_time()
     with pytest.raises(session.TimeUp, match=r"time limit 10s reached before the soup stage: .*run the same command"):
-        session.check_time(cfg, "soup")
-    assert session.start(cfg) and not session.out_of_time()  # a new run in the same process: a new clock
+        session.check_time(cfg.time_limit, cfg.work, "soup")
+    assert session.start(cfg.time_limit) and not session.out_of_time()  # a new run in the same process: a new clock
 
 
 def test_worker_processes_inherit_the_runs_clock(clock, monkeypatch):
     monkeypatch.setenv(session.SESSION_ENV, f"{os.getpid() + 1}:{clock[0] - 8}")  # started by the parent
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert not session.start(Config(time_limit="10s"))  # the parent described the machine already
+    assert not session.start("10s")  # the parent described the machine already
     clock[0] += 2
     assert session.out_of_time()
 
 
 def test_without_a_limit_time_never_runs_out(clock):
-    session.start(Config(time_limit="none"))
+    session.start("none")
     clock[0] += 1e9
     assert not session.out_of_time() and interrupt.reason(World()) is None
 
 
 def test_the_kaggle_message_says_how_to_continue(monkeypatch):
     monkeypatch.setattr(env, "platform", lambda: "kaggle")
-    message = str(session.time_up(Config(time_limit="11h30m", work_dir="/kaggle/working"), "in epoch 3"))
+    message = str(session.time_up("11h30m", "/kaggle/working", "in epoch 3"))
     assert "reached in epoch 3" in message and "--resume auto" in message and "kernel_sources" in message
 
 
@@ -96,17 +94,17 @@ def test_the_output_budget_warns_from_the_real_keep_rule(tmp_path, capsys):
     (tmp_path / "dataset").mkdir()
     (tmp_path / "dataset" / "image.jpg").write_bytes(b"x" * 10**6)
     cfg = Config(work_dir=str(tmp_path), epochs=6, soup_epochs="last2", output_budget="34MB")
-    session.warn_output_budget(cfg, model, keep_policy(cfg))
+    session.warn_output_budget(cfg.output_budget, cfg.work, cfg.epochs, model, keep_policy(cfg))
     assert capsys.readouterr().out == ""
     # the soup's epochs 5 and 6, a best one (1 at worst) and the soup: 4 files; last.pth 4 copies;
     # 1 MB of images: 33 MB
     cfg.output_budget = "32MB"
-    session.warn_output_budget(cfg, model, keep_policy(cfg))
+    session.warn_output_budget(cfg.output_budget, cfg.work, cfg.epochs, model, keep_policy(cfg))
     out = capsys.readouterr().out
     assert out.startswith("warning: the work dir would hold about 33 MB, more than --output-budget 32MB: "
                           "4 weights files of 4 MB, last.pth of 16 MB and 1 MB already there"), out
     cfg.keep_epochs = "all"
-    session.warn_output_budget(cfg, model, keep_policy(cfg))
+    session.warn_output_budget(cfg.output_budget, cfg.work, cfg.epochs, model, keep_policy(cfg))
     assert "about 45 MB" in capsys.readouterr().out
 
 
@@ -144,16 +142,16 @@ def test_resume_auto_takes_over_the_furthest_matching_state(tmp_path, capsys, mo
     monkeypatch.setattr(env, "platform", lambda: "kaggle")
     monkeypatch.setattr(env, "KAGGLE_INPUT", inputs)
     last = layout.checkpoint_dir(work) / "last.pth"
-    resume.take_over(Config(resume="auto", work_dir=str(work)), last, SIGNATURE, World())
+    resume.take_over("auto", False, last, SIGNATURE, World())
     assert "other-model/checkpoints/last.pth is from another run" in capsys.readouterr().out
     assert last.read_bytes() == furthest.read_bytes()
     assert sorted(layout.epoch_checkpoints(work)) == [2, 3]
     assert layout.history_csv(work).read_text() == "epoch\n3\n"
 
     saved_run(inputs / "v0", 15)
-    resume.take_over(Config(resume=str(inputs / "v0"), work_dir=str(work)), last, SIGNATURE, World())
+    resume.take_over(str(inputs / "v0"), False, last, SIGNATURE, World())
     assert "as far along as" in capsys.readouterr().out and torch.load(last)["updates"] == 20
-    resume.take_over(Config(resume="auto", work_dir=str(work), force=True), last, SIGNATURE, World())
+    resume.take_over("auto", True, last, SIGNATURE, World())
     assert capsys.readouterr().out == ""
 
 
@@ -166,14 +164,14 @@ def test_the_time_limit_stops_training_cleanly_and_a_rerun_continues(tmp_path, m
     now = [0.0]
     monkeypatch.setattr(session, "clock", lambda: now.append(now[-1] + 30) or now[-1])  # 30 s a look
     cfg = tiny_cfg(work, epochs=1, time_limit="80s")  # 4 updates
-    session.start(cfg)  # at 30 s: the limit comes at 110 s
+    session.start(cfg.time_limit)  # at 30 s: the limit comes at 110 s
     with pytest.raises(session.TimeUp, match=r"time limit 80s reached in epoch 1: .* again"):
         train.run(cfg)  # the clock reads 90 s after update 2, 120 s after update 3
     state = torch.load(layout.checkpoint_dir(work) / "last.pth", weights_only=True)
     assert (state["epoch"], state["updates"]) == (0, 3) and not layout.epoch_checkpoints(work)
 
     cfg.time_limit = "none"
-    session.start(cfg)
+    session.start(cfg.time_limit)
     capsys.readouterr()
     train.run(cfg)
     assert "resuming from" in capsys.readouterr().out

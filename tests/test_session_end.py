@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from kit import cli, distributed, layout, session, settings, timing, trainer
+from kit.config import loss_kwargs, optimizer_kwargs
 from kit.optim import build_optimizer, build_scheduler
 from kit.model import create_model
 from test_competition import SAMPLE_COLUMNS, TINY, competition
@@ -59,8 +60,9 @@ def lr_at(cfg_epochs, updates_per_epoch, update, **recipe):
     from kit.config import Config
 
     cfg = Config(epochs=cfg_epochs, **recipe)
-    optimizer = build_optimizer(create_model("eva02_tiny_patch14_224", 3, 28), cfg)
-    build_scheduler(optimizer, cfg, updates_per_epoch).step_update(update)
+    optimizer = build_optimizer(create_model("eva02_tiny_patch14_224", 3, 28), **optimizer_kwargs(cfg))
+    scheduler = build_scheduler(optimizer, updates_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.min_lr)
+    scheduler.step_update(update)
     return max(g["lr"] for g in optimizer.param_groups)
 
 
@@ -252,6 +254,7 @@ def test_out_of_memory_under_ddp_restarts_every_process_at_half_the_batch(tmp_pa
     from kit.distributed import World
     from kit.errors import KitError
     from kit.losses import build_loss
+    from kit.stages import train
     from train_fixtures import make_work, tiny_cfg
 
     work = make_work(tmp_path / "work")
@@ -259,7 +262,8 @@ def test_out_of_memory_under_ddp_restarts_every_process_at_half_the_batch(tmp_pa
     df, classes = layout.read_split(work, "train")
     targets = df[classes].to_numpy(np.float32)
     dataset = XrayDataset([layout.image_path(work, f) for f in df.file], targets, 28)
-    t = trainer.Trainer(cfg, World(), create_model(cfg.model, 3, 28), build_loss(cfg, targets), dataset, 4, 2)
+    t = trainer.Trainer(World(), create_model(cfg.model, 3, 28), build_loss(targets, **loss_kwargs(cfg)), dataset, 4, 2,
+                        **train.trainer_kwargs(cfg))
     t.world = World(rank=1, size=2)  # one of two processes; the others wait in its all-reduce
     with pytest.raises(KitError, match=r"out of GPU memory at batch 4 per GPU; every process restarts from the "
                                        r"last saved state at batch 2 x 4"):

@@ -10,8 +10,8 @@ from kit.sources import chexpert, gxs, nih
 
 
 def read(path, cfg):
-    adapter, csv_path = sources.locate(cfg, [])
-    return sources.read(adapter, csv_path, cfg)
+    adapter, csv_path = sources.locate(cfg.dataset, cfg.csv, cfg.data_dir, [])
+    return sources.read(adapter, csv_path, **{k: getattr(cfg, k) for k in adapter.OPTIONS})
 
 
 def test_gxs_table(tmp_path, cfg):
@@ -161,9 +161,9 @@ def test_chexpert_is_told_apart_from_any_train_csv(tmp_path):
 
 def test_nothing_found_says_where_it_looked(tmp_path, cfg):
     with pytest.raises(KitError, match=f"no dataset found .*under {tmp_path}.*--data-dir"):
-        sources.locate(cfg(data_dir=str(tmp_path)), [])
+        sources.locate("auto", "", str(tmp_path), [])
     with pytest.raises(KitError, match="--dataset csv needs --csv"):
-        sources.locate(cfg(dataset="csv"), [])
+        sources.locate("csv", "", "", [])
 
 
 

@@ -76,12 +76,12 @@ def test_test_names_give_studies_and_names_without_one_fall_back_per_film(tmp_pa
     probs = np.array([[0.2], [0.6], [0.9], [0.1]])
     cfg = Config(study_pool="mean", work_dir=str(tmp_path))
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        pooled = studies.for_test(cfg, names, probs)
+        pooled = studies.for_test(cfg.study_pool, cfg.work, names, probs)
     np.testing.assert_allclose(pooled.ravel(), [0.4, 0.4, 0.9, 0.1])
     assert "mean over 3 studies of 4 films" in printed.getvalue()
     plain = ["demo_00001.jpg", "demo_00002.jpg"]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        same = studies.for_test(cfg, plain, probs[:2])
+        same = studies.for_test(cfg.study_pool, cfg.work, plain, probs[:2])
     np.testing.assert_array_equal(same, probs[:2])
     lines = printed.getvalue().splitlines()
     assert len(lines) == 1 and "per film, the test names carry no study" in lines[0]

@@ -118,7 +118,7 @@ def test_a_csv_in_either_form_lists_the_same_images(cfg, tmp_path):
     # the reference: the files written above, by name, with their folder's class
     expected = pd.DataFrame({"name": names, **{k: [int(lab == k) for lab in labels] for k in CLASSES}})
     for source in (folder, folder / "by_label.csv", folder / "by_column.csv"):
-        got = synthetic.listing(cfg(synthetic_dir=str(source)), CLASSES)
+        got = synthetic.listing(str(source), CLASSES)
         got = got.assign(name=[str(n) for n in got["name"]]).sort_values("name").reset_index(drop=True)
         assert got["name"].tolist() == names, source
         assert got[CLASSES].to_numpy().tolist() == expected[CLASSES].to_numpy().tolist(), source
@@ -131,7 +131,7 @@ def test_a_synthetic_image_of_another_class_is_a_clear_error(cfg, tmp_path):
         run_split(cfg, manifest(), synthetic_dir=str(folder))
     pd.DataFrame({"path": ["A/000.png"], "label": ["Pneumonia"]}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(KitError, match="'Pneumonia', not a target class"):
-        synthetic.listing(cfg(synthetic_dir=str(tmp_path / "s.csv")), CLASSES)
+        synthetic.listing(str(tmp_path / "s.csv"), CLASSES)
     with pytest.raises(KitError, match=r"^--synthetic-classes names 'Pneumonia', not a target class \(A, B, C\)$"):
         synthetic.taking_classes("A,Pneumonia", CLASSES)
 
@@ -140,7 +140,7 @@ def test_label_lists_with_spaces_and_other_case_keep_every_label(cfg, tmp_path):
     synthetic_folder(tmp_path, {"A": 3})  # the files the CSV names
     labels = ["A | c", "a", "C|A"]  # the spellings a hand-written CSV has
     pd.DataFrame({"path": [f"A/{k:03d}.png" for k in range(3)], "label": labels}).to_csv(tmp_path / "s.csv", index=False)
-    got = synthetic.listing(cfg(synthetic_dir=str(tmp_path / "s.csv")), CLASSES)
+    got = synthetic.listing(str(tmp_path / "s.csv"), CLASSES)
     assert got[CLASSES].to_numpy().tolist() == [[1, 0, 1], [1, 0, 0], [1, 0, 1]]
 
 

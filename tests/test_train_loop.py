@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from train_fixtures import CLASSES, last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
 from kit import batching, inference, layout
-from kit.config import Config
+from kit.config import Config, loss_kwargs, optimizer_kwargs
 from kit import trainer as trainer_module
 from kit.data import XrayDataset, make_loader
 from kit.distributed import World
@@ -44,11 +44,12 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
             "val_macro_f1", *(f"val_auc_{c}" for c in CLASSES)} <= set(history.columns)
     assert (history.lr_lowest < history.lr).all()  # layer-wise decay reaches the history
     cfg = tiny_cfg(work)
-    optimizer = build_optimizer(create_model(cfg.model, len(CLASSES), 28), cfg)
-    build_scheduler(optimizer, cfg, updates_per_epoch=4).step_update(7)  # the 8th and last update
+    optimizer = build_optimizer(create_model(cfg.model, len(CLASSES), 28), **optimizer_kwargs(cfg))
+    schedule = (cfg.epochs, cfg.warmup_epochs, cfg.min_lr)
+    build_scheduler(optimizer, 4, *schedule).step_update(7)  # the 8th and last update
     last_update_lr = max(g["lr"] for g in optimizer.param_groups)
     assert history.lr.iloc[-1] == pytest.approx(last_update_lr) and last_update_lr == pytest.approx(cfg.min_lr)
-    build_scheduler(optimizer, cfg, updates_per_epoch=4).step_update(3)  # the last update of epoch 1
+    build_scheduler(optimizer, 4, *schedule).step_update(3)  # the last update of epoch 1
     epoch_1_lr = max(g["lr"] for g in optimizer.param_groups)
     assert history.lr.iloc[0] == pytest.approx(epoch_1_lr) and epoch_1_lr > 10 * cfg.min_lr
     # timm's warmup, 1 - (1 + t)^(-2/3) with t = 0 at the first update: t = 3 and 7 at the epochs' ends
@@ -191,8 +192,8 @@ def test_autocast_wrapper_keeps_its_dtype_in_a_replica_thread():
 def test_llrd_covers_every_parameter_and_the_schedule_scales_each_group():
     cfg = tiny_cfg("unused", lr=3e-4, layer_decay=0.77, epochs=2, warmup_epochs=0.5, min_lr=1e-6)
     model = create_model(cfg.model, 3, 28)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, updates_per_epoch=10)
+    optimizer = build_optimizer(model, **optimizer_kwargs(cfg))
+    scheduler = build_scheduler(optimizer, 10, cfg.epochs, cfg.warmup_epochs, cfg.min_lr)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert set(group_of) == {id(p) for p in named.values()}  # cls_token, pos_embed, fc_norm included
@@ -226,7 +227,7 @@ def test_ema_averages_the_weights_with_the_warmup_decay(tmp_path, warmup):
     data = XrayDataset([layout.image_path(work, f) for f in df.file], targets, 28, "strong")
     torch.manual_seed(0)
     model = create_model(cfg.model, 3, 28)
-    trainer = Trainer(cfg, World(), model, build_loss(cfg, targets), data, 4, 2)
+    trainer = Trainer(World(), model, build_loss(targets, **loss_kwargs(cfg)), data, 4, 2, **train.trainer_kwargs(cfg))
     batches, expected = iter(trainer.loader), None
     for step in range(1, 5):
         trainer._account(*trainer._step(trainer._accumulate(batches)))
@@ -321,21 +322,21 @@ def test_a_compiled_step_failing_midway_is_redone_from_the_state_before_it(tmp_p
 
 
 def test_batch_plan_keeps_the_effective_batch():
-    auto = tiny_cfg("w", batch_size="auto", effective_batch=64)
-    assert batching.plan(auto, 1) == (32, 2)  # CPU: no probe
-    assert batching.plan(auto, 2, probe=lambda start: start // 4) == (8, 4)  # 32 a GPU wanted, 8 fit
-    assert batching.plan(tiny_cfg("w", batch_size="12", effective_batch=64), 2) == (12, 3)
+    auto = ("auto", "auto", 64)  # --batch-size, --accum, --effective-batch
+    assert batching.plan(1, *auto) == (32, 2)  # CPU: no probe
+    assert batching.plan(2, *auto, probe=lambda start: start // 4) == (8, 4)  # 32 a GPU wanted, 8 fit
+    assert batching.plan(2, "12", "auto", 64) == (12, 3)
     # devices that do not divide it: the nearest share, not another round of accumulation
-    assert batching.plan(auto, 3, probe=lambda start: start) == (21, 1)  # 63 images, not 126
-    assert batching.plan(auto, 6, probe=lambda start: start) == (11, 1)  # 66
-    assert batching.plan(auto, 1, probe=lambda start: 24) == (21, 3)  # 63, not 24 x 3 = 72
+    assert batching.plan(3, *auto, probe=lambda start: start) == (21, 1)  # 63 images, not 126
+    assert batching.plan(6, *auto, probe=lambda start: start) == (11, 1)  # 66
+    assert batching.plan(1, *auto, probe=lambda start: 24) == (21, 3)  # 63, not 24 x 3 = 72
     for world in (1, 2, 4, 8):  # a probe halves from the even share: always exact
         for fit in (1, 2, 4):
-            batch, accum = batching.plan(auto, world, probe=lambda start: max(1, start // fit))
+            batch, accum = batching.plan(world, *auto, probe=lambda start: max(1, start // fit))
             assert batch * accum * world == 64
-    assert batching.plan(tiny_cfg("w", batch_size="8", accum="3"), 1) == (8, 3)
+    assert batching.plan(1, "8", "3", 8) == (8, 3)
     with pytest.raises(KitError, match="--batch-size"):
-        batching.plan(tiny_cfg("w", batch_size="big"), 1)
+        batching.plan(1, "big", "auto", 64)
     assert batching.back_off(32, 2) == (16, 4) and batching.back_off(6, 1) == (3, 2)
     assert batching.back_off(5, 1) == (1, 5)  # the effective batch stays whole
     with pytest.raises(KitError, match="batch 1"):

@@ -52,7 +52,8 @@ def test_the_same_split_under_another_data_dir_has_the_same_signature(tmp_path):
                 "relabelled": split.assign(Alpha=[1, 1])}
     for name, table in variants.items():
         table.to_csv(tmp_path / f"{name}.csv", index=False)
-    sig = {name: resume.signature(cfg, ["Alpha", "Beta"], [tmp_path / f"{name}.csv"]) for name in variants}
+    sig = {name: resume.signature(cfg.model, ["Alpha", "Beta"], cfg.img_size, [tmp_path / f"{name}.csv"])
+           for name in variants}
     assert sig["same"] == sig["moved"] != sig["relabelled"]
 
 

@@ -43,27 +43,28 @@ def discover(roots, dataset: str):
     return None, None
 
 
-def locate(cfg, roots):
-    """(adapter, metadata CSV) the config points at; a clear error when there is none."""
-    if cfg.dataset == "csv" or cfg.csv:
-        if not cfg.csv:
+def locate(dataset, csv, data_dir, roots):
+    """(adapter, metadata CSV) that --dataset, --csv and --data-dir (empty: search `roots`) point
+    at; a clear error when there is none."""
+    if dataset == "csv" or csv:
+        if not csv:
             raise KitError("--dataset csv needs --csv PATH (and --image-col, --label-cols or --labels-col)")
-        if not Path(cfg.csv).is_file():
-            raise KitError(f"--csv {cfg.csv} does not exist; pass the path of your metadata CSV")
-        return csvtable, Path(cfg.csv)
-    if cfg.data_dir and not Path(cfg.data_dir).is_dir():
-        found = "is a file" if Path(cfg.data_dir).exists() else "does not exist"
-        raise KitError(f"--data-dir {cfg.data_dir} {found}; pass the folder holding the dataset")
-    search = [Path(cfg.data_dir)] if cfg.data_dir else list(roots)
-    adapter, path = discover(search, cfg.dataset)
-    if adapter is None and cfg.dataset != "auto":
-        wanted = ADAPTERS[cfg.dataset]
+        if not Path(csv).is_file():
+            raise KitError(f"--csv {csv} does not exist; pass the path of your metadata CSV")
+        return csvtable, Path(csv)
+    if data_dir and not Path(data_dir).is_dir():
+        found = "is a file" if Path(data_dir).exists() else "does not exist"
+        raise KitError(f"--data-dir {data_dir} {found}; pass the folder holding the dataset")
+    search = [Path(data_dir)] if data_dir else list(roots)
+    adapter, path = discover(search, dataset)
+    if adapter is None and dataset != "auto":
+        wanted = ADAPTERS[dataset]
         near = next((p for root in search if Path(root).is_dir() for m in wanted.MARKERS
                      for p in _candidates(Path(root), m)), None)
         if near:
             raise KitError(f"{near} has no {wanted.SIGNATURE!r} column in its first line "
                            f"({','.join(_header(near))[:120] or 'an empty file'}); check that it is the "
-                           f"--dataset {cfg.dataset} metadata CSV, whole")
+                           f"--dataset {dataset} metadata CSV, whole")
     if adapter is None:
         looked = ", ".join(str(p) for p in search)
         names = ", ".join(m for a in ADAPTERS.values() for m in a.MARKERS)
@@ -72,9 +73,10 @@ def locate(cfg, roots):
     return adapter, path
 
 
-def read(adapter, path, cfg):
-    """The canonical table of one dataset, with ids as strings and findings as 0/1 ints."""
-    table = adapter.load(path, cfg)
+def read(adapter, path, **options):
+    """The canonical table of one dataset, with ids as strings and findings as 0/1 ints;
+    `options`: the settings of the adapter's OPTIONS."""
+    table = adapter.load(path, **options)
     table["image_id"] = table["image_id"].astype(str)
     table["patient_id"] = table["patient_id"].fillna("").astype(str)
     findings = finding_columns(table)

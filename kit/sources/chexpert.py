@@ -20,6 +20,7 @@ FINDINGS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Op
             "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices")
 REQUIRED = ("Path", "Frontal/Lateral", "AP/PA") + FINDINGS
 DEFAULT_CLASSES = STUDY_CLASSES
+OPTIONS = ("classes", "uncertain")  # the settings `load` takes
 PATIENT = re.compile(r"(patient\d+)")
 STUDY = re.compile(r"/(study\d+)/")
 
@@ -48,14 +49,14 @@ def _apply_uncertain(labels: pd.DataFrame, policy: str, targets) -> tuple:
     return labels.mask(uncertain, fill), keep
 
 
-def load(csv_path: Path, cfg):
+def load(csv_path: Path, classes, uncertain):
     df = _read(csv_path)
     labels = df[list(FINDINGS)].apply(pd.to_numeric, errors="coerce").fillna(0)
     bad = sorted(set(labels.to_numpy().ravel()) - {-1, 0, 1})
     if bad:
         raise KitError(f"{csv_path.name} has label values {bad}; CheXpert labels are 1, 0, -1 or empty")
-    targets = resolve_classes(cfg.classes, FINDINGS, DEFAULT_CLASSES)
-    labels, keep = _apply_uncertain(labels, cfg.uncertain, targets)
+    targets = resolve_classes(classes, FINDINGS, DEFAULT_CLASSES)
+    labels, keep = _apply_uncertain(labels, uncertain, targets)
     if not keep.all():
         print(f"[metadata] --uncertain drop: {int((~keep).sum())} images with an uncertain target left out")
     root = _image_root(csv_path, df["Path"].iloc[0]) if len(df) else csv_path.parent

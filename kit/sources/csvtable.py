@@ -15,28 +15,30 @@ NAME = "csv"
 MARKERS = ()
 SIGNATURE = None
 DEFAULT_CLASSES = ()
+# the settings `load` takes
+OPTIONS = ("image_col", "patient_col", "view_col", "label_cols", "labels_col", "labels_sep", "image_root")
 
 
-def _labels(df: pd.DataFrame, cfg) -> pd.DataFrame:
-    if cfg.label_cols:
-        cols = [c.strip() for c in cfg.label_cols.split(",") if c.strip()]
+def _labels(df: pd.DataFrame, label_cols, labels_col, labels_sep) -> pd.DataFrame:
+    if label_cols:
+        cols = [c.strip() for c in label_cols.split(",") if c.strip()]
         return df[cols].apply(lambda col: col.str.strip().mask(col.str.strip() == ""))  # sources.read checks 0/1
-    if cfg.labels_col:
-        names = df[cfg.labels_col].fillna("").astype(str)
-        return names.str.get_dummies(sep=cfg.labels_sep).rename(columns=str.strip)
+    if labels_col:
+        names = df[labels_col].fillna("").astype(str)
+        return names.str.get_dummies(sep=labels_sep).rename(columns=str.strip)
     raise KitError("--dataset csv needs --label-cols A,B,... (0/1 columns) or --labels-col NAME")
 
 
-def load(csv_path: Path, cfg):
-    flags = {cfg.image_col: "--image-col", cfg.patient_col: "--patient-col", cfg.view_col: "--view-col",
-             cfg.labels_col: "--labels-col", **{c.strip(): "--label-cols" for c in cfg.label_cols.split(",")}}
+def load(csv_path: Path, image_col, patient_col, view_col, label_cols, labels_col, labels_sep, image_root):
+    flags = {image_col: "--image-col", patient_col: "--patient-col", view_col: "--view-col",
+             labels_col: "--labels-col", **{c.strip(): "--label-cols" for c in label_cols.split(",")}}
     required = {c: flag for c, flag in flags.items() if c}
     df = read_csv_checked(csv_path, required, dtype=str, keep_default_na=False)
-    root = Path(cfg.image_root) if cfg.image_root else csv_path.parent
-    labels = _labels(df, cfg)
+    root = Path(image_root) if image_root else csv_path.parent
+    labels = _labels(df, label_cols, labels_col, labels_sep)
     table = labels.reset_index(drop=True)
-    table.insert(0, "image_id", df[cfg.image_col])
-    table.insert(1, "path", paths_under(root, df[cfg.image_col]))
-    table.insert(2, "patient_id", df[cfg.patient_col] if cfg.patient_col else "")
-    table.insert(3, "view", df[cfg.view_col].str.strip().str.upper() if cfg.view_col else "")
+    table.insert(0, "image_id", df[image_col])
+    table.insert(1, "path", paths_under(root, df[image_col]))
+    table.insert(2, "patient_id", df[patient_col] if patient_col else "")
+    table.insert(3, "view", df[view_col].str.strip().str.upper() if view_col else "")
     return table

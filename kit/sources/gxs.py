@@ -15,9 +15,10 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged C
             "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices")
 REQUIRED = ("Image_name", "Patient_ID", "ViewCategory", "ViewPosition") + FINDINGS
 DEFAULT_CLASSES = STUDY_CLASSES
+OPTIONS = ()  # the settings `load` takes
 
 
-def load(csv_path: Path, cfg):
+def load(csv_path: Path):
     df = read_csv_checked(csv_path, REQUIRED, dtype={"Image_name": str, "Patient_ID": str})
     image_dir = csv_path.parent / csv_path.stem
     table = df[list(FINDINGS)].copy()

@@ -17,6 +17,7 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion",
             "Pleural_Thickening", "Pneumonia", "Pneumothorax")
 REQUIRED = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 DEFAULT_CLASSES = ("Pneumothorax", "Cardiomegaly", "Effusion", "Infiltration", "Atelectasis")
+OPTIONS = ()  # the settings `load` takes
 
 
 def _image_index(root: Path) -> dict:
@@ -34,7 +35,7 @@ def _official_split(root: Path, image_ids):
     return ["test" if i in test else "train" for i in image_ids]
 
 
-def load(csv_path: Path, cfg):
+def load(csv_path: Path):
     df = read_csv_checked(csv_path, REQUIRED, dtype={"Image Index": str, "Patient ID": str})
     root = csv_path.parent
     index = _image_index(root)

@@ -11,4 +11,4 @@ from kit import bundle
 
 
 def run(cfg):
-    bundle.write(cfg)
+    bundle.write(cfg.kernel_args, cfg.kernel_metadata, cfg.out)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kit import layout, metrics, plots, studies
+from kit.config import scorer_kwargs
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
@@ -52,7 +53,7 @@ def stamp(cfg) -> Stamp:
     work, weights = cfg.work, layout.weights_path(cfg.work, cfg.weights)
     _, _, single = _test_split(cfg)
     history = layout.history_csv(work)
-    return Stamp(dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=tta_name(cfg),
+    return Stamp(dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=tta_name(cfg.tta, cfg.hflip),
                       amp=cfg.amp, single=single),
                  [weights, layout.split_csv(work, "val"), layout.split_csv(work, "test"), history,
                   *layout.epoch_checkpoints(work).values()],
@@ -73,7 +74,7 @@ def run(cfg):
     check_classes(ckpt, classes, "test")
     check_unseen(ckpt, weights, test)
     scorer = Scorer({split: layout.image_paths(work, df["file"]) for split, df in
-                     (("val", val), ("test", test))}, ckpt["img_size"], cfg)
+                     (("val", val), ("test", test))}, ckpt["img_size"], **scorer_kwargs(cfg))
     p_val, ok_val = scorer(ckpt, "val", "[evaluate] val")
     thresholds = metrics.youden_thresholds(y_val[ok_val], p_val[ok_val])
     probs, ok = scorer(ckpt, "test", "[evaluate] test")
@@ -100,7 +101,7 @@ def run(cfg):
 
     result = dict(
         weights=str(weights), soup=ckpt.get("soup"), test_images=int(ok.sum()),
-        unreadable_images=unreadable, tta=tta_name(cfg), label_mode="single" if single else "multi",
+        unreadable_images=unreadable, tta=tta_name(cfg.tta, cfg.hflip), label_mode="single" if single else "multi",
         macro_auc=_num(metrics.macro_auc(y, p)), macro_auc_ci=[_num(v) for v in macro_ci],
         micro_auc=_num(metrics.micro_auc(y, p)),
         classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]],

@@ -143,8 +143,8 @@ def train_generator(cfg, chosen, rows, images, labels, device, dtype, to_sample)
         print(f"[generate] resuming from {state_path} at epoch {run.epoch + 1}, update {run.updates + 1}")
     print(describe(cfg, model, rows, chosen, batch, device, dtype))
     loop = Loop(World(device=device), lambda: save_torch({**run.state_dict(), "signature": signature}, state_path),
-                str(state_path), partial(session.time_up, cfg), stage="generate", epoch_name="generator epoch",
-                save_every_s=SAVE_EVERY_S)
+                str(state_path), partial(session.time_up, cfg.time_limit, cfg.work), stage="generate",
+                epoch_name="generator epoch", save_every_s=SAVE_EVERY_S)
     with loop.running():
         while run.epoch < cfg.gen_epochs:
             row = train_epoch(run, loop, images, labels, batch, cfg.gen_epochs)
@@ -164,7 +164,7 @@ def generator_signature(cfg, chosen) -> dict:
     return {"model": f"UNet2DModel width {cfg.gen_width} batch {cfg.gen_batch} lr {cfg.gen_lr} "
                      f"seed {cfg.seed} target {cfg.gen_target}",
             "classes": chosen, "img_size": cfg.gen_size,
-            "splits": resume.signature(cfg, chosen, [layout.split_csv(cfg.work, "train")])["splits"]}
+            "splits": resume.split_digest([layout.split_csv(cfg.work, "train")])}
 
 
 def describe(cfg, model, rows, chosen, batch, device, dtype) -> str:
@@ -230,7 +230,8 @@ def write_images(cfg, model, target, chosen, counts, device, dtype, fresh: bool)
     step = SAMPLE_BATCH.get(device.type, 16)
     batches = [jobs[i:i + step] for i in range(0, len(jobs), step)]
     for part in progress(batches, len(batches), "[generate] sampling", unit="batch"):
-        session.check_time(cfg, "rest of the generate")  # the images so far are kept; a rerun adds the rest
+        # the images so far are kept; a rerun adds the rest
+        session.check_time(cfg.time_limit, cfg.work, "rest of the generate")
         imgs = generator.sample(model, [label for label, _, _ in part],
                                 [generator.image_seed(cfg.seed, label, i) for label, _, i in part],
                                 cfg.gen_steps, device, dtype, target)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from kit import env, layout, smoke, sources, submission, synthetic
+from kit.config import predict_kwargs
 from kit.errors import KitError
 from kit.io import write_csv
 from kit.pipeline import Stamp, stamped
@@ -98,7 +99,7 @@ def _sample(cfg):
     """The competition task's sample submission: it names the classes."""
     if cfg.task != "competition":
         return None
-    sample, _ = submission.find_inputs(cfg)
+    sample, _ = submission.find_inputs(**predict_kwargs(cfg))
     if sample is None:
         raise KitError("--task competition takes its classes from the competition's sample submission "
                        f"({' or '.join(submission.SAMPLE_NAMES)}), and none was found under the data folder; "
@@ -107,19 +108,19 @@ def _sample(cfg):
 
 
 def stamp(cfg) -> Stamp:
-    _, csv_path = sources.locate(cfg, env.data_roots(env.platform()))
+    _, csv_path = sources.locate(cfg.dataset, cfg.csv, cfg.data_dir, env.data_roots(env.platform()))
     sample = _sample(cfg)
     return Stamp({k: getattr(cfg, k) for k in SETTINGS},
-                 [csv_path, *([sample] if sample else []), *synthetic.source_files(cfg)],
+                 [csv_path, *([sample] if sample else []), *synthetic.source_files(cfg.synthetic_dir)],
                  [layout.filtered_csv(cfg.work), layout.class_distribution(cfg.work)])
 
 
 @stamped("metadata", stamp)
 def run(cfg):
-    adapter, csv_path = sources.locate(cfg, env.data_roots(env.platform()))
+    adapter, csv_path = sources.locate(cfg.dataset, cfg.csv, cfg.data_dir, env.data_roots(env.platform()))
     sample = _sample(cfg)
     print(f"[metadata] dataset {adapter.NAME}: {csv_path}")
-    table = sources.read(adapter, csv_path, cfg)
+    table = sources.read(adapter, csv_path, **{k: getattr(cfg, k) for k in adapter.OPTIONS})
     findings = sources.finding_columns(table)
     if sample:
         classes = competition_classes(cfg, sample, findings, csv_path)
@@ -142,7 +143,7 @@ def run(cfg):
         print(f"[metadata] smoke run: {len(filtered)} images of {filtered['patient_id'].nunique()} patients")
     dist = distribution(filtered, classes)
     if cfg.synthetic_dir:  # found, before the split caps them per class
-        dist["synthetic"] = synthetic.found_per_class(cfg, classes)
+        dist["synthetic"] = synthetic.found_per_class(cfg.synthetic_dir, cfg.synthetic_classes, classes)
     print_distribution(dist, len(filtered))
     write_csv(filtered, layout.filtered_csv(cfg.work))
     write_csv(dist, layout.class_distribution(cfg.work))

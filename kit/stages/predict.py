@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from kit import layout, resume, smoke, studies
+from kit.config import scorer_kwargs, predict_kwargs
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.model import read_weights
@@ -32,13 +33,13 @@ def _trained_classes(cfg) -> list:
 def skipped(cfg) -> "str | None":
     """Under --stage all, once the metadata stage has chosen the targets: why predict does not
     run (None: it runs)."""
-    return skip_reason(cfg, _trained_classes(cfg))
+    return skip_reason(_trained_classes(cfg), cfg.task, **predict_kwargs(cfg))
 
 
 def check(cfg):
     """Once the metadata stage has chosen the targets: a sample submission that asks for other
     classes stops the run now, not after training."""
-    csv, folder = find_inputs(cfg)
+    csv, folder = find_inputs(**predict_kwargs(cfg))
     if csv:
         match_classes(sample_classes(csv), _trained_classes(cfg))
     if not has_images(folder):
@@ -94,7 +95,7 @@ def finish(cfg, error=None) -> bool:
 
 def _inputs(cfg, weights):
     """(sample submission or None, image folder, weights, the folder's image index)."""
-    csv, folder = find_inputs(cfg)
+    csv, folder = find_inputs(**predict_kwargs(cfg))
     if folder is None:
         raise KitError("nothing to predict: pass --predict-csv SAMPLE_SUBMISSION and/or --predict-dir FOLDER")
     return csv, folder, weights or layout.weights_path(cfg.work, cfg.weights), index_images(folder)
@@ -102,8 +103,8 @@ def _inputs(cfg, weights):
 
 def stamp(cfg, weights=None, kind="final", error=None) -> Stamp:
     csv, folder, weights, index = _inputs(cfg, weights)
-    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg), amp=cfg.amp,
-                    on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
+    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg.tta, cfg.hflip),
+                    amp=cfg.amp, on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
                     smoke=cfg.smoke, study_pool=cfg.study_pool, kind=kind, error=str(error or ""))
     # every image, not the folder: a file copied over another leaves the folder's time as it was
     inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
@@ -145,9 +146,9 @@ def run(cfg, weights=None, kind="final", error=None):
     # read as the separate stage stored the training images: faster than a full decode, and closer
     # to what the model saw; never below the model's input size (weights from a run stored larger)
     shorter_side = max(stored, ckpt["img_size"]) if stored else 0
-    scorer = Scorer({"test": paths}, ckpt["img_size"], cfg, shorter_side=shorter_side)
+    scorer = Scorer({"test": paths}, ckpt["img_size"], shorter_side, **scorer_kwargs(cfg))
     probs, ok = scorer(ckpt, "test", "[predict]")
-    probs = studies.for_test(cfg, ids, probs)
+    probs = studies.for_test(cfg.study_pool, cfg.work, ids, probs)
     print(f"[predict] {len(ids)} images at {scorer.images_per_s:.1f} images/s ({scorer.describe()})")
     submission = pd.DataFrame({id_col: ids})
     submission[asked] = probs[:, columns]

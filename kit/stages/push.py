@@ -16,7 +16,7 @@ DROPPED = {"competition": "invalidCompetitionSources", "dataset": "invalidDatase
 
 
 def run(cfg):
-    folder = bundle.write(cfg, strict=True)
+    folder = bundle.write(cfg.kernel_args, cfg.kernel_metadata, cfg.out, strict=True)
     meta = kaggle_meta.read(folder / kaggle_meta.FILE)
     kaggle_meta.validate(meta, folder)
     if kaggle_meta.placeholder_owner(meta):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from kit import download, layout, shards
+from kit.config import download_kwargs
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.images import store_all, stored_names
@@ -42,7 +43,7 @@ def run(cfg):
     df = layout.read_table(layout.filtered_csv(cfg.work), "metadata")
     layout.place_dataset(cfg.work, folder)
     if cfg.download:  # films left out of a restored download: fetch them again
-        download.refill(cfg, df["path"])
+        download.refill(df["path"], **download_kwargs(cfg))
     manifest_csv = layout.manifest_csv(cfg.work)
     _reset_if_resized(cfg.work, cfg.resize)
     df["file"] = "images/" + stored_names(df["image_id"], cfg.resize)
@@ -65,7 +66,7 @@ def run(cfg):
     if not done:
         raise KitError(f"none of the {len(jobs)} images could be read (first: {jobs[0][0]}); "
                        f"check --data-dir (or --image-root for a csv dataset)")
-    if shards.wanted(cfg) and not folder.resolve().is_relative_to(cfg.work.resolve()):
+    if shards.wanted(cfg.keep_shards) and not folder.resolve().is_relative_to(cfg.work.resolve()):
         shards.keep(cfg.work, "stored", folder, last=manifest_csv.name)
         if cfg.download:  # the rest of the download: its CSVs, test films and the marker
             data, films = Path(cfg.data_dir), set(df["path"].astype(str))

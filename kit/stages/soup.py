@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from kit import averaging, layout, settings, studies, val_report
+from kit.config import scorer_kwargs
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.metrics import auc_per_class
@@ -46,7 +47,8 @@ def recorded_val_aucs(work, epochs, classes) -> dict:
 
 def stamp(cfg) -> Stamp:
     paths = chosen_checkpoints(cfg)
-    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=tta_name(cfg), amp=cfg.amp, study_pool=cfg.study_pool),
+    return Stamp(dict(soup=cfg.soup, epochs=list(paths), tta=tta_name(cfg.tta, cfg.hflip), amp=cfg.amp,
+                      study_pool=cfg.study_pool),
                  [*paths.values(), layout.split_csv(cfg.work, "val"), layout.history_csv(cfg.work)],
                  [layout.soup_weights(cfg.work), layout.soup_report(cfg.work), layout.val_predictions_csv(cfg.work),
                   layout.study_pool_json(cfg.work),
@@ -70,7 +72,7 @@ def run(cfg):
     val, classes = layout.read_split(work, "val")
     check_classes(last, classes, "val")
     y = val[classes].to_numpy()
-    scorer = Scorer({"val": layout.image_paths(work, val["file"])}, last["img_size"], cfg)
+    scorer = Scorer({"val": layout.image_paths(work, val["file"])}, last["img_size"], **scorer_kwargs(cfg))
     ingredients = {e: c["state_dict"] for e, c in ckpts.items()}
     # sorted epochs of a soup -> its val AUC per class; training scored each epoch already (without TTA)
     val_aucs = {} if cfg.tta else recorded_val_aucs(work, paths, classes)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from kit import layout, synthetic
+from kit.config import Config
 from kit.errors import KitError
 from kit.io import write_csv
 from kit.pipeline import Stamp, stamped
@@ -97,10 +98,23 @@ def split_seed(cfg) -> int:
     return cfg.seed if cfg.split_seed < 0 else cfg.split_seed
 
 
+def synthetic_settings(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in synthetic.SETTINGS}
+
+
+def warn_unused_caps(cfg):
+    """The caps were set, but there are no synthetic images for them to cap."""
+    defaults = Config()
+    unused = [f"--{k.replace('_', '-')}" for k in ("synthetic_max_ratio", "synthetic_classes")
+              if getattr(cfg, k) != getattr(defaults, k)]
+    if unused:
+        print(f"[split] warning: {' and '.join(unused)} do nothing without --synthetic-dir")
+
+
 def stamp(cfg) -> Stamp:
     settings = {k: getattr(cfg, k) for k in ("val_frac", "test_frac", "split")} | {"seed": split_seed(cfg)}
-    return Stamp({**settings, **synthetic.settings(cfg)},
-                 [layout.manifest_csv(cfg.work), *synthetic.source_files(cfg)],
+    return Stamp({**settings, **synthetic_settings(cfg)},
+                 [layout.manifest_csv(cfg.work), *synthetic.source_files(cfg.synthetic_dir)],
                  [layout.split_csv(cfg.work, s) for s in layout.SPLITS + ("summary",)])
 
 
@@ -129,9 +143,10 @@ def run(cfg):
     parts = {name: df[split == name] for name in layout.SPLITS}
     check_disjoint(parts)
     if cfg.synthetic_dir:
-        parts["train"] = synthetic.mix(cfg, parts["train"], classes, pd.concat([df["image_id"], df["patient_id"]]))
+        parts["train"] = synthetic.mix(parts["train"], classes, pd.concat([df["image_id"], df["patient_id"]]),
+                                       cfg.work, cfg.resize, cfg.workers, cfg.seed, **synthetic_settings(cfg))
     else:
-        synthetic.warn_unused(cfg)
+        warn_unused_caps(cfg)
     table = summary(parts, classes)
     for name, part in parts.items():
         write_csv(part.drop(columns="_group"), layout.split_csv(cfg.work, name))

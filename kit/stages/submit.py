@@ -23,7 +23,7 @@ FETCHED = r"^(submission\.csv|history\.csv|reports/submission\.json|logs/.*\.log
 
 
 def competition(cfg) -> str:
-    return cfg.competition or kaggle_meta.competition(kaggle_meta.read(kaggle_meta.template(cfg)))
+    return cfg.competition or kaggle_meta.competition(kaggle_meta.read(kaggle_meta.template(cfg.kernel_metadata)))
 
 
 def description(work) -> str:

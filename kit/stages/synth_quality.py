@@ -59,14 +59,15 @@ def pretrained_backbone(cfg, ckpt):
 def embed(cfg, ckpt, paths):
     """({feature space: [N, D]}, judge probabilities [N, C], ok [N])."""
     on = device()
+    loading = dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, amp=cfg.amp)
     feats, logits, ok = inference.extract(load_model(ckpt, on), paths, ckpt["img_size"], ckpt["mean"],
-                                         ckpt["std"], cfg, on, "[synth-quality] trained model")
+                                         ckpt["std"], on, "[synth-quality] trained model", **loading)
     spaces = {"model": feats}
     backbone = pretrained_backbone(cfg, ckpt)
     if backbone is not None:
         mean, std = norm_stats(backbone)
         spaces["backbone"], _, ok_backbone = inference.extract(backbone.to(on).eval(), paths, ckpt["img_size"],
-                                                              mean, std, cfg, on, "[synth-quality] backbone")
+                                                              mean, std, on, "[synth-quality] backbone", **loading)
         ok &= ok_backbone
     return spaces, expit(logits), ok
 

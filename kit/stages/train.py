@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from kit import batching, distributed, env, inference, layout, resume, session, settings, submission, timing
+from kit.config import loss_kwargs, optimizer_kwargs, predict_kwargs
 from kit.data import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.io import write_json
@@ -26,12 +27,12 @@ EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
 
 
 def run(cfg):
-    if distributed.should_relaunch(cfg):
+    if distributed.should_relaunch(cfg.ddp):
         distributed.relaunch(cfg)
         if cfg.epochs == "auto" and resume.saved_schedule(layout.last_state(cfg.work)):
-            resume.apply_schedule(cfg)  # as the processes fitted it
+            cfg.epochs = resume.fitted_epochs(cfg.work)  # as the processes fitted it
         if layout.interim_weights(cfg.work).exists():  # the processes stopped at the time limit
-            raise session.time_up(cfg, "in training")
+            raise session.time_up(cfg.time_limit, cfg.work, "in training")
         return
     world = distributed.setup()
     try:
@@ -44,7 +45,8 @@ def train(cfg, world):
     say = print if world.is_main else (lambda *a, **k: None)
     train_df, val_df, classes = read_splits(cfg, world)
     keep_rule = keep_policy(cfg)
-    signature = resume.signature(cfg, classes, [layout.split_csv(cfg.work, s) for s in ("train", "val")])
+    signature = resume.signature(cfg.model, classes, cfg.img_size,
+                                 [layout.split_csv(cfg.work, s) for s in ("train", "val")])
     start = resume_point(cfg, world, signature, say)
     if start is None:
         return  # up to date
@@ -77,7 +79,7 @@ def resume_point(cfg, world, signature, say):
     run is up to date. Sets cfg.epochs for --epochs auto; a fresh run clears an earlier one's
     epoch files."""
     last_path = layout.last_state(cfg.work)
-    resume.take_over(cfg, last_path, signature, world)
+    resume.take_over(cfg.resume, cfg.force, last_path, signature, world)
     state = resume.load(last_path, signature, cfg.force)
     changes = resume.recipe_changes(state, cfg) if state else []
     fitting = cfg.epochs == "auto" and not (state and state.get("schedule"))
@@ -109,10 +111,10 @@ def build_model(cfg, world, targets, state, keep_rule):
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if world.is_main and not state:
-        session.warn_output_budget(cfg, model, keep_rule)
+        session.warn_output_budget(cfg.output_budget, cfg.work, cfg.epochs, model, keep_rule)
     if cfg.head_init == "prior" and not state:  # a resumed run has its own weights
         init_head_prior(model, targets)
-    return model, build_loss(cfg, targets).to(world.device)
+    return model, build_loss(targets, **loss_kwargs(cfg)).to(world.device)
 
 
 def build_trainer(cfg, world, model, criterion, train_df, targets, state) -> Trainer:
@@ -120,7 +122,15 @@ def build_trainer(cfg, world, model, criterion, train_df, targets, state) -> Tra
                                           compiles(cfg.compile, world.device))
     paths = layout.image_paths(cfg.work, train_df.file)
     train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed, hflip=cfg.hflip)
-    return Trainer(cfg, world, model, criterion, train_set, batch, accum, state, compiled)
+    return Trainer(world, model, criterion, train_set, batch, accum, state, compiled, **trainer_kwargs(cfg))
+
+
+def trainer_kwargs(cfg) -> dict:
+    """The settings the trainer runs by; the recipe goes into its state for resume's check."""
+    return dict(epochs=cfg.epochs, seed=cfg.seed, workers=cfg.workers, amp=cfg.amp, compile=cfg.compile,
+                clip_grad=cfg.clip_grad, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup,
+                optimizer=optimizer_kwargs(cfg), warmup_epochs=cfg.warmup_epochs, min_lr=cfg.min_lr,
+                recipe=resume.recipe(cfg), time_limit=cfg.time_limit, work=cfg.work)
 
 
 def describe(cfg, world, trainer, train_images, val_images) -> str:
@@ -143,8 +153,8 @@ def finish_plan(cfg, val_df, epoch_files) -> timing.Finish:
     test_csv = layout.split_csv(cfg.work, "test")
     test = len(layout.read_split(cfg.work, "test")[0]) if test_csv.exists() else 0
     films = 0
-    if submission.skip_reason(cfg, layout.class_columns(val_df)) is None:
-        sample, folder = submission.find_inputs(cfg)
+    if submission.skip_reason(layout.class_columns(val_df), cfg.task, **predict_kwargs(cfg)) is None:
+        sample, folder = submission.find_inputs(**predict_kwargs(cfg))
         films = submission.sample_rows(sample) if sample else len(set(submission.index_images(folder).values()))
     return timing.Finish(len(val_df), test, 1 + epoch_files if test else 0, films, cfg.tta)
 
@@ -161,7 +171,7 @@ class Clock:
         self.val_images, self.infer_rate, self.planned, self.fitting = val_images, None, False, fitting
         self.auto = fitting or trainer.schedule is not None
         # what this session spent before training (the data stages, mainly): each later one spends it again
-        self.before_s = session.time_limit(cfg) - session.seconds_left() if self.auto else 0.0
+        self.before_s = session.time_limit(cfg.time_limit) - session.seconds_left() if self.auto else 0.0
         self.epoch_start = session.clock() if self.auto else None
         self.whole_epoch = trainer.offset == 0  # this session trains all of the epoch under way
 
@@ -194,7 +204,7 @@ class Clock:
         later only shorter."""
         cfg, t = self.cfg, self.trainer
         ended = t.schedule["ended_sessions"] if t.schedule else 0
-        budget = timing.session_budget(left_s=session.seconds_left(), limit_s=session.time_limit(cfg),
+        budget = timing.session_budget(left_s=session.seconds_left(), limit_s=session.time_limit(cfg.time_limit),
                                        before_s=self.before_s, finish_s=finish_s, sessions=cfg.sessions - ended)
         least = settings.soup_needs(cfg.soup_epochs)
         epochs, fits = timing.fit_epochs(epoch_s=epoch_s, epoch=t.epoch, fraction_done=t.offset / self.train_images,
@@ -208,6 +218,7 @@ class Clock:
         schedule = dict(epochs=epochs, fits=fits, images_per_s=round(rate or self.train_images / epoch_s, 2),
                         sessions=cfg.sessions, time_limit=cfg.time_limit, ended_sessions=ended)
         t.refit(schedule)
+        cfg.epochs = epochs  # the keep rule and run_config.json follow the fitted schedule
         where = f"{cfg.sessions - ended} session{'s' * (cfg.sessions - ended > 1)} of {cfg.time_limit}"
         ends = f"the schedule ends on update {epochs * t.updates_per_epoch}"
         if rate is None:
@@ -231,7 +242,7 @@ def plan_batches(cfg, world, model, criterion, num_classes, state, compiled):
     if state and cfg.batch_size == "auto" and state["world_size"] == world.size:
         return state["batch"], state["accum"], compiled
     if world.device.type != "cuda":
-        return *batching.plan(cfg, world.size), compiled
+        return *batching.plan(world.size, cfg.batch_size, cfg.accum, cfg.effective_batch), compiled
     fits = partial(batching.probe_batch, model, criterion, cfg.img_size, num_classes, world.device,
                    autocast_dtype(cfg.amp, world.device),
                    step=torch.compile(model, dynamic=False) if compiled else None)
@@ -239,7 +250,7 @@ def plan_batches(cfg, world, model, criterion, num_classes, state, compiled):
     def probe(start):  # every rank takes the smallest: equal batches, equal updates per epoch
         return int(distributed.reduced(torch.tensor(fits(start), device=world.device), world, "min").item())
     try:
-        return *batching.plan(cfg, world.size, probe), compiled
+        return *batching.plan(world.size, cfg.batch_size, cfg.accum, cfg.effective_batch, probe), compiled
     except KitError:
         raise
     except Exception as e:  # a compiler's own error, of any type
