@@ -37,7 +37,7 @@ from kit.distributed import World
 from kit.losses import build_loss
 from kit.model import create_model
 from kit.precision import allow_tf32, autocast_dtype
-from kit.stages.train import plan_batches, trainer_kwargs
+from kit.stages.train import batch_sizes, trainer_kwargs
 from kit.trainer import Trainer, compiles
 
 CLASSES = 5
@@ -198,7 +198,7 @@ def kit_default(base, world):
     dtype = autocast_dtype(base.amp, world.device)
     model = create_model(base.model, CLASSES, base.img_size, 0.0, "none").to(world.device)
     criterion = build_loss(torch.zeros(1, CLASSES).numpy(), **loss_kwargs(base)).to(world.device)
-    batch, _, compiled = plan_batches(base, world, model, criterion, CLASSES, None,
+    batch, _, compiled = batch_sizes(base, world, model, criterion, CLASSES, None,
                                       compiles(base.compile, world.device))
     flops = step_flops(model, criterion, base.img_size, world.device, dtype)
     del model

@@ -16,7 +16,7 @@ MEMORY_USE = 0.9  # fraction of GPU memory a probe may fill
 STATE_COPIES = 3  # AdamW's two moments and the EMA, each one float32 copy of the weights
 
 
-def plan(world_size, batch_size, accum, effective_batch, probe=None):
+def sizes(world_size, batch_size, accum, effective_batch, probe=None):
     """(per-device batch, accumulation steps) from --batch-size, --accum, --effective-batch.
 
     probe(start) -> the largest batch <= start that fits; needed for --batch-size auto on GPU.

@@ -78,28 +78,31 @@ TOOLS = (
 BY_NAME = {s.name: s for s in PIPELINE + TOOLS}
 
 
-def plan(name: str) -> list:
+def to_run(name: str) -> list:
     """The stages `--stage name` runs, in order."""
     return list(PIPELINE) if name == "all" else [BY_NAME[name]]
 
 
 class Stamp(NamedTuple):
-    """What decides whether a stage's outputs are up to date."""
+    """What decides whether a stage's outputs are up to date; `found`: what the stamp looked up
+    that the run needs too (the dataset's CSV, the test folder's index, ...), handed on to it."""
     settings: dict
     inputs: list
     outputs: list
+    found: object = None
 
 
 def stamped(name: str, stamp):
     """`run` of stage `name`, skipped (saying so) when `stamp(cfg, ...)`'s outputs exist and its
-    settings and inputs did not change since they were made; recorded when it ran."""
+    settings and inputs did not change since they were made; recorded when it ran. A stamp that
+    found something hands it to the run as `found=`, so a stage looks nothing up twice."""
     def wrap(run):
         @functools.wraps(run)
         def checked(cfg, *args, **kwargs):  # cfg: the stage's whole config, handed to its stamp and run
             s = stamp(cfg, *args, **kwargs)
             if stamps.up_to_date(cfg.work, name, s.settings, s.inputs, s.outputs, cfg.force):
                 return None
-            result = run(cfg, *args, **kwargs)
+            result = run(cfg, *args, **kwargs, **({} if s.found is None else {"found": s.found}))
             stamps.record(cfg.work, name, s.settings, s.inputs)
             return result
         return checked

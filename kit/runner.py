@@ -43,17 +43,17 @@ def run(cfg):
     write_json({**dataclasses.asdict(cfg), "platform": env.platform(),
                 "stored_images": str(layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir).resolve())},
                layout.run_config(cfg.work))
-    plan = pipeline.plan(cfg.stage)
-    if any(stage.model for stage in plan):
+    stages = pipeline.to_run(cfg.stage)
+    if any(stage.model for stage in stages):
         env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub
-    for stage in plan:  # before the facts, which say whether torch is loaded
+    for stage in stages:  # before the facts, which say whether torch is loaded
         stage.load()
     if session.start(cfg.time_limit):
         print(env.facts("torch" in sys.modules, cfg.work, cfg.data_dir, cfg.time_limit, cfg.output_budget, cfg.stage))
-    run_stages(cfg, plan)
+    run_stages(cfg, stages)
 
 
-def run_stages(cfg, plan):
+def run_stages(cfg, stages):
     """The stages in order; under --stage all, the checks of the later ones once the targets are
     chosen, and the ones a run with a test split or a submission to make passes by."""
     whole = cfg.stage == "all"
@@ -67,12 +67,12 @@ def run_stages(cfg, plan):
         """Every session still ends with what it was run for, as far as it got: the stages with a
         `finish` (predict) make an interim submission at the time limit, or after a failure
         (`error`, --on-error submit) a fallback one. False: there were no weights to make it."""
-        return any([stage.module.finish(cfg, error) for stage in plan
+        return any([stage.module.finish(cfg, error) for stage in stages
                     if whole and stage.finish and stage not in done and stage is not failed and not skipped(stage)])
 
     stage = None
     try:
-        for stage in plan:
+        for stage in stages:
             why = skipped(stage)
             if why:
                 print(f"[{stage.name}] skipped: {why}")
@@ -82,7 +82,7 @@ def run_stages(cfg, plan):
             stage.module.run(cfg)
             print(f"[{stage.name}] done in {time.perf_counter() - start:.1f}s")
             if whole and not done:  # the targets are chosen: what would fail later fails now, not after training
-                for later in plan:
+                for later in stages:
                     if later.check and not skipped(later):
                         later.module.check(cfg)
             done.append(stage)

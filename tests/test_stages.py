@@ -85,7 +85,7 @@ def test_each_stage_is_a_module_with_run_and_the_hooks_it_declares(stage):
 def test_the_stage_folder_holds_exactly_the_table():
     files = {p.stem for p in (ROOT / "kit" / "stages").glob("*.py") if p.stem != "__init__"}
     assert files == {s.name.replace("-", "_") for s in pipeline.PIPELINE + pipeline.TOOLS}
-    assert [s.name for s in pipeline.plan("all")] == [s.name for s in pipeline.PIPELINE]
+    assert [s.name for s in pipeline.to_run("all")] == [s.name for s in pipeline.PIPELINE]
 
 
 def _imports(path: Path) -> set:

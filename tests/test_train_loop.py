@@ -323,20 +323,20 @@ def test_a_compiled_step_failing_midway_is_redone_from_the_state_before_it(tmp_p
 
 def test_batch_plan_keeps_the_effective_batch():
     auto = ("auto", "auto", 64)  # --batch-size, --accum, --effective-batch
-    assert batching.plan(1, *auto) == (32, 2)  # CPU: no probe
-    assert batching.plan(2, *auto, probe=lambda start: start // 4) == (8, 4)  # 32 a GPU wanted, 8 fit
-    assert batching.plan(2, "12", "auto", 64) == (12, 3)
+    assert batching.sizes(1, *auto) == (32, 2)  # CPU: no probe
+    assert batching.sizes(2, *auto, probe=lambda start: start // 4) == (8, 4)  # 32 a GPU wanted, 8 fit
+    assert batching.sizes(2, "12", "auto", 64) == (12, 3)
     # devices that do not divide it: the nearest share, not another round of accumulation
-    assert batching.plan(3, *auto, probe=lambda start: start) == (21, 1)  # 63 images, not 126
-    assert batching.plan(6, *auto, probe=lambda start: start) == (11, 1)  # 66
-    assert batching.plan(1, *auto, probe=lambda start: 24) == (21, 3)  # 63, not 24 x 3 = 72
+    assert batching.sizes(3, *auto, probe=lambda start: start) == (21, 1)  # 63 images, not 126
+    assert batching.sizes(6, *auto, probe=lambda start: start) == (11, 1)  # 66
+    assert batching.sizes(1, *auto, probe=lambda start: 24) == (21, 3)  # 63, not 24 x 3 = 72
     for world in (1, 2, 4, 8):  # a probe halves from the even share: always exact
         for fit in (1, 2, 4):
-            batch, accum = batching.plan(world, *auto, probe=lambda start: max(1, start // fit))
+            batch, accum = batching.sizes(world, *auto, probe=lambda start: max(1, start // fit))
             assert batch * accum * world == 64
-    assert batching.plan(1, "8", "3", 8) == (8, 3)
+    assert batching.sizes(1, "8", "3", 8) == (8, 3)
     with pytest.raises(KitError, match="--batch-size"):
-        batching.plan(1, "big", "auto", 64)
+        batching.sizes(1, "big", "auto", 64)
     assert batching.back_off(32, 2) == (16, 4) and batching.back_off(6, 1) == (3, 2)
     assert batching.back_off(5, 1) == (1, 5)  # the effective batch stays whole
     with pytest.raises(KitError, match="batch 1"):
@@ -422,17 +422,17 @@ def test_the_batch_probe_runs_the_compiled_step_and_falls_back_when_it_fails(mon
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # 32 runs out of memory; 16 runs, but 8 GiB is more than 90% of 8.5: batch 8, 4 steps an update
     cfg = tiny_cfg("w", batch_size="auto", effective_batch=32, amp="off", img_size=32)
-    assert train.plan_batches(cfg, world, model, loss, 3, None, compiled=False) == (8, 4, False)
+    assert train.batch_sizes(cfg, world, model, loss, 3, None, compiled=False) == (8, 4, False)
     assert loss.batches == [32, 16, 8] and not graphs
     loss.batches.clear()
     backends.append(runs)
-    assert train.plan_batches(cfg, world, model, loss, 3, None, compiled=True) == (8, 4, True)
+    assert train.batch_sizes(cfg, world, model, loss, 3, None, compiled=True) == (8, 4, True)
     assert loss.batches == [32, 16, 8] and len(graphs) == 3  # compiled for each batch (dynamic=False)
     loss.batches.clear()
     graphs.clear()
     torch._dynamo.reset()
     backends.append(fails)
-    assert train.plan_batches(cfg, world, model, loss, 3, None, compiled=True) == (8, 4, False)
+    assert train.batch_sizes(cfg, world, model, loss, 3, None, compiled=True) == (8, 4, False)
     # the compiled step got a graph of the model's forward pass for 32 images, and failed before a
     # loss; the plain step then found its batch as above
     assert len(graphs) == 1 and loss.batches == [32, 16, 8]

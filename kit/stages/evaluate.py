@@ -51,24 +51,23 @@ def _test_split(cfg):
 
 def stamp(cfg) -> Stamp:
     work, weights = cfg.work, layout.weights_path(cfg.work, cfg.weights)
-    _, _, single = _test_split(cfg)
+    test, classes, single = _test_split(cfg)
     history = layout.history_csv(work)
     return Stamp(dict(weights=str(weights), bootstrap=cfg.bootstrap, seed=cfg.seed, tta=tta_name(cfg.tta, cfg.hflip),
                       amp=cfg.amp, single=single),
                  [weights, layout.split_csv(work, "val"), layout.split_csv(work, "test"), history,
                   *layout.epoch_checkpoints(work).values()],
-                 _outputs(layout.reports_dir(work), single, history.exists()))
+                 _outputs(layout.reports_dir(work), single, history.exists()), (test, classes, single))
 
 
 @stamped("evaluate", stamp)
-def run(cfg):
+def run(cfg, found):
     work, reports = cfg.work, layout.reports_dir(cfg.work)
     weights = layout.weights_path(work, cfg.weights)
-    test, classes, single = _test_split(cfg)
+    test, classes, single = found  # the test split, its classes, whether its report is single-label
     val, _ = layout.read_split(work, "val")
     y_test, y_val = test[classes].to_numpy(), val[classes].to_numpy()
     history = layout.history_csv(work)
-    epochs = layout.epoch_checkpoints(work)
 
     ckpt = read_weights(weights)
     check_classes(ckpt, classes, "test")
@@ -89,15 +88,7 @@ def run(cfg):
     ci, macro_ci, draws_used = metrics.bootstrap_auc(y, p, cfg.bootstrap, cfg.seed, LEVEL, patients)
     aps = metrics.average_precision_per_class(y, p)
     sens, spec = metrics.sensitivity_specificity(y, p, thresholds)
-    per_epoch = {}
-    own_soup = weights.resolve() == layout.soup_weights(work).resolve()
-    soup_epochs = (ckpt.get("soup") or {}).get("epochs") if own_soup else None
-    for epoch, path in epochs.items():
-        if soup_epochs == [epoch] or path.resolve() == weights.resolve():  # the weights just scored
-            e_probs, e_ok = probs, ok
-        else:
-            e_probs, e_ok = scorer(read_weights(path), "test", f"[evaluate] test, epoch {epoch}")
-        per_epoch[f"epoch {epoch}"] = _num(metrics.macro_auc(y_test[e_ok & ok], e_probs[e_ok & ok]))
+    per_epoch = _epoch_aucs(scorer, work, weights, ckpt, probs, ok, y_test)
 
     result = dict(
         weights=str(weights), soup=ckpt.get("soup"), test_images=int(ok.sum()),
@@ -121,18 +112,37 @@ def run(cfg):
     if single:
         result["single_label"] = dict(metrics.single_label_report(y, p, thresholds), decision_rule=DECISION_RULE)
 
-    table = test.loc[ok, ["image_id", "patient_id", *classes]].reset_index(drop=True)
+    _write(reports, result, test[ok], y, p, classes, aucs, aps, history)
+    _print(result, unreadable, reports)
+
+
+def _epoch_aucs(scorer, work, weights, ckpt, probs, ok, y_test) -> dict:
+    """{'epoch N': test macro AUC} of every epoch file on disk (the weights just scored, not again)."""
+    per_epoch = {}
+    own_soup = weights.resolve() == layout.soup_weights(work).resolve()
+    soup_epochs = (ckpt.get("soup") or {}).get("epochs") if own_soup else None
+    for epoch, path in layout.epoch_checkpoints(work).items():
+        if soup_epochs == [epoch] or path.resolve() == weights.resolve():
+            e_probs, e_ok = probs, ok
+        else:
+            e_probs, e_ok = scorer(read_weights(path), "test", f"[evaluate] test, epoch {epoch}")
+        per_epoch[f"epoch {epoch}"] = _num(metrics.macro_auc(y_test[e_ok & ok], e_probs[e_ok & ok]))
+    return per_epoch
+
+
+def _write(reports, result, scored, y, p, classes, aucs, aps, history):
+    """test_metrics.json, test_predictions.csv and the pictures."""
+    table = scored[["image_id", "patient_id", *classes]].reset_index(drop=True)
     table = pd.concat([table, pd.DataFrame(p, columns=[f"prob_{c}" for c in classes])], axis=1)
     write_csv(table, reports / "test_predictions.csv")
     plots.roc_curves(y, p, classes, aucs, reports / "roc_curves.png")
     plots.pr_curves(y, p, classes, aps, reports / "pr_curves.png")
-    if single:
+    if "single_label" in result:
         plots.confusion_matrix(result["single_label"]["confusion_matrix"], classes,
                                reports / "confusion_matrix.png")
     if history.exists():
         plots.training_curves(pd.read_csv(history), reports / "training_curves.png")
     write_json(result, reports / "test_metrics.json")
-    _print(result, unreadable, reports)
 
 
 def _study_pool(work, test, y, p) -> dict:

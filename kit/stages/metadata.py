@@ -108,17 +108,16 @@ def _sample(cfg):
 
 
 def stamp(cfg) -> Stamp:
-    _, csv_path = sources.locate(cfg.dataset, cfg.csv, cfg.data_dir, env.data_roots(env.platform()))
+    adapter, csv_path = sources.locate(cfg.dataset, cfg.csv, cfg.data_dir, env.data_roots(env.platform()))
     sample = _sample(cfg)
     return Stamp({k: getattr(cfg, k) for k in SETTINGS},
                  [csv_path, *([sample] if sample else []), *synthetic.source_files(cfg.synthetic_dir)],
-                 [layout.filtered_csv(cfg.work), layout.class_distribution(cfg.work)])
+                 [layout.filtered_csv(cfg.work), layout.class_distribution(cfg.work)], (adapter, csv_path, sample))
 
 
 @stamped("metadata", stamp)
-def run(cfg):
-    adapter, csv_path = sources.locate(cfg.dataset, cfg.csv, cfg.data_dir, env.data_roots(env.platform()))
-    sample = _sample(cfg)
+def run(cfg, found):
+    adapter, csv_path, sample = found  # the dataset's reader, its CSV and the competition's sample
     print(f"[metadata] dataset {adapter.NAME}: {csv_path}")
     table = sources.read(adapter, csv_path, **{k: getattr(cfg, k) for k in adapter.OPTIONS})
     findings = sources.finding_columns(table)

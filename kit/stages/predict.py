@@ -101,26 +101,9 @@ def _inputs(cfg, weights):
     return csv, folder, weights or layout.weights_path(cfg.work, cfg.weights), index_images(folder)
 
 
-def stamp(cfg, weights=None, kind="final", error=None) -> Stamp:
-    csv, folder, weights, index = _inputs(cfg, weights)
-    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg.tta, cfg.hflip),
-                    amp=cfg.amp, on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
-                    smoke=cfg.smoke, study_pool=cfg.study_pool, kind=kind, error=str(error or ""))
-    # every image, not the folder: a file copied over another leaves the folder's time as it was
-    inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
-    if layout.study_pool_json(cfg.work).exists():
-        inputs.append(layout.study_pool_json(cfg.work))
-    return Stamp(settings, inputs, [layout.submission_csv(cfg.work)])
-
-
-@stamped("predict", stamp)
-def run(cfg, weights=None, kind="final", error=None):
-    """kind: final, interim (the time limit stopped training) or fallback (the run failed: `error`)."""
-    csv, folder, weights, index = _inputs(cfg, weights)
-    out, stored = layout.submission_csv(cfg.work), layout.stored_resize(cfg.work, cfg.resize)
-
-    ckpt = read_weights(weights)
-    classes = list(ckpt["classes"])
+def _asked(csv, folder, index, classes, smoke_run) -> tuple:
+    """(id column, the classes asked for, their columns in the model's output, the image ids): the
+    sample's, or every image of the folder under the model's classes."""
     if csv:
         sample = read_sample(csv)
         id_col, asked = sample.columns[0], list(sample.columns[1:])
@@ -133,15 +116,67 @@ def run(cfg, weights=None, kind="final", error=None):
     else:
         id_col, asked, columns = FOLDER_ID_COLUMN, classes, list(range(len(classes)))
         ids = relative_ids(index, folder)
-    if cfg.smoke:
+    if smoke_run:
         ids = ids[:smoke.TEST_FILMS]
     if not ids:
         raise KitError(f"no images to predict in {csv or folder}")
-    paths, found = locate(index, ids, folder)
-    if not found:
+    return id_col, asked, columns, ids
+
+
+def stamp(cfg, weights=None, kind="final", error=None) -> Stamp:
+    csv, folder, weights, index = _inputs(cfg, weights)
+    settings = dict(weights=str(weights), csv=str(csv), folder=str(folder), tta=tta_name(cfg.tta, cfg.hflip),
+                    amp=cfg.amp, on_missing=cfg.on_missing, shorter_side=layout.stored_resize(cfg.work, cfg.resize),
+                    smoke=cfg.smoke, study_pool=cfg.study_pool, kind=kind, error=str(error or ""))
+    # every image, not the folder: a file copied over another leaves the folder's time as it was
+    inputs = [weights, *([csv] if csv else []), *sorted(set(index.values()))]
+    if layout.study_pool_json(cfg.work).exists():
+        inputs.append(layout.study_pool_json(cfg.work))
+    return Stamp(settings, inputs, [layout.submission_csv(cfg.work)], (csv, folder, weights, index))
+
+
+def _unreadable(cfg, submission, ids, paths, probs, ok, classes, asked, columns):
+    """The films that could not be read: named in reports/predict_unreadable.csv with why; with
+    --on-missing fail the rest go to submission_partial.csv and the run stops, with fill their rows
+    get each column's training prevalence."""
+    id_col, out = submission.columns[0], layout.submission_csv(cfg.work)
+    partial, listed = layout.submission_csv(cfg.work, "partial"), layout.unreadable_csv(cfg.work)
+    bad = pd.DataFrame({id_col: np.array(ids)[~ok], "path": np.array(paths, dtype=str)[~ok]})
+    bad["problem"] = [problem(p) for p in bad["path"]]
+    write_csv(bad, listed)
+    shown = ", ".join(bad[id_col][:SHOWN]) + (" ..." if len(bad) > SHOWN else "")
+    if not ok.any():
+        raise KitError(f"none of the {len(ids)} images could be read ({shown}; all in {listed}); "
+                       f"check that --predict-dir points at the test images")
+    if cfg.on_missing == "fail":
+        write_csv(submission[ok], partial)
+        moved = ""
+        if out.exists():  # an earlier run's file must not pass for this run's (Kaggle submits it)
+            out.replace(layout.submission_csv(cfg.work, "previous"))
+            moved = " (the earlier one is now submission_previous.csv)"
+        raise KitError(f"{len(bad)} of {len(ids)} images could not be predicted ({shown}; all in "
+                       f"{listed}); the {ok.sum()} others are in {partial}, submission.csv is not "
+                       f"written{moved}: fix the images, or pass --on-missing fill to fill their rows")
+    values, how = _fill_values(cfg, classes, probs, ok)
+    submission.loc[~ok, asked] = values[columns]
+    print(f"warning: {len(bad)} of {len(ids)} images could not be predicted ({shown}; all in {listed}); "
+          f"their rows are filled with {how} (--on-missing fill)")
+
+
+@stamped("predict", stamp)
+def run(cfg, weights=None, kind="final", error=None, *, found):
+    """kind: final, interim (the time limit stopped training) or fallback (the run failed: `error`)."""
+    csv, folder, weights, index = found  # the sample (or None), the test folder, the weights, its index
+    out, stored = layout.submission_csv(cfg.work), layout.stored_resize(cfg.work, cfg.resize)
+
+    ckpt = read_weights(weights)
+    classes = list(ckpt["classes"])
+    id_col, asked, columns, ids = _asked(csv, folder, index, classes, cfg.smoke)
+    paths, located = locate(index, ids, folder)
+    if not located:
         raise KitError(f"none of the {len(ids)} images the submission names (first: {ids[0]}) is in "
                        f"{folder}; pass the folder holding them with --predict-dir")
-    print(f"[predict] {len(ids)} images ({found} found in {folder}) with {weights}")
+    print(f"[predict] {len(ids)} images ({located} found in {folder}) with {weights}")
 
     # read as the separate stage stored the training images: faster than a full decode, and closer
     # to what the model saw; never below the model's input size (weights from a run stored larger)
@@ -155,34 +190,21 @@ def run(cfg, weights=None, kind="final", error=None):
 
     partial, listed = layout.submission_csv(cfg.work, "partial"), layout.unreadable_csv(cfg.work)
     if not ok.all():
-        bad = pd.DataFrame({id_col: np.array(ids)[~ok], "path": np.array(paths, dtype=str)[~ok]})
-        bad["problem"] = [problem(p) for p in bad["path"]]
-        write_csv(bad, listed)
-        shown = ", ".join(bad[id_col][:SHOWN]) + (" ..." if len(bad) > SHOWN else "")
-        if not ok.any():
-            raise KitError(f"none of the {len(ids)} images could be read ({shown}; all in {listed}); "
-                           f"check that --predict-dir points at the test images")
-        if cfg.on_missing == "fail":
-            write_csv(submission[ok], partial)
-            moved = ""
-            if out.exists():  # an earlier run's file must not pass for this run's (Kaggle submits it)
-                out.replace(layout.submission_csv(cfg.work, "previous"))
-                moved = " (the earlier one is now submission_previous.csv)"
-            raise KitError(f"{len(bad)} of {len(ids)} images could not be predicted ({shown}; all in "
-                           f"{listed}); the {ok.sum()} others are in {partial}, submission.csv is not "
-                           f"written{moved}: fix the images, or pass --on-missing fill to fill their rows")
-        values, how = _fill_values(cfg, classes, probs, ok)
-        submission.loc[~ok, asked] = values[columns]
-        print(f"warning: {len(bad)} of {len(ids)} images could not be predicted ({shown}; all in {listed}); "
-              f"their rows are filled with {how} (--on-missing fill)")
+        _unreadable(cfg, submission, ids, paths, probs, ok, classes, asked, columns)
     write_csv(submission, out)
     partial.unlink(missing_ok=True)  # an earlier failed run's: this run wrote the whole file
     if ok.all():
         listed.unlink(missing_ok=True)
+    _report(cfg, kind, error, ckpt, weights, submission, filled=int((~ok).sum()))
+
+
+def _report(cfg, kind, error, ckpt, weights, submission, filled):
+    """reports/submission.json and the line that say which weights made submission.csv, and how the
+    session ended: final, interim or fallback."""
     trained = "the finished run" if kind == "final" else f"epoch {ckpt['epoch']} of {cfg.epochs}"
     schedule = resume.saved_schedule(layout.last_state(cfg.work))
     write_json(dict(kind=kind, interim=kind == "interim", weights=str(weights), trained=trained,
-                    rows=len(submission), filled=int((~ok).sum()), smoke=cfg.smoke, task=cfg.task,
+                    rows=len(submission), filled=filled, smoke=cfg.smoke, task=cfg.task,
                     model=ckpt["arch"], epochs=cfg.epochs, schedule=schedule,
                     **({"error": str(error)} if error else {})), layout.submission_report(cfg.work))
     label = {"final": "submission",
@@ -190,4 +212,5 @@ def run(cfg, weights=None, kind="final", error=None):
                         f"--resume auto continues training)",
              "fallback": f"fallback submission (the run failed; weights: {trained}, the val-best epoch on "
                          f"disk; --on-error stop ends with the error instead)"}[kind]
-    print(f"[predict] {label} {out}: {len(submission)} rows, columns {id_col}, {', '.join(asked)}")
+    print(f"[predict] {label} {layout.submission_csv(cfg.work)}: {len(submission)} rows, columns "
+          f"{', '.join(submission.columns)}")

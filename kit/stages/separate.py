@@ -34,12 +34,12 @@ def stamp(cfg) -> Stamp:
     # the folder is a setting: images elsewhere, or a scratch folder emptied (no manifest), redo it
     folder = layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir)
     return Stamp({"resize": cfg.resize, "folder": str(folder.resolve())}, [layout.filtered_csv(cfg.work)],
-                 [layout.manifest_csv(cfg.work)])
+                 [layout.manifest_csv(cfg.work)], folder)
 
 
 @stamped("separate", stamp)
-def run(cfg):
-    folder = layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir)
+def run(cfg, found):
+    folder = found  # where the images are stored
     df = layout.read_table(layout.filtered_csv(cfg.work), "metadata")
     layout.place_dataset(cfg.work, folder)
     if cfg.download:  # films left out of a restored download: fetch them again

@@ -52,7 +52,8 @@ def stamp(cfg) -> Stamp:
                  [*paths.values(), layout.split_csv(cfg.work, "val"), layout.history_csv(cfg.work)],
                  [layout.soup_weights(cfg.work), layout.soup_report(cfg.work), layout.val_predictions_csv(cfg.work),
                   layout.study_pool_json(cfg.work),
-                  *(val_report.outputs(cfg.work, layout.history_csv(cfg.work).exists()) if _no_test(cfg) else [])])
+                  *(val_report.outputs(cfg.work, layout.history_csv(cfg.work).exists()) if _no_test(cfg) else [])],
+                 paths)
 
 
 def _no_test(cfg) -> bool:
@@ -61,9 +62,8 @@ def _no_test(cfg) -> bool:
 
 
 @stamped("soup", stamp)
-def run(cfg):
-    work = cfg.work
-    paths = chosen_checkpoints(cfg)
+def run(cfg, found):
+    work, paths = cfg.work, found  # {epoch: checkpoint} of the ingredients
     out, report = layout.soup_weights(work), layout.soup_report(work)
 
     ckpts = {e: read_weights(p) for e, p in paths.items()}

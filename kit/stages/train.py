@@ -118,7 +118,7 @@ def build_model(cfg, world, targets, state, keep_rule):
 
 
 def build_trainer(cfg, world, model, criterion, train_df, targets, state) -> Trainer:
-    batch, accum, compiled = plan_batches(cfg, world, model, criterion, targets.shape[1], state,
+    batch, accum, compiled = batch_sizes(cfg, world, model, criterion, targets.shape[1], state,
                                           compiles(cfg.compile, world.device))
     paths = layout.image_paths(cfg.work, train_df.file)
     train_set = XrayDataset(paths, targets, cfg.img_size, cfg.aug, cfg.seed, hflip=cfg.hflip)
@@ -235,14 +235,14 @@ class Clock:
             write_json({**cfg.to_dict(), "schedule": schedule}, layout.run_config(cfg.work))
 
 
-def plan_batches(cfg, world, model, criterion, num_classes, state, compiled):
+def batch_sizes(cfg, world, model, criterion, num_classes, state, compiled):
     """(batch, accum, compiled): the state's batch after an out-of-memory back-off, else probed
     with the step that will train (compiled or not) or given; a compile that fails in the probe
     is not tried again."""
     if state and cfg.batch_size == "auto" and state["world_size"] == world.size:
         return state["batch"], state["accum"], compiled
     if world.device.type != "cuda":
-        return *batching.plan(world.size, cfg.batch_size, cfg.accum, cfg.effective_batch), compiled
+        return *batching.sizes(world.size, cfg.batch_size, cfg.accum, cfg.effective_batch), compiled
     fits = partial(batching.probe_batch, model, criterion, cfg.img_size, num_classes, world.device,
                    autocast_dtype(cfg.amp, world.device),
                    step=torch.compile(model, dynamic=False) if compiled else None)
@@ -250,7 +250,7 @@ def plan_batches(cfg, world, model, criterion, num_classes, state, compiled):
     def probe(start):  # every rank takes the smallest: equal batches, equal updates per epoch
         return int(distributed.reduced(torch.tensor(fits(start), device=world.device), world, "min").item())
     try:
-        return *batching.plan(world.size, cfg.batch_size, cfg.accum, cfg.effective_batch, probe), compiled
+        return *batching.sizes(world.size, cfg.batch_size, cfg.accum, cfg.effective_batch, probe), compiled
     except KitError:
         raise
     except Exception as e:  # a compiler's own error, of any type
@@ -258,7 +258,7 @@ def plan_batches(cfg, world, model, criterion, num_classes, state, compiled):
             raise
         if world.is_main:
             print(compile_failed(e), flush=True)
-        return plan_batches(cfg, world, model, criterion, num_classes, state, False)
+        return batch_sizes(cfg, world, model, criterion, num_classes, state, False)
 
 
 def make_val_loader(cfg, world, val_df, classes, batch):
