@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from bench import common
-from kit import metrics
+from kit.reports import metrics
 
 CHUNK = 100  # the kit's draws per block of random numbers
 

@@ -35,8 +35,10 @@ if __package__ in (None, ""):  # run as a script: python bench/download.py
 import numpy as np
 
 from bench import common
-from kit import cli, demo, download, images, smoke
+from kit import cli
+from kit.data import demo, images, smoke
 from kit.io import atomic_path
+from kit.kaggle import download
 
 
 @contextmanager

@@ -13,7 +13,7 @@ table, printed and written to bench/results/<GPU>_<date>.txt with the versions a
   (bench/gpus.py).
 - Predict: the predict stage's Scorer (default settings) on full-size JPEG films, against the
   model alone on uint8 images in memory; the model alone at fp16 with the T4's attention too.
-- The time plan's constants (kit/timing.py): FORWARD_SPEEDUP = the Scorer on stored-size films
+- The time plan's constants (kit/training/timing.py): FORWARD_SPEEDUP = the Scorer on stored-size films
   (what validation reads) / the training step in the kit's default mode; FILM_SLOWDOWN = the
   Scorer on stored-size / on full-size films.
 - The generate stage's training and sampling images/s at the study's size (128 px, width 64,
@@ -46,18 +46,19 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench import common, generate, gpus, predict, train_step
 from kit import io as kit_io
-from kit import env, timing
 from kit.config import Config, loss_kwargs
-from kit.distributed import World
+from kit.data.images import header_size, store_all
+from kit.data.loaders import worker_count
 from kit.errors import KitError
-from kit.data import worker_count
-from kit.images import header_size, store_all
-from kit.inference import inference_batch
-from kit.losses import build_loss
-from kit.model import create_model
+from kit.kaggle import env
+from kit.models.inference import inference_batch
+from kit.models.model import create_model
 from kit.stages.generate import SAMPLE_BATCH
-from kit.precision import allow_tf32, autocast_dtype
-from kit.trainer import compiles
+from kit.training import timing
+from kit.training.distributed import World
+from kit.training.losses import build_loss
+from kit.training.precision import allow_tf32, autocast_dtype
+from kit.training.trainer import compiles
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVA_X = "eva_x_base_patch16"
@@ -182,7 +183,7 @@ def predict_rows(arch, s, device, tmp) -> list:
 
 
 def constant_rows(arch, rows, device) -> list:
-    """The time plan's constants from `arch`'s rows, beside the values kit/timing.py holds."""
+    """The time plan's constants from `arch`'s rows, beside the values kit/training/timing.py holds."""
     precision, compiled = train_step.precision_name(autocast_dtype("auto", device)), compiles("auto", device)
     mine = [r for r in rows if r.get("model") == arch and r.get("value")]
     step = next((r["value"] for r in mine if "mode" in r and r["mode"].precision == precision
@@ -191,10 +192,10 @@ def constant_rows(arch, rows, device) -> list:
     full, stored = (next((r["value"] for r in mine if r.get("films") == f), None) for f in ("full-size", "stored"))
     default = f"training {precision} {'compiled' if compiled else 'eager'} (the kit's default here)"
     ratios = [("FORWARD_SPEEDUP: stored-film inference / training step", stored, step, default,
-               f"kit/timing.py: {timing.FORWARD_SPEEDUP}"),
+               f"kit/training/timing.py: {timing.FORWARD_SPEEDUP}"),
               ("model alone / training step", alone, step, default, ""),
               ("FILM_SLOWDOWN: stored / full-size film inference", stored, full, "",
-               f"kit/timing.py: {timing.FILM_SLOWDOWN}"),
+               f"kit/training/timing.py: {timing.FILM_SLOWDOWN}"),
               ("predict stage on full-size films / model alone", full, alone, "", "")]
     return [{"what": what, "unit": "x", "value": a / b, "setting": setting, "note": note}
             for what, a, b, setting, note in ratios if a and b]

@@ -1,7 +1,7 @@
 """Inference images/s of the predict stage: batch size, mixed precision, loader workers and
 test-time augmentation, each varied alone from the kit's defaults.
 
-The path is the stage's own (`kit.inference.Scorer`: XrayDataset decode and area resize in
+The path is the stage's own (`kit.models.inference.Scorer`: XrayDataset decode and area resize in
 the loader's workers, or in the main process on a CPU-only machine, then `infer.predict` with
 uint8 batches normalized on the device) over generated full-size test films, random weights.
 Films are decoded as the separate stage stores images (reduced-size JPEG decode, area shrink
@@ -30,13 +30,13 @@ import torch
 
 from bench import common
 from bench.train_step import CPU_IMG_SIZE, CPU_MODEL, MemoryDataset, precision_name, precisions
-from kit import env
 from kit.config import Config, scorer_kwargs
-from kit.data import make_loader, worker_count
-from kit.inference import predict
-from kit.model import checkpoint_dict, create_model, load_model, norm_stats
-from kit.precision import allow_tf32, autocast_dtype
-from kit.inference import Scorer, inference_batch
+from kit.data.loaders import make_loader, worker_count
+from kit.kaggle import env
+from kit.models.inference import predict
+from kit.models.inference import Scorer, inference_batch
+from kit.models.model import checkpoint_dict, create_model, load_model, norm_stats
+from kit.training.precision import allow_tf32, autocast_dtype
 
 CLASSES = [f"class_{k}" for k in range(5)]
 AMP = {"bf16": "bf16", "fp16": "fp16", "fp32": "off"}

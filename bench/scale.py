@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 
 from bench import common
-from kit import layout, sources
+from kit import layout
 from kit.config import Config
-from kit.sources import gxs
-from kit.images import stored_names
+from kit.data import sources
+from kit.data.competition import IMAGE_SUFFIXES, index_images, locate
+from kit.data.images import stored_names
+from kit.data.sources import gxs
 from kit.stages import metadata, split
-from kit.submission import IMAGE_SUFFIXES, index_images, locate
 
 FRACS = {"test": 0.0, "val": 0.05}  # the competition task's
 RESULTS = [("written", 0.9), ("skipped", 0.08), ("missing", 0.01), ("unreadable", 0.01)]

@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from bench.common import describe, machine
-from kit import demo, layout, studies
-from kit.demo import HEIGHT, WIDTH
-from kit.ensemble import blend
-from kit.images import encode_jpeg
-from kit.metrics import macro_auc
-from kit.sources import gxs
+from kit import layout
+from kit.data import demo, studies
+from kit.data.demo import HEIGHT, WIDTH
+from kit.data.images import encode_jpeg
+from kit.data.sources import gxs
+from kit.models.ensemble import blend
+from kit.reports.metrics import macro_auc
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = list(demo.PROPORTIONS)

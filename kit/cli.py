@@ -2,10 +2,14 @@
 import sys
 import traceback
 
-from kit import env, interrupt, runlog, runner, session, settings, smoke
+from kit import runlog, runner
+from kit.config import settings
 from kit.config import TIMED_COMPETITION, TASKS, Config, apply_defaults
+from kit.config.flags import parse_config
+from kit.data import smoke
 from kit.errors import KitError, describe
-from kit.flags import parse_config
+from kit.kaggle import env
+from kit.training import interrupt, session
 
 
 def resolve(cfg: Config) -> Config:

@@ -9,16 +9,19 @@ import time
 import traceback
 from pathlib import Path
 
-from kit import env, errors, interrupt, layout, pipeline, runlog, session, shards
+from kit import errors, layout, pipeline, runlog
 from kit.config import apply_defaults, download_kwargs
+from kit.data import shards
 from kit.io import remove_partial_writes, write_json
+from kit.kaggle import env
+from kit.training import interrupt, session
 
 
 def prepare(cfg):
     """The data the stages read: the demo's generated dataset, or on a new machine what the work dir
     kept of the stored images and the download (shards), then --download's missing files."""
     if cfg.demo:
-        from kit import demo
+        from kit.data import demo
 
         apply_defaults(cfg, demo.defaults(cfg.task, cfg.smoke))
         cfg.data_dir = cfg.data_dir or demo.data_dir(cfg.work)
@@ -27,7 +30,7 @@ def prepare(cfg):
     if first_process():
         shards.restore_all(cfg.work)  # before any download
     if cfg.download:
-        from kit import download
+        from kit.kaggle import download
 
         cfg.data_dir = download.fetch(**download_kwargs(cfg))
 

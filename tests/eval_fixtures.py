@@ -13,7 +13,7 @@ import torch
 
 from kit import layout
 from kit.config import Config
-from kit.model import checkpoint_dict, create_model, norm_stats, save_weights
+from kit.models.model import checkpoint_dict, create_model, norm_stats, save_weights
 from kit.stages import evaluate, soup
 
 ARCH, IMG_SIZE = "test_vit", 32  # timm's own 0.3M-parameter test ViT: quick to build and save

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from kit.sources import chexpert, gxs
+from kit.data.sources import chexpert, gxs
 
 GXS_META = ["Image_name", "Patient_ID", "Study", "Sex", "Age", "ViewCategory", "ViewPosition"]
 

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import ROOT
 from kaggle_server import kaggle_server, subprocess_env  # noqa: F401 (a fixture)
-from kit import bundle, cli, kaggle_meta, pipeline
+from kit import cli, pipeline
+from kit.kaggle import bundle, kaggle_meta
 
 
 def bundled(tmp_path, *kernel_args):
@@ -159,7 +160,7 @@ def test_push_refuses_a_kernel_its_metadata_leaves_without_what_it_needs(tmp_pat
                                                                        change, refused):
     """With the kaggle CLI offline: a refusal is one line before anything is written; what passes
     gets as far as the network."""
-    from kit import env
+    from kit.kaggle import env
 
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)

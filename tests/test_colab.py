@@ -19,9 +19,11 @@ import pytest
 
 from conftest import ROOT
 from fake_data import gxs_dataset, jpeg
-from kit import cli, download, env, remote_zip, session
+from kit import cli
 from kit.config import Config
-from kit.flags import parse_config
+from kit.config.flags import parse_config
+from kit.kaggle import download, env, remote_zip
+from kit.training import session
 from test_download import range_server
 from test_kaggle_versions import fake_colab
 

@@ -12,9 +12,11 @@ import timm
 import torch
 
 from fake_data import GXS_META
-from kit import cli, demo, layout, session, smoke, timing
-from kit.sources import gxs
+from kit import cli, layout
+from kit.data import demo, smoke
+from kit.data.sources import gxs
 from kit.stages import submit
+from kit.training import session, timing
 
 # the sample scores every finding, in an order of its own (train1.csv's is alphabetical)
 SAMPLE_COLUMNS = ["No Finding", *reversed([f for f in gxs.FINDINGS if f != "No Finding"])]

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from kit import augment
-from kit.data import EpochSampler, XrayDataset, make_loader, to_input
-from kit.images import load_gray
+from kit.data import augment
+from kit.data.images import load_gray
+from kit.data.loaders import EpochSampler, XrayDataset, make_loader, to_input
 
 
 def _gradient(h=60, w=80):

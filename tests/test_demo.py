@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import demo as demo_data
 from kit import layout
-from kit.sources import gxs
+from kit.data import demo as demo_data
+from kit.data.sources import gxs
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kit import flags
+from kit.config import flags
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md",

@@ -13,8 +13,10 @@ import pytest
 
 from conftest import ROOT
 from fake_data import gxs_dataset
-from kit import cli, env, sources, pipeline
+from kit import cli, pipeline
 from kit.config import Config
+from kit.data import sources
+from kit.kaggle import env
 
 COMPETITION = "grand-xray-slam-division-a"
 
@@ -77,7 +79,7 @@ def test_the_competition_is_found_in_both_kaggle_input_layouts(kaggle, tmp_path,
                                    "models/timm/eva02_tiny_patch14_224/pytorch/default/1",
                                    "datasets/someone/my-weights"], ids=["old-model", "new-model", "new-dataset"])
 def test_pretrained_weights_are_found_in_every_kaggle_mount(kaggle, mount):
-    from kit.model import find_weights
+    from kit.models.model import find_weights
 
     folder = kaggle / mount
     folder.mkdir(parents=True)
@@ -188,7 +190,7 @@ def test_the_weights_stage_saves_what_pretrained_auto_finds(tmp_path, monkeypatc
     import timm
     from safetensors.torch import load_file
 
-    from kit.model import create_model
+    from kit.models.model import create_model
     from kit.stages import weights
 
     arch = "eva02_tiny_patch14_224.mim_in22k"

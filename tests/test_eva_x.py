@@ -8,9 +8,10 @@ import torch
 from eval_fixtures import write_checkpoints, write_splits
 from timm.models.eva import Eva
 
-from kit import eva_x, layout
+from kit import layout
 from kit.errors import KitError
-from kit.model import checkpoint_dict, create_model, load_model, read_weights, save_weights
+from kit.models import eva_x
+from kit.models.model import checkpoint_dict, create_model, load_model, read_weights, save_weights
 from kit.stages import soup
 
 # EVA-X's eva_x.py, written out: what each published model is

@@ -16,10 +16,11 @@ from eval_fixtures import (CLASSES, IMG_SIZE, evaluated_run, finished_run, plain
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, confusion_matrix,
                              roc_auc_score)
 
-from kit import layout, metrics, plots
+from kit import layout
+from kit.data.images import area_resize
 from kit.errors import KitError
-from kit.images import area_resize
-from kit.model import read_weights, save_weights
+from kit.models.model import read_weights, save_weights
+from kit.reports import metrics, plots
 from kit.stages import evaluate, soup
 
 

@@ -7,8 +7,8 @@ import timm
 import torch
 
 from kit.config import Config
-from kit.data import to_input
-from kit.inference import extract
+from kit.data.loaders import to_input
+from kit.models.inference import extract
 
 
 @pytest.mark.parametrize("arch, img_size", [("eva02_tiny_patch14_224", 28), ("levit_128s", 64), ("resnet18", 32)])

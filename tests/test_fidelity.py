@@ -3,7 +3,7 @@ import pytest
 from scipy.linalg import sqrtm
 from scipy.spatial.distance import cdist
 
-from kit import fidelity
+from kit.reports import fidelity
 
 
 def random_cov(rng, d):

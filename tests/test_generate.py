@@ -15,10 +15,13 @@ import torch
 from test_synthetic import manifest, run_split, store_real_images
 from train_fixtures import make_work, one_thread  # noqa: F401 (one_thread: autouse)
 
-from kit import generator, interrupt, layout, pipeline, synthetic
-from kit.images import load_gray
-from kit.model import checkpoint_dict, create_model, norm_stats, save_weights
+from kit import layout, pipeline
+from kit.data import synthetic
+from kit.data.images import load_gray
+from kit.models import generator
+from kit.models.model import checkpoint_dict, create_model, norm_stats, save_weights
 from kit.stages import generate, synth_quality
+from kit.training import interrupt
 
 TINY = dict(gen_size=32, gen_width=8, gen_batch=4, gen_lr=1e-3, gen_epochs=2, gen_steps=3, workers=1)
 
@@ -202,7 +205,7 @@ def test_the_split_and_synth_quality_take_the_generated_folder_as_it_is(cfg, tmp
 
 def test_the_classifier_stages_never_import_diffusers():
     others = [s.name.replace("-", "_") for s in pipeline.PIPELINE + pipeline.TOOLS if s.name != "generate"]
-    code = ("import sys; import kit.cli, kit.demo; "
+    code = ("import sys; import kit.cli, kit.data.demo; "
             + "; ".join(f"import kit.stages.{s}" for s in others)
             + "; print('diffusers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

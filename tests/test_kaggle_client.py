@@ -12,8 +12,9 @@ from timm.models import save_for_hf
 from conftest import ROOT
 from fake_data import gxs_dataset, nih_dataset
 from kaggle_server import KEY, TOKEN, USERNAME, kaggle_server, range_server  # noqa: F401 (a fixture)
-from kit import cli, kaggle_meta
+from kit import cli
 from kit.config import Config, download_kwargs
+from kit.kaggle import kaggle_meta
 
 KERNEL = f"{USERNAME}/xray-kit-eva-x"
 COMPETITION = "grand-xray-slam-division-a"
@@ -188,7 +189,7 @@ def test_the_weights_folder_uploads_as_a_dataset_with_the_readmes_commands(tmp_p
 ])
 def test_download_asks_kaggle_for_the_archive_and_streams_it_from_where_it_points(
         tmp_path, monkeypatch, kaggle_server, dataset, call, body):
-    from kit import download, env
+    from kit.kaggle import download, env
 
     monkeypatch.setattr(env, "platform", lambda: "local")
     table = (gxs_dataset(tmp_path / "src", [("0.jpg", "P0", "PA", ["Cardiomegaly"])], images=False)
@@ -205,7 +206,7 @@ def test_download_asks_kaggle_for_the_archive_and_streams_it_from_where_it_point
 
 
 def test_download_asks_kaggle_again_when_the_archives_url_expires(tmp_path, monkeypatch, kaggle_server):
-    from kit import download, env, remote_zip
+    from kit.kaggle import download, env, remote_zip
 
     monkeypatch.setattr(env, "platform", lambda: "local")
     monkeypatch.setattr(remote_zip, "WINDOW", 512)  # several requests over a small archive
@@ -222,7 +223,7 @@ def test_download_asks_kaggle_again_when_the_archives_url_expires(tmp_path, monk
 
 
 def test_download_refused_points_to_the_rules(tmp_path, monkeypatch, kaggle_server):
-    from kit import download, env
+    from kit.kaggle import download, env
     from kit.errors import KitError
 
     monkeypatch.setattr(env, "platform", lambda: "local")

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import ROOT
 from kaggle_server import kaggle_server  # noqa: F401 (a fixture)
-from kit import kaggle_meta
 from kit.errors import KitError
+from kit.kaggle import kaggle_meta
 
 TEMPLATE = json.loads((ROOT / kaggle_meta.FILE).read_text())
 GONE = object()

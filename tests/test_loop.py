@@ -9,10 +9,10 @@ from functools import partial
 import numpy as np
 import pytest
 
-from kit import interrupt, session
 from kit.config import Config
-from kit.distributed import World
-from kit.loop import Loop, Position
+from kit.training import interrupt, session
+from kit.training.distributed import World
+from kit.training.loop import Loop, Position
 
 
 @pytest.fixture(autouse=True)

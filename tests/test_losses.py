@@ -4,7 +4,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 from kit.config import Config, loss_kwargs
-from kit.losses import FocalBCELoss, balanced_pos_weight, build_loss
+from kit.training.losses import FocalBCELoss, balanced_pos_weight, build_loss
 
 
 def _batch(seed=0, n=16, c=5):

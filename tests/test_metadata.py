@@ -4,8 +4,8 @@ import pytest
 
 from fake_data import gxs_dataset
 from kit import layout
+from kit.data.sources import gxs
 from kit.errors import KitError
-from kit.sources import gxs
 from kit.stages import metadata
 
 CLASSES = ["Pneumothorax", "Cardiomegaly", "Lung Opacity", "Pleural Effusion", "Support Devices"]

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, confusion_matrix,
                              f1_score, roc_auc_score)
 
-from kit import metrics
+from kit.reports import metrics
 
 
 @pytest.fixture(scope="module")

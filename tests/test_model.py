@@ -4,9 +4,9 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from train_fixtures import one_thread  # noqa: F401 (autouse)
 
-from kit import model as kit_model
 from kit.errors import KitError
-from kit.model import checkpoint_dict, create_model, load_model, norm_stats, read_weights, save_weights
+from kit.models import model as kit_model
+from kit.models.model import checkpoint_dict, create_model, load_model, norm_stats, read_weights, save_weights
 
 ARCH = "eva02_tiny_patch14_224"
 

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from eval_fixtures import CLASSES, evaluated_run, plain_timm_probs
 
-from kit import images, layout, submission
+from kit import layout
 from kit.config import predict_kwargs
+from kit.data import competition, images
+from kit.data.images import area_resize
 from kit.errors import KitError
-from kit.images import area_resize
 from kit.io import write_json
 from kit.stages import predict
 
@@ -166,12 +167,12 @@ def test_folder_without_sample_predicts_every_image(run, tmp_path):
 def test_competition_layout_is_found_without_flags(cfg, tmp_path):
     c = cfg(data_dir=str(tmp_path / "data"))
     (tmp_path / "data" / "comp" / "test1").mkdir(parents=True)
-    assert submission.find_inputs(**predict_kwargs(c)) == (None, None)
+    assert competition.find_inputs(**predict_kwargs(c)) == (None, None)
     sample = _sample(tmp_path / "data" / "comp" / "sample_submission_1.csv", ["a.jpg"], CLASSES)
-    assert submission.find_inputs(**predict_kwargs(c)) == (sample, tmp_path / "data" / "comp" / "test1")
+    assert competition.find_inputs(**predict_kwargs(c)) == (sample, tmp_path / "data" / "comp" / "test1")
     c.predict_csv = str(tmp_path / "missing.csv")
     with pytest.raises(KitError, match="--predict-csv .*missing.csv not found"):
-        submission.find_inputs(**predict_kwargs(c))
+        competition.find_inputs(**predict_kwargs(c))
 
 
 def test_a_folder_without_the_named_images_stops_before_predicting(run, tmp_path):
@@ -253,7 +254,7 @@ def index_per_file(folder: Path) -> dict:
     for dirpath, _, files in os.walk(folder):
         for name in sorted(files):
             path = Path(dirpath) / name
-            if path.suffix.lower() in submission.IMAGE_SUFFIXES:
+            if path.suffix.lower() in competition.IMAGE_SUFFIXES:
                 for key in (path.relative_to(folder).as_posix(), name, path.stem):
                     index.setdefault(key, str(path))
     return index
@@ -267,11 +268,11 @@ def test_the_image_index_matches_a_path_per_file_and_locates_ids(tmp_path):
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"")
-    index = submission.index_images(folder)
+    index = competition.index_images(folder)
     assert index == index_per_file(folder) and len(index) > 20
-    assert submission.relative_ids(index, folder) == sorted(
+    assert competition.relative_ids(index, folder) == sorted(
         {Path(p).relative_to(folder).as_posix() for p in index.values()})
     ids = ["sub/deeper/b.jpg", "a", "missing.jpg", "q", "/abs/gone.jpg", "a"]
-    paths, found = submission.locate(index, ids, folder)
+    paths, found = competition.locate(index, ids, folder)
     assert paths == [index.get(i, str(folder / i)) for i in ids] and found == 4
-    assert submission.index_images(tmp_path / "empty") == {} and submission.locate({}, [], folder) == ([], 0)
+    assert competition.index_images(tmp_path / "empty") == {} and competition.locate({}, [], folder) == ([], 0)

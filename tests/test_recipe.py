@@ -10,12 +10,14 @@ from scipy.special import logit
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from train_fixtures import CLASSES, make_work, run_quietly, tiny_cfg
 
-from kit import augment, layout, metrics
+from kit import layout
 from kit.config import Config, optimizer_kwargs
-from kit.data import XrayDataset
-from kit.model import create_model, init_head_prior
-from kit.optim import build_optimizer, build_scheduler
+from kit.data import augment
+from kit.data.loaders import XrayDataset
+from kit.models.model import create_model, init_head_prior
+from kit.reports import metrics
 from kit.stages import train
+from kit.training.optim import build_optimizer, build_scheduler
 
 
 def test_the_head_starts_at_the_log_odds_of_the_train_split(tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from fake_data import jpeg
-from kit import images, layout
+from kit import layout
+from kit.data import images
 from kit.errors import KitError
 from kit.stages import separate
 
@@ -192,7 +193,7 @@ def test_workers_forked_while_opencv_threads_run_do_not_hang(tmp_path):
         jpeg(tmp_path / f"img{k}.jpg", 300, 200, seed=k)
     script = textwrap.dedent(f"""
         import cv2, numpy as np
-        from kit import images
+        from kit.data import images
         cv2.setNumThreads(2)
         cv2.GaussianBlur(np.zeros((3000, 3000), np.uint8), (0, 0), 5)
         jobs = [(f"{tmp_path}/img{{k}}.jpg", f"{tmp_path}/out/img{{k}}.jpg") for k in range(4)]
@@ -238,7 +239,7 @@ def test_image_paths_are_each_stored_images_path_as_a_string(tmp_path):
 @pytest.fixture
 def kaggle(tmp_path, monkeypatch):
     """A Kaggle machine as tests/test_env.py fakes one, with the scratch root under tmp_path too."""
-    from kit import env
+    from kit.kaggle import env
 
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     for name in ("KAGGLE_INPUT", "KAGGLE_WORKING", "KAGGLE_SCRATCH"):

@@ -5,10 +5,13 @@ import os
 import pytest
 import torch
 
-from kit import env, interrupt, layout, resume, session, settings
+from kit import layout
+from kit.config import settings
 from kit.config import Config
-from kit.distributed import World
 from kit.errors import KitError
+from kit.kaggle import env
+from kit.training import interrupt, resume, session
+from kit.training.distributed import World
 
 
 @pytest.mark.parametrize("text, seconds", [("11h30m", 41400), ("90m", 5400), ("600s", 600), ("600", 600),

@@ -14,10 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import cli, distributed, layout, session, settings, timing, trainer
+from kit import cli, layout
+from kit.config import settings
 from kit.config import loss_kwargs, optimizer_kwargs
-from kit.optim import build_optimizer, build_scheduler
-from kit.model import create_model
+from kit.models.model import create_model
+from kit.training import distributed, session, timing, trainer
+from kit.training.optim import build_optimizer, build_scheduler
 from test_competition import SAMPLE_COLUMNS, TINY, competition
 
 RATE = 1.0  # images/s the first updates measure: 8 s an update of 8 images
@@ -250,10 +252,10 @@ def test_any_failure_counts_and_one_before_any_weights_is_still_one_line(data, t
 def test_out_of_memory_under_ddp_restarts_every_process_at_half_the_batch(tmp_path, monkeypatch, capsys):
     import torch
 
-    from kit.data import XrayDataset
-    from kit.distributed import World
+    from kit.data.loaders import XrayDataset
+    from kit.training.distributed import World
     from kit.errors import KitError
-    from kit.losses import build_loss
+    from kit.training.losses import build_loss
     from kit.stages import train
     from train_fixtures import make_work, tiny_cfg
 
@@ -309,7 +311,7 @@ def test_bad_schedule_and_error_settings_are_one_line_before_any_stage(tmp_path,
 
 
 def test_on_kaggle_and_colab_the_competition_fits_its_epochs_and_submits_on_failure(monkeypatch):
-    from kit import env
+    from kit.kaggle import env
 
     def resolved(*argv):
         return cli.resolve(cli.parse_config([*argv, "--work-dir", "w"]))

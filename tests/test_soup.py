@@ -15,13 +15,14 @@ from hypothesis import given, settings
 from sklearn.metrics import roc_auc_score
 from hypothesis import strategies as st
 
-from kit import averaging, layout
-from kit.settings import parse_epochs
-from kit.data import XrayDataset, make_loader
+from kit import layout
+from kit.config.settings import parse_epochs
+from kit.data.loaders import XrayDataset, make_loader
 from kit.errors import KitError
-from kit.inference import predict
-from kit.metrics import macro_auc
-from kit.model import load_model
+from kit.models import averaging
+from kit.models.inference import predict
+from kit.models.model import load_model
+from kit.reports.metrics import macro_auc
 from kit.stages import soup as soup_stage
 
 

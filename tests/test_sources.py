@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from fake_data import chexpert_dataset, gxs_dataset, jpeg, nih_dataset
-from kit import sources
+from kit.data import sources
+from kit.data.sources import chexpert, gxs, nih
 from kit.errors import KitError
-from kit.sources import chexpert, gxs, nih
 
 
 def read(path, cfg):

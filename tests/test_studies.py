@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from kit import studies
 from kit.config import Config
+from kit.data import studies
 
 CLASSES = ["Edema", "Pneumothorax"]
 

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit import layout, synthetic
+from kit import layout
+from kit.data import synthetic
+from kit.data.images import load_gray
 from kit.errors import KitError
-from kit.images import load_gray
-from kit.model import checkpoint_dict, create_model, norm_stats, save_weights
+from kit.models.model import checkpoint_dict, create_model, norm_stats, save_weights
 from kit.stages import split, synth_quality
 
 CLASSES = ["A", "B", "C"]

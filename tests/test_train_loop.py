@@ -14,20 +14,22 @@ import torch
 from sklearn.metrics import roc_auc_score
 from train_fixtures import CLASSES, last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
-from kit import batching, inference, layout
+from kit import layout
 from kit.config import Config, loss_kwargs, optimizer_kwargs
-from kit import trainer as trainer_module
-from kit.data import XrayDataset, make_loader
-from kit.distributed import World
+from kit.data.images import area_resize
+from kit.data.loaders import XrayDataset, make_loader
 from kit.errors import KitError
-from kit.images import area_resize
 from kit.io import write_csv
-from kit.losses import FocalBCELoss, build_loss
-from kit.model import create_model, load_model, read_weights
-from kit.optim import build_optimizer, build_scheduler
-from kit.precision import Autocast, autocast_dtype, grad_scaler
+from kit.models import inference
+from kit.models.model import create_model, load_model, read_weights
 from kit.stages import train
-from kit.trainer import Trainer, compiles
+from kit.training import batching
+from kit.training import trainer as trainer_module
+from kit.training.distributed import World
+from kit.training.losses import FocalBCELoss, build_loss
+from kit.training.optim import build_optimizer, build_scheduler
+from kit.training.precision import Autocast, autocast_dtype, grad_scaler
+from kit.training.trainer import Trainer, compiles
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ import pytest
 import torch
 from train_fixtures import last_state, make_work, one_thread, run_quietly, tiny_cfg  # noqa: F401 (one_thread: autouse)
 
-from kit import cli, layout, resume
+from kit import cli, layout
 from kit.cli import parse_config
-from kit.distributed import RUN_PY, config_flags, relaunch_command
+from kit.training import resume
+from kit.training.distributed import RUN_PY, config_flags, relaunch_command
 
 MODEL = "test_vit"  # timm's 0.3M-parameter ViT: resume files of a few MB, written after every update
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(RUN_PY.parent)}
@@ -60,7 +61,7 @@ def test_the_same_split_under_another_data_dir_has_the_same_signature(tmp_path):
 def test_a_killed_run_resumes_to_the_uninterrupted_state(tmp_path, reference, monkeypatch):
     work = make_work(tmp_path)
     cfg = tiny_cfg(work, model=MODEL, img_size=32, workers=1)
-    script = ("import sys; import kit.trainer; kit.trainer.SAVE_EVERY_S = 0; "  # a resume point every update
+    script = ("import sys; import kit.training.trainer; kit.training.trainer.SAVE_EVERY_S = 0; "  # a resume point every update
               "from kit.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", script, *config_flags(cfg, stage="train")], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -95,7 +96,7 @@ def default_signals():
 def slowed_training(cfg, sleep, stdout=subprocess.DEVNULL):
     """run.py's train stage in a child whose every micro-batch first sleeps `sleep` (an
     expression in `self`, the Trainer)."""
-    script = ("import sys, time; import kit.trainer as t; update = t.Trainer._accumulate; "
+    script = ("import sys, time; import kit.training.trainer as t; update = t.Trainer._accumulate; "
               f"t.Trainer._accumulate = lambda self, b: (time.sleep({sleep}), update(self, b))[1]; "
               "from kit.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.Popen([sys.executable, "-c", script, *config_flags(cfg, stage="train")], env=ENV,

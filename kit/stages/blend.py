@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit import ensemble, layout
+from kit import layout
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.metrics import auc_per_class
+from kit.models import ensemble
 from kit.pipeline import Stamp, stamped
+from kit.reports.metrics import auc_per_class
 
 PROB = "prob_"
 SHOWN = 3

@@ -7,7 +7,7 @@ checked here, so that a mistake shows now rather than after an upload and a queu
 needs and the metadata does not attach (kaggle_meta.preflight) is a warning here and an error
 for push.
 """
-from kit import bundle
+from kit.kaggle import bundle
 
 
 def run(cfg):

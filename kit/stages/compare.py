@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from kit import layout, metrics, plots
+from kit import layout
 from kit.errors import KitError
 from kit.io import write_csv
 from kit.pipeline import Stamp, stamped
+from kit.reports import metrics, plots
 
 LEVEL = 0.95
 PREDICTIONS = "test_predictions.csv"

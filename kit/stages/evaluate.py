@@ -8,13 +8,15 @@ so the soup's gain is measured where it was not selected.
 import numpy as np
 import pandas as pd
 
-from kit import layout, metrics, plots, studies
+from kit import layout
 from kit.config import scorer_kwargs
+from kit.data import studies
 from kit.errors import KitError
 from kit.io import write_csv, write_json
-from kit.model import read_weights
-from kit.inference import Scorer, check_classes, check_unseen, tta_name
+from kit.models.inference import Scorer, check_classes, check_unseen, tta_name
+from kit.models.model import read_weights
 from kit.pipeline import Stamp, stamped
+from kit.reports import metrics, plots
 
 LEVEL = 0.95
 DECISION_RULE = ("the class furthest above its val threshold: argmax of logit(p) - logit(threshold), "

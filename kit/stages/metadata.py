@@ -7,10 +7,12 @@ multi label mode: kept when any target is positive; other findings are ignored.
 import numpy as np
 import pandas as pd
 
-from kit import env, layout, smoke, sources, submission, synthetic
+from kit import layout
 from kit.config import predict_kwargs
+from kit.data import competition, smoke, sources, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
+from kit.kaggle import env
 from kit.pipeline import Stamp, stamped
 
 SETTINGS = ("dataset", "data_dir", "csv", "image_col", "patient_col", "label_cols", "labels_col",
@@ -82,14 +84,14 @@ def print_distribution(dist: pd.DataFrame, total: int):
 def competition_classes(cfg, sample, findings, csv_path) -> list:
     """The classes the competition scores: the sample submission's columns in its order, under
     the training CSV's names."""
-    asked = submission.sample_classes(sample)
-    missing = submission.unknown_classes(asked, findings)
+    asked = competition.sample_classes(sample)
+    missing = competition.unknown_classes(asked, findings)
     if missing:
         raise KitError(f"{sample.name} scores {', '.join(missing)}, which {csv_path.name} has no column for "
                        f"(its findings: {', '.join(findings)}); pass the sample submission of the same "
                        f"competition (--predict-csv)")
-    classes = [findings[k] for k in submission.match_classes(asked, findings)]
-    if cfg.classes and not submission.same_classes(sources.resolve_classes(cfg.classes, findings, classes), classes):
+    classes = [findings[k] for k in competition.match_classes(asked, findings)]
+    if cfg.classes and not competition.same_classes(sources.resolve_classes(cfg.classes, findings, classes), classes):
         raise KitError(f"--classes {cfg.classes} disagrees with {sample.name}, which scores {', '.join(asked)}; "
                        f"the competition task trains on what it scores: drop --classes, or use --task study")
     return classes
@@ -99,10 +101,10 @@ def _sample(cfg):
     """The competition task's sample submission: it names the classes."""
     if cfg.task != "competition":
         return None
-    sample, _ = submission.find_inputs(**predict_kwargs(cfg))
+    sample, _ = competition.find_inputs(**predict_kwargs(cfg))
     if sample is None:
         raise KitError("--task competition takes its classes from the competition's sample submission "
-                       f"({' or '.join(submission.SAMPLE_NAMES)}), and none was found under the data folder; "
+                       f"({' or '.join(competition.SAMPLE_NAMES)}), and none was found under the data folder; "
                        f"pass it with --predict-csv")
     return sample
 
@@ -146,6 +148,6 @@ def run(cfg, found):
     print_distribution(dist, len(filtered))
     write_csv(filtered, layout.filtered_csv(cfg.work))
     write_csv(dist, layout.class_distribution(cfg.work))
-    from kit import plots
+    from kit.reports import plots
 
     plots.class_distribution(dist, layout.class_distribution(cfg.work, ".png"))

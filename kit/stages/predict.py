@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit import layout, resume, smoke, studies
+from kit import layout
 from kit.config import scorer_kwargs, predict_kwargs
+from kit.data import smoke, studies
+from kit.data.competition import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
+                                  relative_ids, sample_classes, skip_reason)
 from kit.errors import KitError
 from kit.io import write_csv, write_json
-from kit.model import read_weights
-from kit.inference import Scorer, tta_name
+from kit.models.inference import Scorer, tta_name
+from kit.models.model import read_weights
 from kit.pipeline import Stamp, stamped
-from kit.submission import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
-                            relative_ids, sample_classes, skip_reason)
+from kit.training import resume
 
 FOLDER_ID_COLUMN = "image"
 SHOWN = 5

@@ -6,9 +6,9 @@ the network are checked next, so that their absence is one line here rather than
 The push runs in-process because the CLI exits 0 when Kaggle refuses it or drops a data source
 (it only prints the reason); here either is an error.
 """
-from kit import bundle, kaggle_meta
-from kit.download import kaggle_api, kaggle_errors
 from kit.errors import KitError
+from kit.kaggle import bundle, kaggle_meta
+from kit.kaggle.download import kaggle_api, kaggle_errors
 
 # the fields of kaggle's ApiSaveKernelResponse that list the sources it dropped
 DROPPED = {"competition": "invalidCompetitionSources", "dataset": "invalidDatasetSources",

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit import download, layout, shards
+from kit import layout
 from kit.config import download_kwargs
+from kit.data import shards
+from kit.data.images import store_all, stored_names
 from kit.errors import KitError
 from kit.io import write_csv, write_json
-from kit.images import store_all, stored_names
+from kit.kaggle import download
 from kit.pipeline import Stamp, stamped
 
 STATUSES = ("written", "skipped", "missing", "unreadable")

@@ -2,18 +2,22 @@
 on the validation set whether averaging helped (reports/soup.csv). The soup's val answers are kept
 (reports/val_predictions.csv, what a blend reads), with the study-pool decision made on them
 (reports/study_pool.json, what predict follows); without a test split, the val report too
-(reports/val_metrics.json and pictures: kit/val_report.py)."""
+(reports/val_metrics.json and pictures: kit/reports/val_report.py)."""
 import numpy as np
 import pandas as pd
 
-from kit import averaging, layout, settings, studies, val_report
+from kit import layout
+from kit.config import settings
 from kit.config import scorer_kwargs
+from kit.data import studies
 from kit.errors import KitError
 from kit.io import write_csv, write_json
-from kit.metrics import auc_per_class
-from kit.model import checkpoint_dict, read_weights, save_weights
-from kit.inference import Scorer, check_classes, tta_name
+from kit.models import averaging
+from kit.models.inference import Scorer, check_classes, tta_name
+from kit.models.model import checkpoint_dict, read_weights, save_weights
 from kit.pipeline import Stamp, stamped
+from kit.reports import val_report
+from kit.reports.metrics import auc_per_class
 
 
 def chosen_checkpoints(cfg) -> dict:

@@ -10,8 +10,9 @@ per-fold Python search takes minutes on a 100k-image dataset.
 import numpy as np
 import pandas as pd
 
-from kit import layout, synthetic
+from kit import layout
 from kit.config import Config
+from kit.data import synthetic
 from kit.errors import KitError
 from kit.io import write_csv
 from kit.pipeline import Stamp, stamped

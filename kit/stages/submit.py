@@ -12,9 +12,10 @@ import json
 
 import pandas as pd
 
-from kit import kaggle_meta, layout
-from kit.download import kaggle_api, kaggle_errors
+from kit import layout
 from kit.errors import KitError
+from kit.kaggle import kaggle_meta
+from kit.kaggle.download import kaggle_api, kaggle_errors
 
 # the part of a kernel's output that submitting and describing the submission read
 # what competition_submit answers when the file's upload failed (its text in kaggle 2.0 and later)

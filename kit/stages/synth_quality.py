@@ -16,13 +16,16 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from kit import env, fidelity, inference, layout, metrics, plots
+from kit import layout
+from kit.data.images import load_gray
 from kit.errors import KitError
-from kit.images import load_gray
 from kit.io import write_csv
-from kit.model import create_model, load_model, norm_stats, read_weights
-from kit.inference import check_classes, device
+from kit.kaggle import env
+from kit.models import inference
+from kit.models.inference import check_classes, device
+from kit.models.model import create_model, load_model, norm_stats, read_weights
 from kit.pipeline import Stamp, stamped
+from kit.reports import fidelity, metrics, plots
 
 OUTPUTS = ("synthetic_quality.csv", "synthetic_nearest.csv", "synthetic_grid.png")
 GRID_COLUMNS = 8

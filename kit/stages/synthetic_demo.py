@@ -7,8 +7,9 @@ by side (<work>/reports/compare.csv).
 """
 import dataclasses
 
-from kit import demo, layout, runner
+from kit import layout, runner
 from kit.config import apply_defaults
+from kit.data import demo
 
 
 def run(cfg):

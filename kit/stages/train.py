@@ -12,16 +12,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import batching, distributed, env, inference, layout, resume, session, settings, submission, timing
+from kit import layout
+from kit.config import settings
 from kit.config import loss_kwargs, optimizer_kwargs, predict_kwargs
-from kit.data import XrayDataset, make_loader, worker_count
+from kit.data import competition
+from kit.data.loaders import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.io import write_json
-from kit.losses import build_loss
-from kit.metrics import auc_per_class, macro_auc, single_label_report
-from kit.model import create_model, init_head_prior
-from kit.precision import allow_tf32, autocast_dtype
-from kit.trainer import EpochFiles, Trainer, clear_checkpoints, compile_failed, compiles
+from kit.kaggle import env
+from kit.models import inference
+from kit.models.model import create_model, init_head_prior
+from kit.reports.metrics import auc_per_class, macro_auc, single_label_report
+from kit.training import batching, distributed, resume, session, timing
+from kit.training.losses import build_loss
+from kit.training.precision import allow_tf32, autocast_dtype
+from kit.training.trainer import EpochFiles, Trainer, clear_checkpoints, compile_failed, compiles
 
 EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
 
@@ -153,9 +158,9 @@ def finish_plan(cfg, val_df, epoch_files) -> timing.Finish:
     test_csv = layout.split_csv(cfg.work, "test")
     test = len(layout.read_split(cfg.work, "test")[0]) if test_csv.exists() else 0
     films = 0
-    if submission.skip_reason(layout.class_columns(val_df), cfg.task, **predict_kwargs(cfg)) is None:
-        sample, folder = submission.find_inputs(**predict_kwargs(cfg))
-        films = submission.sample_rows(sample) if sample else len(set(submission.index_images(folder).values()))
+    if competition.skip_reason(layout.class_columns(val_df), cfg.task, **predict_kwargs(cfg)) is None:
+        sample, folder = competition.find_inputs(**predict_kwargs(cfg))
+        films = competition.sample_rows(sample) if sample else len(set(competition.index_images(folder).values()))
     return timing.Finish(len(val_df), test, 1 + epoch_files if test else 0, films, cfg.tta)
 
 

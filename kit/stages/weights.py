@@ -10,9 +10,9 @@ from pathlib import Path
 import timm
 from timm.models import save_for_hf
 
-from kit import env
 from kit.errors import KitError
-from kit.model import check_arch
+from kit.kaggle import env
+from kit.models.model import check_arch
 
 
 def out_dir(cfg) -> Path:

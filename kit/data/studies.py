@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kit import layout
-from kit.metrics import macro_auc
+from kit.reports.metrics import macro_auc
 
 METHODS = ("mean", "max")
 # pooling needs the labels of nearly every study to be one answer: a study whose films disagree

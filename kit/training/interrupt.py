@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 
-from kit import session
+from kit.training import session
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _asked = None  # the signal that asked training to stop
@@ -29,7 +29,7 @@ def stop_after_update(say=print, stage="train", state="checkpoints/last.pth"):
     """Within: a signal asks training to stop (see `reason`). Signal handlers belong to the main
     thread; elsewhere nothing changes. A signal that comes after the last update stops the run
     when the block ends."""
-    from kit import distributed  # torch: imported only once training runs
+    from kit.training import distributed  # torch: imported only once training runs
 
     global _asked
     if threading.current_thread() is not threading.main_thread():
@@ -68,7 +68,7 @@ def reason(world) -> "str | None":
     if world.size > 1:
         import torch
 
-        from kit import distributed
+        from kit.training import distributed
 
         code = distributed.reduced(torch.tensor(float(code), device=world.device), world, "max").item()
     return {0: None, 1: "time", 2: "signal"}[int(code)]

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit import env, images, smoke, sources, submission
+from kit.data import competition, images, smoke, sources
 from kit.errors import KitError
 from kit.io import atomic_path, write_json
+from kit.kaggle import env
+from kit.kaggle.remote_zip import RangeFile
 from kit.progress import progress
-from kit.remote_zip import RangeFile
 
 API_HOST = "api.kaggle.com"
 MARKER = ".xray-kit-download.json"  # what was fetched, at which size, and whether it is complete
@@ -249,15 +250,15 @@ def refill(paths, dataset, data_dir, resize, workers, smoke, predict_csv):
 
 
 def _is_film(name) -> bool:
-    return Path(name).suffix.lower() in submission.IMAGE_SUFFIXES
+    return Path(name).suffix.lower() in competition.IMAGE_SUFFIXES
 
 
 def _smoke_test_films(predict_csv, folder: Path) -> set:
     """The file names of the test films a smoke run predicts: the sample submission's first rows."""
-    sample = Path(predict_csv) if predict_csv else submission.find_sample(str(folder))
+    sample = Path(predict_csv) if predict_csv else competition.find_sample(str(folder))
     if sample is None:
         return set()
-    ids = submission.read_sample(sample).iloc[:smoke.TEST_FILMS, 0]
+    ids = competition.read_sample(sample).iloc[:smoke.TEST_FILMS, 0]
     return {Path(i).name for i in ids}
 
 

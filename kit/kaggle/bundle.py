@@ -16,11 +16,14 @@ import shlex
 import zipfile
 from pathlib import Path
 
-from kit import ROOT, kaggle_meta, session, settings
+from kit import ROOT
+from kit.config import settings
 from kit.config import apply_defaults
+from kit.config.flags import build_parser, parse_config
 from kit.errors import KitError
-from kit.flags import build_parser, parse_config
 from kit.io import write_json, write_text
+from kit.kaggle import kaggle_meta
+from kit.training import session
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: no file time leaks into the bytes
 
@@ -130,7 +133,7 @@ def kernel_args(text) -> tuple:
     except KitError as e:
         raise KitError(f"kernel arguments: {e}") from e
     if kernel.demo:
-        from kit.demo import TRAIN_OVERRIDES
+        from kit.data.demo import TRAIN_OVERRIDES
 
         apply_defaults(kernel, TRAIN_OVERRIDES)
     return args, kernel

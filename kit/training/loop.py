@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 
-from kit import interrupt
+from kit.training import interrupt
 
 SAVE_EVERY_S = 600  # mid-epoch resume points: a session can end at any moment
 
@@ -66,7 +66,7 @@ class Loop:
 
     @contextlib.contextmanager
     def running(self, say=print):
-        """Within: a signal stops the loop after its current update (kit.interrupt); the ETA
+        """Within: a signal stops the loop after its current update (kit.training.interrupt); the ETA
         counts from here."""
         with interrupt.stop_after_update(say, self.stage, self.state):
             self.started, self.epochs_done = time.perf_counter(), 0

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from kit import layout
-from kit.images import store_all, stored_names
+from kit.data.images import store_all, stored_names
+from kit.data.sources.common import normalize_name, read_csv_checked
 from kit.errors import KitError
-from kit.sources.common import normalize_name, read_csv_checked
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 FOLDER = "synthetic"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from kit.data.sources import chexpert, csvtable, gxs, nih
+from kit.data.sources.common import finding_columns, normalize_name, resolve_classes
 from kit.errors import KitError
-from kit.sources import chexpert, csvtable, gxs, nih
-from kit.sources.common import finding_columns, normalize_name, resolve_classes
 
 __all__ = ["ADAPTERS", "discover", "finding_columns", "locate", "read", "normalize_name", "resolve_classes"]
 

@@ -8,7 +8,7 @@ the accumulation to match, so the effective batch (and the learning-rate schedul
 
 import torch
 
-from kit import settings
+from kit.config import settings
 from kit.errors import KitError
 
 CPU_BATCH = 32  # CPU memory is rarely the limit there; larger batches only add latency

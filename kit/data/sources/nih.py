@@ -7,7 +7,7 @@ images_012/images/; train_val_list.txt and test_list.txt give the official split
 import os
 from pathlib import Path
 
-from kit.sources.common import paths_under, read_csv_checked
+from kit.data.sources.common import paths_under, read_csv_checked
 
 NAME = "nih"
 MARKERS = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")

@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kit import env, layout
+from kit import layout
 from kit.errors import KitError
 from kit.io import atomic_path
+from kit.kaggle import env
 
 SEARCH_DEPTH = 5  # /kaggle/input/notebooks/<owner>/<kernel>/checkpoints/last.pth
 MANY_FOLDERS = 100  # a folder of this many sub-folders is a dataset's tree: not searched
@@ -140,7 +141,7 @@ def take_over(where, force, last_path, signature, world):
     if world.is_main:
         roots = env.data_roots(env.platform()) if where == "auto" else [Path(where)]
         _take_over(roots, Path(last_path), signature)
-    from kit import distributed
+    from kit.training import distributed
 
     distributed.gather(None, world)  # the other processes wait for the copy
 

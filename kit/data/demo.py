@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from kit import smoke
-from kit.images import encode_jpeg
+from kit.data import smoke
+from kit.data.images import encode_jpeg
+from kit.data.sources import gxs
 from kit.io import atomic_path, write_csv
-from kit.sources import gxs
 
 # the study's images per class: 4543 : 3527 : 2131 : 1194 : 1059
 PROPORTIONS = {"Lung Opacity": 4543, "Support Devices": 3527, "Pleural Effusion": 2131,

@@ -5,7 +5,7 @@ ViewCategory, ViewPosition, then 14 0/1 finding columns; the JPEGs sit in train1
 """
 from pathlib import Path
 
-from kit.sources.common import STUDY_CLASSES, paths_under, read_csv_checked
+from kit.data.sources.common import STUDY_CLASSES, paths_under, read_csv_checked
 
 NAME = "gxs"
 MARKERS = ("train1.csv", "train2.csv")

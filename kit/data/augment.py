@@ -7,7 +7,7 @@ lookup table. Everything stays uint8 until the device.
 import cv2
 import numpy as np
 
-from kit.images import area_resize
+from kit.data.images import area_resize
 
 # no flip in either: a chest film's left and right differ (heart, stomach bubble, devices), so a
 # flip makes films no patient has; --hflip asks for it

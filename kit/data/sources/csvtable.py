@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kit.data.sources.common import paths_under, read_csv_checked
 from kit.errors import KitError
-from kit.sources.common import paths_under, read_csv_checked
 
 NAME = "csv"
 MARKERS = ()

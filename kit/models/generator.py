@@ -5,7 +5,7 @@ sampling, and EMAModel for the averaged weights that sample.
 Only the generate stage imports this module (and so diffusers): the classifier's stages run
 without it.
 
-Position in training (kit.loop.Position) is (epochs done, batches of this epoch done, updates
+Position in training (kit.training.loop.Position) is (epochs done, batches of this epoch done, updates
 done). The batch order is a function of (seed, epoch) and each update's noise and timesteps of
 (seed, update), so a run resumed from `state_dict()` continues exactly where it was.
 """
@@ -17,8 +17,8 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
-from kit.loop import Position
-from kit.precision import grad_scaler
+from kit.training.loop import Position
+from kit.training.precision import grad_scaler
 
 TRAIN_TIMESTEPS = 1000
 # the cosine schedule: at 64-256 px the linear one spends its last steps on near-pure noise

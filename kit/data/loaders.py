@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kit.augment import augment, resize
+from kit.data.augment import augment, resize
+from kit.data.images import load_gray
 from kit.errors import KitError
-from kit.images import load_gray
 
 MAX_WORKERS = 8
 MAX_REPLACEMENTS = 20

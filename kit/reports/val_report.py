@@ -4,8 +4,9 @@ curves and the study-pool decision, so a competitor sees which findings hold the
 import numpy as np
 import pandas as pd
 
-from kit import layout, metrics, plots
+from kit import layout
 from kit.io import write_json
+from kit.reports import metrics, plots
 
 LEVEL = 0.95
 

@@ -3,7 +3,7 @@ selection (2004: greedy forward selection with replacement), against equal weigh
 """
 import numpy as np
 
-from kit.metrics import macro_auc
+from kit.reports.metrics import macro_auc
 
 SELECTION_STEPS = 25  # additions tried; a run added k times weighs k / steps kept
 

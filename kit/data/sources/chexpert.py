@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kit.data.sources.common import STUDY_CLASSES, paths_under, read_csv_checked, resolve_classes
 from kit.errors import KitError
-from kit.sources.common import STUDY_CLASSES, paths_under, read_csv_checked, resolve_classes
 
 NAME = "chexpert"
 MARKERS = ("train.csv",)

@@ -1,0 +1,3 @@
+"""Models: timm models and weights files (EVA-02, EVA-X), running them over images, averaging
+epochs, blending runs, the generator.
+"""

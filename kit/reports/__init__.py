@@ -1,0 +1,1 @@
+"""Reports: metrics, pictures, the fidelity of synthetic images, the val report."""
