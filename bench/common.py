@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kit import env
 from kit.data import demo
 from kit.data.images import encode_jpeg
-from kit.kaggle import env
 
 FILM_SHAPE = (2500, 2000)  # height, width of a digitized chest film
 GRAIN = 6.0  # standard deviation of the film grain in grey levels: it sets the JPEG size

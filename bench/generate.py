@@ -1,7 +1,7 @@
 """Images/s of the generate stage's generator: its training update and its sampler, against the
 same UNet2DModel driven the way diffusers' examples and pipelines drive it.
 
-Training: the kit's update (`kit.models.generator.Training.update`: noise and timesteps from the
+Training: the kit's update (`kit.training.generator.Training.update`: noise and timesteps from the
 update's own generator, autocast, clipping, AdamW, warmup schedule, EMAModel) against the loop
 of diffusers' train_unconditional example (the same objective, scheduler, optimizer and EMA,
 full precision). Sampling: the kit's DPM-Solver++ at --steps against `DDIMPipeline(unet,
@@ -30,8 +30,8 @@ from diffusers.training_utils import EMAModel
 from bench import common
 from kit.data import demo
 from kit.data.demo import GENERATOR_OVERRIDES, rarest_classes
-from kit.models import generator
-from kit.training.precision import autocast_dtype
+from kit.models.precision import autocast_dtype
+from kit.training import generator
 
 PIPELINE_STEPS = 50  # DDIMPipeline's default num_inference_steps
 

@@ -45,19 +45,18 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench import common, generate, gpus, predict, train_step
-from kit import io as kit_io
+from kit import env, io as kit_io
 from kit.config import Config, loss_kwargs
 from kit.data.images import header_size, store_all
 from kit.data.loaders import worker_count
 from kit.errors import KitError
-from kit.kaggle import env
 from kit.models.inference import inference_batch
 from kit.models.model import create_model
+from kit.models.precision import allow_tf32, autocast_dtype
 from kit.stages.generate import SAMPLE_BATCH
 from kit.training import timing
 from kit.training.distributed import World
 from kit.training.losses import build_loss
-from kit.training.precision import allow_tf32, autocast_dtype
 from kit.training.trainer import compiles
 
 RESULTS = Path(__file__).resolve().parent / "results"

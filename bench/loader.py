@@ -42,10 +42,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from bench import common
+from kit import env
 from kit.config import Config
 from kit.data.images import store_all
 from kit.data.loaders import XrayDataset, make_loader, to_input
-from kit.kaggle import env
 
 CLASSES = 5
 # films drawn at half size with half the grain: stored at 512 they match full-size films

@@ -30,13 +30,13 @@ import torch
 
 from bench import common
 from bench.train_step import CPU_IMG_SIZE, CPU_MODEL, MemoryDataset, precision_name, precisions
+from kit import env
 from kit.config import Config, scorer_kwargs
 from kit.data.loaders import make_loader, worker_count
-from kit.kaggle import env
 from kit.models.inference import predict
 from kit.models.inference import Scorer, inference_batch
 from kit.models.model import checkpoint_dict, create_model, load_model, norm_stats
-from kit.training.precision import allow_tf32, autocast_dtype
+from kit.models.precision import allow_tf32, autocast_dtype
 
 CLASSES = [f"class_{k}" for k in range(5)]
 AMP = {"bf16": "bf16", "fp16": "fp16", "fp32": "off"}

@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image
 
 from bench import common
+from kit import env
 from kit.config import Config
 from kit.data.images import store_all
-from kit.kaggle import env
 
 NOTEBOOK_SIZE = 600
 NOTEBOOK_QUALITY = 95

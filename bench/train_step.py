@@ -34,10 +34,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import common, gpus
 from kit.config import Config, loss_kwargs
 from kit.models.model import create_model
+from kit.models.precision import allow_tf32, autocast_dtype
 from kit.stages.train import batch_sizes, trainer_kwargs
 from kit.training.distributed import World
 from kit.training.losses import build_loss
-from kit.training.precision import allow_tf32, autocast_dtype
 from kit.training.trainer import Trainer, compiles
 
 CLASSES = 5

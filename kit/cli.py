@@ -2,13 +2,12 @@
 import sys
 import traceback
 
-from kit import runlog, runner
+from kit import env, runlog, runner
 from kit.config import settings
 from kit.config import TIMED_COMPETITION, TASKS, Config, apply_defaults
 from kit.config.flags import parse_config
 from kit.data import smoke
 from kit.errors import KitError, describe
-from kit.kaggle import env
 from kit.training import interrupt, session
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit import env
 from kit.errors import KitError
 from kit.io import write_json
-from kit.kaggle import env
 
 META_COLUMNS = ("image_id", "patient_id", "view", "path", "label", "official_split",
                 "source", "file", "status", "study_id")

@@ -9,11 +9,10 @@ import time
 import traceback
 from pathlib import Path
 
-from kit import errors, layout, pipeline, runlog
+from kit import env, errors, layout, pipeline, runlog
 from kit.config import apply_defaults, download_kwargs
 from kit.data import shards
 from kit.io import remove_partial_writes, write_json
-from kit.kaggle import env
 from kit.training import interrupt, session
 
 

@@ -182,7 +182,7 @@ def kaggle_server(tmp_path, monkeypatch):
     environment and nothing of this machine's Kaggle setup in reach."""
     from kagglesdk import kaggle_env
 
-    from kit.kaggle import env
+    from kit import env
 
     for name in [k for k in os.environ if k.startswith("KAGGLE_") or k.lower().endswith("_proxy")]:
         monkeypatch.delenv(name)

@@ -160,7 +160,7 @@ def test_push_refuses_a_kernel_its_metadata_leaves_without_what_it_needs(tmp_pat
                                                                        change, refused):
     """With the kaggle CLI offline: a refusal is one line before anything is written; what passes
     gets as far as the network."""
-    from kit.kaggle import env
+    from kit import env
 
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)

@@ -19,10 +19,10 @@ import pytest
 
 from conftest import ROOT
 from fake_data import gxs_dataset, jpeg
-from kit import cli
+from kit import cli, env
 from kit.config import Config
 from kit.config.flags import parse_config
-from kit.kaggle import download, env, remote_zip
+from kit.kaggle import download, remote_zip
 from kit.training import session
 from test_download import range_server
 from test_kaggle_versions import fake_colab

@@ -14,11 +14,11 @@ import pytest
 
 from fake_data import gxs_dataset, jpeg
 from kaggle_server import kaggle_server, range_server  # noqa: F401 (a fixture)
-from kit import cli
+from kit import cli, env
 from kit.config import Config, download_kwargs
 from kit.data import images, smoke, sources
 from kit.errors import KitError
-from kit.kaggle import download, env, remote_zip
+from kit.kaggle import download, remote_zip
 
 ROWS = [(f"{k}.jpg", f"P{k}", "PA", [["Cardiomegaly", "Pneumothorax", "Lung Opacity"][k % 3]]) for k in range(30)]
 

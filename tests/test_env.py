@@ -13,10 +13,9 @@ import pytest
 
 from conftest import ROOT
 from fake_data import gxs_dataset
-from kit import cli, pipeline
+from kit import cli, env, pipeline
 from kit.config import Config
 from kit.data import sources
-from kit.kaggle import env
 
 COMPETITION = "grand-xray-slam-division-a"
 

@@ -18,9 +18,9 @@ from train_fixtures import make_work, one_thread  # noqa: F401 (one_thread: auto
 from kit import layout, pipeline
 from kit.data import synthetic
 from kit.data.images import load_gray
-from kit.models import generator
 from kit.models.model import checkpoint_dict, create_model, norm_stats, save_weights
 from kit.stages import generate, synth_quality
+from kit.training import generator
 from kit.training import interrupt
 
 TINY = dict(gen_size=32, gen_width=8, gen_batch=4, gen_lr=1e-3, gen_epochs=2, gen_steps=3, workers=1)

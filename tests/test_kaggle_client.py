@@ -189,7 +189,8 @@ def test_the_weights_folder_uploads_as_a_dataset_with_the_readmes_commands(tmp_p
 ])
 def test_download_asks_kaggle_for_the_archive_and_streams_it_from_where_it_points(
         tmp_path, monkeypatch, kaggle_server, dataset, call, body):
-    from kit.kaggle import download, env
+    from kit import env
+    from kit.kaggle import download
 
     monkeypatch.setattr(env, "platform", lambda: "local")
     table = (gxs_dataset(tmp_path / "src", [("0.jpg", "P0", "PA", ["Cardiomegaly"])], images=False)
@@ -206,7 +207,8 @@ def test_download_asks_kaggle_for_the_archive_and_streams_it_from_where_it_point
 
 
 def test_download_asks_kaggle_again_when_the_archives_url_expires(tmp_path, monkeypatch, kaggle_server):
-    from kit.kaggle import download, env, remote_zip
+    from kit import env
+    from kit.kaggle import download, remote_zip
 
     monkeypatch.setattr(env, "platform", lambda: "local")
     monkeypatch.setattr(remote_zip, "WINDOW", 512)  # several requests over a small archive
@@ -223,8 +225,9 @@ def test_download_asks_kaggle_again_when_the_archives_url_expires(tmp_path, monk
 
 
 def test_download_refused_points_to_the_rules(tmp_path, monkeypatch, kaggle_server):
-    from kit.kaggle import download, env
+    from kit import env
     from kit.errors import KitError
+    from kit.kaggle import download
 
     monkeypatch.setattr(env, "platform", lambda: "local")
     kaggle_server.refuse["DownloadDataFiles"] = 403

@@ -14,8 +14,8 @@ import types
 
 import pytest
 
-from kit import cli, layout
-from kit.kaggle import download, env
+from kit import cli, env, layout
+from kit.kaggle import download
 
 # kaggle/__init__.py of 2.0.2: signs in at import time, and KaggleApi.authenticate exits on failure
 INIT_2_0 = """

@@ -239,7 +239,7 @@ def test_image_paths_are_each_stored_images_path_as_a_string(tmp_path):
 @pytest.fixture
 def kaggle(tmp_path, monkeypatch):
     """A Kaggle machine as tests/test_env.py fakes one, with the scratch root under tmp_path too."""
-    from kit.kaggle import env
+    from kit import env
 
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     for name in ("KAGGLE_INPUT", "KAGGLE_WORKING", "KAGGLE_SCRATCH"):

@@ -5,11 +5,10 @@ import os
 import pytest
 import torch
 
-from kit import layout
+from kit import env, layout
 from kit.config import settings
 from kit.config import Config
 from kit.errors import KitError
-from kit.kaggle import env
 from kit.training import interrupt, resume, session
 from kit.training.distributed import World
 

@@ -253,10 +253,10 @@ def test_out_of_memory_under_ddp_restarts_every_process_at_half_the_batch(tmp_pa
     import torch
 
     from kit.data.loaders import XrayDataset
-    from kit.training.distributed import World
     from kit.errors import KitError
-    from kit.training.losses import build_loss
     from kit.stages import train
+    from kit.training.distributed import World
+    from kit.training.losses import build_loss
     from train_fixtures import make_work, tiny_cfg
 
     work = make_work(tmp_path / "work")
@@ -311,7 +311,7 @@ def test_bad_schedule_and_error_settings_are_one_line_before_any_stage(tmp_path,
 
 
 def test_on_kaggle_and_colab_the_competition_fits_its_epochs_and_submits_on_failure(monkeypatch):
-    from kit.kaggle import env
+    from kit import env
 
     def resolved(*argv):
         return cli.resolve(cli.parse_config([*argv, "--work-dir", "w"]))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from kit import cli, layout
-from kit.kaggle import env, kaggle_meta
+from kit import cli, env, layout
+from kit.kaggle import kaggle_meta
 from kaggle_server import kaggle_server  # noqa: F401 (a fixture)
 from kit.stages import submit
 

@@ -22,13 +22,13 @@ from kit.errors import KitError
 from kit.io import write_csv
 from kit.models import inference
 from kit.models.model import create_model, load_model, read_weights
+from kit.models.precision import Autocast, autocast_dtype, grad_scaler
 from kit.stages import train
 from kit.training import batching
 from kit.training import trainer as trainer_module
 from kit.training.distributed import World
 from kit.training.losses import FocalBCELoss, build_loss
 from kit.training.optim import build_optimizer, build_scheduler
-from kit.training.precision import Autocast, autocast_dtype, grad_scaler
 from kit.training.trainer import Trainer, compiles
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit import env
 from kit.data.sources import normalize_name
 from kit.data.sources.common import paths_under, read_csv_checked
 from kit.errors import KitError
-from kit.kaggle import env
 
 SAMPLE_NAMES = ("sample_submission_1.csv", "sample_submission_2.csv")
 SEARCH_DEPTH = 4

@@ -10,8 +10,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from kit import env
 from kit.io import atomic_path, write_json
-from kit.kaggle import env
 
 SHARD_BYTES = 1 << 30  # a shard's size: few files on Drive, each copied in well under a minute
 FOLDER = "shards"

@@ -1,3 +1,2 @@
-"""Where the kit runs: Kaggle, Colab or a local machine; the kernel bundle and its metadata, the
-Kaggle API's downloads.
-"""
+"""Kaggle: the kernel bundle and its metadata, and the Kaggle API's downloads (the archive streamed
+by byte ranges)."""

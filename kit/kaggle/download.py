@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from kit import env
 from kit.data import competition, images, smoke, sources
 from kit.errors import KitError
 from kit.io import atomic_path, write_json
-from kit.kaggle import env
 from kit.kaggle.remote_zip import RangeFile
 from kit.progress import progress
 

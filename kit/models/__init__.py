@@ -1,3 +1,2 @@
-"""Models: timm models and weights files (EVA-02, EVA-X), running them over images, averaging
-epochs, blending runs, the generator.
-"""
+"""Models: timm models and weights files (EVA-02, EVA-X), the precision they run at, running them
+over images, averaging epochs, blending runs."""

@@ -12,8 +12,8 @@ from kit.config import settings
 from kit.data.loaders import XrayDataset, make_loader, to_input, worker_count
 from kit.errors import KitError
 from kit.models.model import load_model
+from kit.models.precision import Autocast, autocast_dtype
 from kit.progress import progress as report
-from kit.training.precision import Autocast, autocast_dtype
 
 # --tta's second view when training never flipped: zoomed in 5% about the centre and shifted 2% of
 # the side right and down, well inside both augmentations' ranges (light: scale 0.9-1.1, shift 5%)

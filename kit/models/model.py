@@ -16,9 +16,9 @@ import timm
 import torch
 from timm.layers import to_2tuple
 
+from kit import env
 from kit.errors import KitError
 from kit.io import save_torch
-from kit.kaggle import env
 from kit.models import eva_x
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")

@@ -1,4 +1,4 @@
-"""generate stage: train a class-conditional diffusion model (kit.models.generator) on the real train
+"""generate stage: train a class-conditional diffusion model (kit.training.generator) on the real train
 images of the chosen classes, then sample synthetic images of them -> <work>/generated/:
 <class>/gen_NNNNN.png, manifest.csv (path relative to generated/, label), trained_on.csv,
 generator.pth, and reports/generated_grid.png. The folder is what --synthetic-dir reads.
@@ -24,16 +24,16 @@ from kit.data.sources.common import normalize_name
 from kit.data.synthetic import taking_classes
 from kit.errors import KitError
 from kit.io import atomic_path, save_torch, write_csv
+from kit.models.precision import allow_tf32, autocast_dtype
 from kit.pipeline import Stamp, stamped
 from kit.progress import progress
 from kit.reports.plots import generated_grid
 from kit.training import resume, session, timing
 from kit.training.distributed import World
 from kit.training.loop import SAVE_EVERY_S, Loop
-from kit.training.precision import allow_tf32, autocast_dtype
 
 try:
-    from kit.models import generator
+    from kit.training import generator
 except ModuleNotFoundError as e:  # a stage list naming generate still loads; running it says what to install
     if e.name != "diffusers":
         raise

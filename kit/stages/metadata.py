@@ -7,12 +7,11 @@ multi label mode: kept when any target is positive; other findings are ignored.
 import numpy as np
 import pandas as pd
 
-from kit import layout
+from kit import env, layout
 from kit.config import predict_kwargs
 from kit.data import competition, smoke, sources, synthetic
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.kaggle import env
 from kit.pipeline import Stamp, stamped
 
 SETTINGS = ("dataset", "data_dir", "csv", "image_col", "patient_col", "label_cols", "labels_col",

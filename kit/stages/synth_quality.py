@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from kit import layout
+from kit import env, layout
 from kit.data.images import load_gray
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.kaggle import env
 from kit.models import inference
 from kit.models.inference import check_classes, device
 from kit.models.model import create_model, load_model, norm_stats, read_weights

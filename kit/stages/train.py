@@ -12,20 +12,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import layout
+from kit import env, layout
 from kit.config import settings
 from kit.config import loss_kwargs, optimizer_kwargs, predict_kwargs
 from kit.data import competition
 from kit.data.loaders import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
 from kit.io import write_json
-from kit.kaggle import env
 from kit.models import inference
 from kit.models.model import create_model, init_head_prior
+from kit.models.precision import allow_tf32, autocast_dtype
 from kit.reports.metrics import auc_per_class, macro_auc, single_label_report
 from kit.training import batching, distributed, resume, session, timing
 from kit.training.losses import build_loss
-from kit.training.precision import allow_tf32, autocast_dtype
 from kit.training.trainer import EpochFiles, Trainer, clear_checkpoints, compile_failed, compiles
 
 EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches

@@ -10,8 +10,8 @@ from pathlib import Path
 import timm
 from timm.models import save_for_hf
 
+from kit import env
 from kit.errors import KitError
-from kit.kaggle import env
 from kit.models.model import check_arch
 
 

@@ -1,3 +1,3 @@
-"""Training: the trainer and its loop, optimizer and schedule, losses, precision, data-parallel
-processes, batch sizes, resume, interrupts, the session clock and its plan.
-"""
+"""Training: the trainer and the loop it shares with the generator (a diffusion model of scarce
+classes), optimizer and schedule, losses, data-parallel processes, batch sizes, resume,
+interrupts, the session clock and its plan."""

@@ -9,10 +9,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kit import layout
+from kit import env, layout
 from kit.errors import KitError
 from kit.io import atomic_path
-from kit.kaggle import env
 
 SEARCH_DEPTH = 5  # /kaggle/input/notebooks/<owner>/<kernel>/checkpoints/last.pth
 MANY_FOLDERS = 100  # a folder of this many sub-folders is a dataset's tree: not searched

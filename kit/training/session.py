@@ -9,10 +9,9 @@ import os
 import time
 from pathlib import Path
 
-from kit import layout
+from kit import env, layout
 from kit.config import settings
 from kit.errors import KitError
-from kit.kaggle import env
 
 KAGGLE_TIME_LIMIT = "11h30m"  # of the 12 h session: room left to save and to finish the run
 KAGGLE_OUTPUT_BUDGET = "19GB"  # Kaggle keeps about 20 GB of /kaggle/working

@@ -20,11 +20,11 @@ from kit.data.loaders import EpochSampler, make_loader, to_input, worker_count
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.models.model import checkpoint_dict, norm_stats, save_weights
+from kit.models.precision import autocast_dtype, grad_scaler
 from kit.progress import progress
 from kit.training import batching, distributed, session, timing
 from kit.training.loop import SAVE_EVERY_S, Loop, Position
 from kit.training.optim import build_optimizer, build_scheduler
-from kit.training.precision import autocast_dtype, grad_scaler
 
 RATE_WARMUP, RATE_UPDATES = 2, 10  # the rate is timed after compiling and the loaders' start
 MAX_BAD_UPDATES = 10  # non-finite gradients in a row before giving up

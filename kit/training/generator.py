@@ -17,8 +17,8 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
+from kit.models.precision import grad_scaler
 from kit.training.loop import Position
-from kit.training.precision import grad_scaler
 
 TRAIN_TIMESTEPS = 1000
 # the cosine schedule: at 64-256 px the linear one spends its last steps on near-pure noise
