@@ -272,3 +272,22 @@ def test_without_a_test_split_the_soup_writes_the_val_report(cfg, capsys):
     weakest_first = sorted(CLASSES, key=lambda k: report["classes"][k]["auc"])
     shown = [line.split()[0] for line in printed.split("weakest first:")[1].splitlines()[1:4]]
     assert [k.split()[0] for k in weakest_first] == shown
+
+
+def test_the_val_report_prints_no_interval_that_few_draws_hold(tmp_path):
+    """Eight findings on one patient each, among 18: a draw seldom holds all of them, so the macro
+    interval would rest on a handful of draws; the report says so instead of printing it."""
+    from kit.reports import val_report
+
+    rng = np.random.default_rng(0)
+    patients = [f"p{i}" for i in range(18)]
+    val = pd.DataFrame({"image_id": patients, "patient_id": patients, "file": patients})
+    classes = [f"F{k}" for k in range(8)]
+    for k, c in enumerate(classes):
+        val[c] = (np.arange(18) == k).astype(int)
+    probs = np.clip(val[classes].to_numpy() * 0.6 + rng.uniform(0, 0.5, (18, 8)), 0, 1)
+    result = val_report.write(tmp_path, val, classes, probs, {"method": "none"}, 200, 0)
+    assert result["macro_auc_ci_draws"] < 0.5 * 200 <= min(m["auc_ci_draws"] for m in result["classes"].values())
+    lines = val_report.describe(result)
+    assert f"[too few draws for an interval: {result['macro_auc_ci_draws']} of 200]" in lines[0]
+    assert all("too few" not in line for line in lines[1:])

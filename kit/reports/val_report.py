@@ -9,6 +9,9 @@ from kit.io import write_json
 from kit.reports import metrics, plots
 
 LEVEL = 0.95
+# an interval from fewer draws than this share of the resamples is not printed: a macro AUC needs
+# every finding in a draw, and a small val split with findings on one patient seldom has them all
+FEW_DRAWS = 0.5
 
 
 def outputs(work, history=True) -> list:
@@ -27,14 +30,17 @@ def write(work, val, classes, probs, decision, resamples, seed) -> dict:
     y, p = val.loc[ok, classes].to_numpy(), probs[ok]
     aucs = metrics.auc_per_class(y, p)
     patients = layout.patient_keys(val[ok])
-    ci, macro_ci, _ = metrics.bootstrap_auc(y, p, resamples, seed, LEVEL, patients)
+    ci, macro_ci, draws = metrics.bootstrap_auc(y, p, resamples, seed, LEVEL, patients)
     result = dict(
         val_images=int(ok.sum()), patients=int(len(set(patients))), macro_auc=_num(metrics.macro_auc(y, p)),
-        macro_auc_ci=[_num(v) for v in macro_ci],
-        classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]])
+        macro_auc_ci=[_num(v) for v in macro_ci], macro_auc_ci_draws=int(draws[-1]),
+        classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]],
+                         auc_ci_draws=int(draws[k]))
                  for k, c in enumerate(classes)},
-        bootstrap=dict(resamples=resamples, seed=seed, level=LEVEL, method="percentile; val patients resampled "
-                                                                          "with all their films"),
+        bootstrap=dict(resamples=resamples, seed=seed, level=LEVEL,
+                       method="percentile; val patients resampled with all their films; a finding's interval "
+                              "from the draws holding both its labels, the macro's from the draws holding "
+                              "both labels of every finding"),
         study_pool=decision)
     metrics_json, roc_png, *curves = outputs(work, layout.history_csv(work).exists())
     plots.roc_curves(y, p, classes, aucs, roc_png)
@@ -48,13 +54,21 @@ def _f(x):
     return "-" if x is None else f"{x:.3f}"
 
 
+def _interval(ci, draws, resamples) -> str:
+    if draws < FEW_DRAWS * resamples:
+        return f"[too few draws for an interval: {draws} of {resamples}]"
+    return f"[{_f(ci[0])}, {_f(ci[1])}]"
+
+
 def describe(result) -> list:
     """Lines: the macro AUC, then every finding from the weakest."""
-    lo, hi = result["macro_auc_ci"]
+    resamples = result["bootstrap"]["resamples"]
+    interval = _interval(result["macro_auc_ci"], result["macro_auc_ci_draws"], resamples)
     lines = [f"val report ({result['val_images']} films of {result['patients']} patients): macro AUC "
-             f"{_f(result['macro_auc'])} [{_f(lo)}, {_f(hi)}] ({LEVEL:.0%}, patients resampled); weakest first:"]
+             f"{_f(result['macro_auc'])} {interval} ({LEVEL:.0%}, patients resampled); weakest first:"]
     scored = sorted(((m["auc"], c, m) for c, m in result["classes"].items() if m["auc"] is not None),
                     key=lambda t: t[0])
     for auc, c, m in scored:
-        lines.append(f"  {c:<28} {auc:.3f} [{_f(m['auc_ci'][0])}, {_f(m['auc_ci'][1])}]  {m['positives']} positives")
+        lines.append(f"  {c:<28} {auc:.3f} {_interval(m['auc_ci'], m['auc_ci_draws'], resamples)}  "
+                     f"{m['positives']} positives")
     return lines
