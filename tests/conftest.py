@@ -32,3 +32,24 @@ def run_kit(*args, cwd=None, env=None, timeout=600):
 @pytest.fixture
 def kit_cli():
     return run_kit
+
+
+def one_error(capsys, argv) -> str:
+    """run.py's main refusing `argv` with exit 2 and one `error:` line, the line."""
+    from kit import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """No run's clock before the test, and none left behind for the tests after it."""
+    from kit.training import session
+
+    monkeypatch.delenv(session.SESSION_ENV, raising=False)
+    monkeypatch.setattr(session, "_deadline", None)
+    yield
+    session.end()

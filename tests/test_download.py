@@ -14,6 +14,7 @@ import pytest
 
 from fake_data import gxs_dataset, jpeg
 from kaggle_server import kaggle_server, range_server  # noqa: F401 (a fixture)
+from conftest import one_error
 from kit import cli, env
 from kit.config import Config, download_kwargs
 from kit.data import images, smoke, sources
@@ -30,13 +31,6 @@ def no_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.setattr(env, "platform", lambda: "local")
-
-
-def one_error(capsys, argv) -> str:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def test_without_credentials_one_line_and_exit_2(tmp_path, capsys):

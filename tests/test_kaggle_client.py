@@ -9,7 +9,7 @@ import pytest
 import timm
 from timm.models import save_for_hf
 
-from conftest import ROOT
+from conftest import ROOT, one_error
 from fake_data import gxs_dataset, nih_dataset
 from kaggle_server import KEY, TOKEN, USERNAME, kaggle_server, range_server  # noqa: F401 (a fixture)
 from kit import cli
@@ -20,13 +20,6 @@ KERNEL = f"{USERNAME}/xray-kit-eva-x"
 COMPETITION = "grand-xray-slam-division-a"
 SOURCES = dict(competition_sources=[COMPETITION], dataset_sources=[f"{USERNAME}/eva02-weights"],
                kernel_sources=[KERNEL], model_sources=["timm/eva02/pytorch/base/1"])
-
-
-def one_error(capsys, argv) -> str:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def user_metadata(tmp_path, **changes):

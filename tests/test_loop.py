@@ -15,12 +15,7 @@ from kit.training.distributed import World
 from kit.training.loop import Loop, Position
 
 
-@pytest.fixture(autouse=True)
-def no_run(monkeypatch):
-    monkeypatch.delenv(session.SESSION_ENV, raising=False)
-    monkeypatch.setattr(session, "_deadline", None)
-    yield
-    session.end()
+pytestmark = pytest.mark.usefixtures("no_run")  # conftest: no run's clock before or after a test
 
 
 def counting_loop(cfg, state, **kwargs):

@@ -40,13 +40,7 @@ def test_auto_limits_apply_on_kaggle_and_colab_only():
     assert session.resolve(cfg.time_limit, cfg.output_budget, cfg.resume, "local") == ("none", "none")
 
 
-@pytest.fixture(autouse=True)
-def no_run(monkeypatch):
-    """No run's clock before the test, and none left behind for the tests after it."""
-    monkeypatch.delenv(session.SESSION_ENV, raising=False)
-    monkeypatch.setattr(session, "_deadline", None)
-    yield
-    session.end()
+pytestmark = pytest.mark.usefixtures("no_run")  # conftest: no run's clock before or after a test
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import re
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, one_error
 from kit import cli, env, layout
 from kit.kaggle import kaggle_meta
 from kaggle_server import kaggle_server  # noqa: F401 (a fixture)
@@ -44,13 +44,6 @@ def finished_run(work, **report):
         (work / name).write_text(OUTPUT[name])
     layout.reports_dir(work).mkdir(exist_ok=True)
     layout.submission_report(work).write_text(json.dumps({**REPORT, **report}))
-
-
-def one_error(capsys, argv) -> str:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def kernel_output(server, **changes):
