@@ -112,6 +112,8 @@ def test_epochs_auto_ends_the_session_with_a_finished_schedule_and_a_final_submi
     assert soup_epochs(work) == [epochs - 1, epochs]
     assert pd.read_csv(work / "submission.csv")["Image_name"].tolist() == sample["Image_name"].tolist()
     assert not layout.interim_weights(work).exists()
+    # a later process that does not train takes the length the train stage fitted
+    assert cli.main([*argv, "--stage", "soup", "--force"]) == 0 and soup_epochs(work) == [epochs - 1, epochs]
 
 
 def test_a_rate_that_falls_ends_the_schedule_sooner_not_the_session_without_it(data, tmp_path, capsys, monkeypatch,

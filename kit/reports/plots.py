@@ -21,8 +21,8 @@ def _drawable(y_true, k) -> bool:
     return 0 < y_true[:, k].sum() < len(y_true)
 
 
-def roc_curves(y_true, y_prob, classes, aucs, path):
-    """One ROC curve per class, its AUC in the legend, the chance diagonal behind."""
+def roc_curves(y_true, y_prob, classes, aucs, path, split="test"):
+    """One ROC curve per class of the `split` set, its AUC in the legend, the chance diagonal behind."""
     from sklearn.metrics import roc_curve  # imported here: the metadata stage's chart needs no scikit-learn
 
     y_true = np.asarray(y_true)
@@ -33,7 +33,7 @@ def roc_curves(y_true, y_prob, classes, aucs, path):
             fpr, tpr, _ = roc_curve(y_true[:, k], y_prob[:, k])
             ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {aucs[k]:.3f})")
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
-           xlim=(0, 1), ylim=(0, 1.01), title="ROC curves, test set")
+           xlim=(0, 1), ylim=(0, 1.01), title=f"ROC curves, {split} set")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     save_and_close(fig, path)

@@ -43,7 +43,7 @@ def write(work, val, classes, probs, decision, resamples, seed) -> dict:
                               "both labels of every finding"),
         study_pool=decision)
     metrics_json, roc_png, *curves = outputs(work, layout.history_csv(work).exists())
-    plots.roc_curves(y, p, classes, aucs, roc_png)
+    plots.roc_curves(y, p, classes, aucs, roc_png, split="val")
     if curves:
         plots.training_curves(pd.read_csv(layout.history_csv(work)), curves[0])
     write_json(result, metrics_json)

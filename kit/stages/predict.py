@@ -203,11 +203,12 @@ def run(cfg, weights=None, kind="final", error=None, *, found):
 def _report(cfg, kind, error, ckpt, weights, submission, filled):
     """reports/submission.json and the line that say which weights made submission.csv, and how the
     session ended: final, interim or fallback."""
-    trained = "the finished run" if kind == "final" else f"epoch {ckpt['epoch']} of {cfg.epochs}"
     schedule = resume.saved_schedule(layout.last_state(cfg.work))
+    epochs = schedule["epochs"] if schedule and cfg.epochs == "auto" else cfg.epochs  # as training fitted it
+    trained = "the finished run" if kind == "final" else f"epoch {ckpt['epoch']} of {epochs}"
     write_json(dict(kind=kind, interim=kind == "interim", weights=str(weights), trained=trained,
                     rows=len(submission), filled=filled, smoke=cfg.smoke, task=cfg.task,
-                    model=ckpt["arch"], epochs=cfg.epochs, schedule=schedule,
+                    model=ckpt["arch"], epochs=epochs, schedule=schedule,
                     **({"error": str(error)} if error else {})), layout.submission_report(cfg.work))
     label = {"final": "submission",
              "interim": f"interim submission (the time limit stopped training; weights: the EMA after {trained}; "

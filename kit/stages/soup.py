@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 
 from kit import layout
-from kit.config import settings
-from kit.config import scorer_kwargs
+from kit.config import scorer_kwargs, settings
 from kit.data import studies
 from kit.errors import KitError
 from kit.io import write_csv, write_json
@@ -18,6 +17,7 @@ from kit.models.model import checkpoint_dict, read_weights, save_weights
 from kit.pipeline import Stamp, stamped
 from kit.reports import val_report
 from kit.reports.metrics import auc_per_class
+from kit.training import resume
 
 
 def chosen_checkpoints(cfg) -> dict:
@@ -27,7 +27,9 @@ def chosen_checkpoints(cfg) -> dict:
         raise KitError(f"no epoch checkpoints in {layout.checkpoint_dir(cfg.work)}: run --stage train first")
     if cfg.soup == "greedy":
         return found
-    wanted = settings.parse_epochs(cfg.soup_epochs, cfg.epochs)
+    # --epochs auto in a process that did not train: the length the train stage fitted
+    total = resume.fitted_epochs(cfg.work) if cfg.epochs == "auto" else cfg.epochs
+    wanted = settings.parse_epochs(cfg.soup_epochs, total)
     missing = [e for e in wanted if e not in found]
     if missing:
         raise KitError(f"the soup needs epochs {', '.join(map(str, wanted))} but there is no checkpoint "

@@ -13,8 +13,7 @@ import pandas as pd
 import torch
 
 from kit import env, layout
-from kit.config import settings
-from kit.config import loss_kwargs, optimizer_kwargs, predict_kwargs
+from kit.config import loss_kwargs, optimizer_kwargs, predict_kwargs, settings
 from kit.data import competition
 from kit.data.loaders import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
@@ -33,8 +32,6 @@ EVAL_BATCH_FACTOR = 2  # no gradients to keep: validation takes larger batches
 def run(cfg):
     if distributed.should_relaunch(cfg.ddp):
         distributed.relaunch(cfg)
-        if cfg.epochs == "auto" and resume.saved_schedule(layout.last_state(cfg.work)):
-            cfg.epochs = resume.fitted_epochs(cfg.work)  # as the processes fitted it
         if layout.interim_weights(cfg.work).exists():  # the processes stopped at the time limit
             raise session.time_up(cfg.time_limit, cfg.work, "in training")
         return

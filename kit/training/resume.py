@@ -114,7 +114,7 @@ def _progress(path) -> "tuple[dict, int]":
 
 def saved_schedule(path) -> "dict | None":
     """How --epochs auto fitted the schedule of the training state at `path` (None: not fitted)."""
-    return _peek(path).get("schedule") if Path(path).exists() else None
+    return _peek(path).get("schedule")
 
 
 def fitted_epochs(work) -> int:
