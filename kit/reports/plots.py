@@ -91,7 +91,8 @@ def training_curves(history, path):
     if "val_macro_auc" in history:
         right.plot(epochs, history["val_macro_auc"], marker="o", lw=2.5, c="black", label="macro")
     right.set(xlabel="epoch", ylabel="ROC AUC", title="Validation AUC")
-    right.legend(fontsize=8)
+    # the competition's 14 findings would cover the curves: their legend goes beside the plot
+    right.legend(fontsize=8, **({"loc": "center left", "bbox_to_anchor": (1.01, 0.5)} if len(right.lines) > 8 else {}))
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
