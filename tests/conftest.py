@@ -4,11 +4,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kit.config import Config  # noqa: E402  (needs ROOT on the path)
+
+# pytest-xdist's workers share the cores: each worker's torch, and each run.py it starts, takes its
+# share of threads rather than all of them, which would make the workers wait on each other
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _threads = max(1, (os.cpu_count() or 1) // _workers)
+    torch.set_num_threads(_threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
 
 @pytest.fixture
