@@ -5,12 +5,14 @@ The data: Grand X-Ray Slam's layout (train1.csv with every real column, the 14 f
 frontal and lateral films named `<patient>_<study>_<view>.jpg`, a sample submission and its
 test1/ folder), several films per study, labels per study (from its report), each finding drawn
 faint on about half of the study's films. Three runs of the kit share one split (--split-seed)
-and differ in seed and loss; each decides its study pool on val; a fourth work dir blends them.
+and differ in loss (focal+BCE, ASL, BCE) and, unless --seeds names one, in seed; each decides its
+study pool on val; a fourth work dir blends them.
 Reported: per film against pooled macro AUC (val, and the held-out test split), each run's
 macro AUC against the blend's on val and on the held-out test split.
 
     python -m bench.study_blend                      # about 15 minutes on 2 CPU cores
     python -m bench.study_blend --patients 40 --epochs 1
+    python -m bench.study_blend --seeds 1,1,1             # the losses alone, on one seed
 """
 import argparse
 import json
@@ -36,9 +38,7 @@ from kit.reports.metrics import macro_auc
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = list(demo.PROPORTIONS)
 OTHERS = [f for f in gxs.FINDINGS if f not in TARGETS and f != "No Finding"]  # a faint mark each
-RUNS = (("seed 1, focal+BCE", ["--seed", "1", "--loss", "focal_bce"]),
-        ("seed 2, ASL", ["--seed", "2", "--loss", "asl"]),
-        ("seed 3, BCE", ["--seed", "3", "--loss", "bce"]))
+LOSSES = ("focal_bce", "asl", "bce")
 # the demo's CPU-sized recipe, written out so the runs do not take the demo's own data
 RECIPE = ["--dataset", "gxs", "--resize", "128", "--model", "levit_128s", "--img-size", "112", "--pretrained",
           "none", "--batch-size", "16", "--effective-batch", "16", "--lr", "5e-4", "--layer-decay", "1.0",
@@ -116,8 +116,14 @@ def main(argv=None):
     ap.add_argument("--alpha", type=float, default=0.3, help="how strongly a finding is drawn (1: the demo's)")
     ap.add_argument("--show", type=float, default=0.5, help="chance that a finding shows on one film of its study")
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the data's seed")
+    ap.add_argument("--seeds", default="1,2,3", help="the three runs' seeds, in the order of their losses "
+                    + ", ".join(LOSSES))
     args = ap.parse_args(argv)
+    seeds = args.seeds.split(",")
+    if len(seeds) != len(LOSSES):
+        ap.error(f"--seeds takes {len(LOSSES)} seeds, one a loss, as 1,1,1")
+    runs = [(f"seed {seed}, {loss}", ["--seed", seed, "--loss", loss]) for seed, loss in zip(seeds, LOSSES)]
     out = Path(args.out).resolve()
     data = out / "data"
     m = machine(gpus=False)
@@ -125,7 +131,7 @@ def main(argv=None):
     if not (data / "train1.csv").exists():
         generate(data, args.patients, args.seed, args.alpha, args.show, args.competition_patients)
     works = []
-    for i, (name, flags) in enumerate(RUNS):
+    for i, (name, flags) in enumerate(runs):
         work = out / f"run{i + 1}"
         kit("--task", "competition", "--data-dir", str(data), "--work-dir", str(work), "--split-seed", "0",
             "--val-frac", "0.25", "--test-frac", "0.25", "--epochs", str(args.epochs), *RECIPE, *flags)
@@ -134,7 +140,7 @@ def main(argv=None):
     weights = pd.read_csv(out / "blend" / "reports" / "blend.csv").query("kind == 'run'")["weight"].to_numpy()
 
     rows, val_answers, test_answers = [], [], []
-    for (name, _), work in zip(RUNS, works):
+    for (name, _), work in zip(runs, works):
         y_val, p_val, y_test, p_test, keys, decision = run_answers(work)
         answered = studies.pool(p_test, keys, decision["method"])
         val_answers.append(p_val)
@@ -155,7 +161,7 @@ def main(argv=None):
           f"{time.perf_counter() - start:.0f} s")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(json.dumps(dict(bench="study_blend", machine=m, rows=table.to_dict("records"),
-                          alpha=args.alpha, show=args.show, epochs=args.epochs)))
+                          alpha=args.alpha, show=args.show, epochs=args.epochs, seeds=seeds)))
 
 
 if __name__ == "__main__":
