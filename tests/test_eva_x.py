@@ -12,7 +12,7 @@ from kit import layout
 from kit.errors import KitError
 from kit.models import eva_x
 from kit.models.model import checkpoint_dict, create_model, load_model, read_weights, save_weights
-from kit.stages import soup
+from kit.stages import soup, synth_quality
 
 # EVA-X's eva_x.py, written out: what each published model is
 PUBLISHED = {
@@ -64,6 +64,23 @@ def test_mim_checkpoint_loads_every_backbone_tensor(name, key, tmp_path, capsys)
     assert model.head.out_features == 5
     assert re.search(rf"{name}: {len(want)} backbone tensors loaded .*; new: head.weight, head.bias",
                      capsys.readouterr().out)
+
+
+def test_synth_quality_judges_an_eva_x_run_with_eva_x_pretrained_features(cfg, tmp_path):
+    """A weights file names EVA-02 for plain timm; the judge's pretrained backbone is still the
+    EVA-X model with every MIM tensor, not an EVA-02 that the file does not fit."""
+    source = published("eva_x_tiny_patch16", 32)
+    file = mim_checkpoint(source, tmp_path / eva_x.weights_file("eva_x_tiny_patch16"))
+    run = create_model("eva_x_tiny_patch16", 3, 32)
+    ckpt = checkpoint_dict(run.state_dict(), arch="eva_x_tiny_patch16", classes=list("abc"), img_size=32,
+                           mean=eva_x.MEAN, std=eva_x.STD, epoch=1, metric=0.5)
+    assert eva_x.kit_name(ckpt["arch"], ckpt["model_kwargs"]) == "eva_x_tiny_patch16"
+    assert eva_x.kit_name("eva02_tiny_patch14_224") == "eva02_tiny_patch14_224"
+    backbone = synth_quality.pretrained_backbone(cfg(pretrained=str(file)), ckpt)
+    got, want = _backbone(backbone), _backbone(source)
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
 
 
 def test_mim_checkpoint_at_224_resamples_the_position_table_to_the_image_size(tmp_path):

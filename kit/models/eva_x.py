@@ -69,6 +69,14 @@ def timm_recipe(arch) -> tuple:
     return (TIMM_BASE[name], dict(TIMM_KWARGS)) if name in SIZES else (arch, {})
 
 
+def kit_name(arch, model_kwargs=None) -> str:
+    """The name a weights file's plain-timm `arch` and `model_kwargs` were built from: the inverse
+    of timm_recipe, so that a judge or a report names the EVA-X model, not its EVA-02 twin."""
+    if (model_kwargs or {}).get("patch_size") == TIMM_KWARGS["patch_size"]:
+        return next((name for name, base in TIMM_BASE.items() if base == arch), arch)
+    return arch
+
+
 def weights_file(arch) -> str:
     """The published MIM checkpoint's file name, as --pretrained auto looks for it."""
     return arch.partition(".")[0] + FILE_SUFFIX

@@ -19,6 +19,7 @@ from kit.data.competition import (find_inputs, has_images, index_images, locate,
                                   relative_ids, sample_classes, skip_reason)
 from kit.errors import KitError
 from kit.io import write_csv, write_json
+from kit.models import eva_x
 from kit.models.inference import Scorer, tta_name
 from kit.models.model import read_weights
 from kit.pipeline import Stamp, stamped
@@ -208,7 +209,7 @@ def _report(cfg, kind, error, ckpt, weights, submission, filled):
     trained = "the finished run" if kind == "final" else f"epoch {ckpt['epoch']} of {epochs}"
     write_json(dict(kind=kind, interim=kind == "interim", weights=str(weights), trained=trained,
                     rows=len(submission), filled=filled, smoke=cfg.smoke, task=cfg.task,
-                    model=ckpt["arch"], epochs=epochs, schedule=schedule,
+                    model=eva_x.kit_name(ckpt["arch"], ckpt.get("model_kwargs")), epochs=epochs, schedule=schedule,
                     **({"error": str(error)} if error else {})), layout.submission_report(cfg.work))
     label = {"final": "submission",
              "interim": f"interim submission (the time limit stopped training; weights: the EMA after {trained}; "

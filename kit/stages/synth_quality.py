@@ -20,7 +20,7 @@ from kit import env, layout
 from kit.data.images import load_gray
 from kit.errors import KitError
 from kit.io import write_csv
-from kit.models import inference
+from kit.models import eva_x, inference
 from kit.models.inference import check_classes, device
 from kit.models.model import create_model, load_model, norm_stats, read_weights
 from kit.pipeline import Stamp, stamped
@@ -51,8 +51,8 @@ def pretrained_backbone(cfg, ckpt):
         return None
     roots = env.data_roots(env.platform()) + ([cfg.data_dir] if cfg.data_dir else [])
     try:
-        return create_model(ckpt["arch"], len(ckpt["classes"]), ckpt["img_size"], pretrained=cfg.pretrained,
-                            search_roots=roots)
+        return create_model(eva_x.kit_name(ckpt["arch"], ckpt.get("model_kwargs")), len(ckpt["classes"]),
+                            ckpt["img_size"], pretrained=cfg.pretrained, search_roots=roots)
     except KitError as e:
         print(f"[synth-quality] no pretrained backbone features: {e}")
         return None
