@@ -138,6 +138,19 @@ def test_a_rate_that_falls_ends_the_schedule_sooner_not_the_session_without_it(d
     assert report(work)["kind"] == "final" and report(work)["schedule"]["epochs"] == len(history)
 
 
+def test_max_epochs_caps_what_fits_and_the_schedule_still_ends_at_its_floor(data, tmp_path, capsys, virtual_time):
+    root, _ = data
+    work = tmp_path / "w"
+    argv = ["--task", "competition", "--data-dir", str(root), "--work-dir", str(work), *TIMED,
+            "--epochs", "auto", "--time-limit", "30m", "--max-epochs", "2"]
+    assert cli.main(argv) == 0
+    fitted = int(re.search(r"--epochs auto: (\d+) epochs fit in 1 session of 30m at 1.0 images/s, "
+                           r"--max-epochs trains 2,", capsys.readouterr().out)[1])
+    history = pd.read_csv(work / "history.csv")
+    assert fitted > 2 and len(history) == 2 and history["lr"].iloc[-1] == pytest.approx(1e-6)
+    assert report(work)["kind"] == "final" and report(work)["schedule"]["epochs"] == 2
+
+
 def test_two_sessions_end_interim_then_final_on_one_continuous_schedule(data, tmp_path, capsys, virtual_time):
     root, _ = data
     work = tmp_path / "w"
@@ -300,6 +313,7 @@ def test_out_of_memory_under_ddp_restarts_every_process_at_half_the_batch(tmp_pa
     (["--epochs", "auto"], r"--epochs auto fits the schedule to the time limit, and this run has none; pass "
                            r"--time-limit"),
     (["--epochs", "0"], r"--epochs 0: pass a positive whole number or auto"),
+    (["--max-epochs", "1"], r"--max-epochs 1 is fewer than the 2 epochs --soup-epochs last2 averages"),
 ])
 def test_bad_schedule_and_error_settings_are_one_line_before_any_stage(tmp_path, capsys, argv, message):
     work = tmp_path / "w"

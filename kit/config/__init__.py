@@ -109,6 +109,8 @@ class Config:
     epochs: str = opt(6, "training epochs, or auto: after the first updates, the most whole epochs that fit in "
                            "the time limit (over --sessions sessions) with the stages after training, the "
                            "schedule fitted to end there (competition default on Kaggle and Colab: auto)", "train")
+    max_epochs: int = opt(0, "--epochs auto: at most this many, however many fit (0: as many as fit; a small "
+                             "model in a long session may fit dozens)", "train", check=at_least(0))
     batch_size: str = opt("auto", "per-device batch, or auto: the largest that fits", "train")
     accum: str = opt("auto", "gradient accumulation steps, or auto: keep --effective-batch", "train")
     effective_batch: int = opt(64, "images per optimizer update across devices and accumulation", "train",

@@ -89,7 +89,10 @@ def resolve(cfg):
     cfg.batch_size = count(cfg.batch_size, "--batch-size")
     cfg.accum = count(cfg.accum, "--accum")
     cfg.keep_epochs = count(cfg.keep_epochs, "--keep-epochs", ("auto", "all"))
-    soup_needs(cfg.soup_epochs)
+    least = soup_needs(cfg.soup_epochs)
+    if 0 < cfg.max_epochs < least:
+        raise KitError(f"--max-epochs {cfg.max_epochs} is fewer than the {least} epochs --soup-epochs "
+                       f"{cfg.soup_epochs} averages; raise it or average fewer")
     for name in ("val_frac", "test_frac"):
         if not 0 <= getattr(cfg, name) < 1:
             raise KitError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must be in [0, 1)")

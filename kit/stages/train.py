@@ -208,8 +208,9 @@ class Clock:
         budget = timing.session_budget(left_s=session.seconds_left(), limit_s=session.time_limit(cfg.time_limit),
                                        before_s=self.before_s, finish_s=finish_s, sessions=cfg.sessions - ended)
         least = settings.soup_needs(cfg.soup_epochs)
-        epochs, fits = timing.fit_epochs(epoch_s=epoch_s, epoch=t.epoch, fraction_done=t.offset / self.train_images,
+        fitted, fits = timing.fit_epochs(epoch_s=epoch_s, epoch=t.epoch, fraction_done=t.offset / self.train_images,
                                          budget_s=budget, least=least)
+        epochs = min(fitted, max(cfg.max_epochs, t.epoch + 1)) if cfg.max_epochs else fitted
         # every process measured its own time: all take the shortest schedule
         agreed = distributed.reduced(torch.tensor([epochs, int(fits)], device=self.world.device), self.world, "min")
         epochs, fits = int(agreed[0]), bool(agreed[1])
@@ -226,7 +227,8 @@ class Clock:
             self.say(f"[train] --epochs auto: at this epoch's {timing.duration(epoch_s)} the schedule's {before} "
                      f"epochs no longer fit in {where}; it now ends after epoch {epochs}: {ends}")
         elif fits:
-            self.say(f"[train] --epochs auto: {epochs} epochs fit in {where} at {rate:.1f} images/s, "
+            capped = f", --max-epochs trains {epochs}" if epochs < fitted else ""
+            self.say(f"[train] --epochs auto: {fitted} epochs fit in {where} at {rate:.1f} images/s{capped}, "
                      f"{timing.duration(finish_s)} kept for the stages after training; {ends}")
         else:
             self.say(f"[train] --epochs auto: the soup's {least} epochs do not fit in {where} at {rate:.1f} "
