@@ -227,9 +227,10 @@ class Clock:
             self.say(f"[train] --epochs auto: at this epoch's {timing.duration(epoch_s)} the schedule's {before} "
                      f"epochs no longer fit in {where}; it now ends after epoch {epochs}: {ends}")
         elif fits:
-            capped = f", --max-epochs trains {epochs}" if epochs < fitted else ""
-            self.say(f"[train] --epochs auto: {fitted} epochs fit in {where} at {rate:.1f} images/s{capped}, "
-                     f"{timing.duration(finish_s)} kept for the stages after training; {ends}")
+            said = (f"{fitted} epochs fit in {where} at {rate:.1f} images/s, --max-epochs trains {epochs}"
+                    if epochs == cfg.max_epochs < fitted else f"{epochs} epochs fit in {where} at {rate:.1f} images/s")
+            self.say(f"[train] --epochs auto: {said}, {timing.duration(finish_s)} kept for the stages after "
+                     f"training; {ends}")
         else:
             self.say(f"[train] --epochs auto: the soup's {least} epochs do not fit in {where} at {rate:.1f} "
                      f"images/s; training {epochs} (what fits, fits: false in reports/submission.json); "
