@@ -71,6 +71,8 @@ def test_each_epoch_writes_history_ema_checkpoint_and_summary(trained):
     with pytest.raises(KitError, match=r"finished 2 epochs with other settings \(--lr 0.001 -> 0.002, "
                                        r"--aug strong -> light\); pass --force"):
         run_quietly(tiny_cfg(work, lr=2e-3, aug="light"))
+    with pytest.raises(KitError, match=r"other settings \(--asl-clip 0.05 -> 0.1\)"):
+        run_quietly(tiny_cfg(work, asl_clip=0.1))
     with pytest.raises(KitError, match=r"last.pth is from another run; changed since: --img-size \(28 -> 56\); "
                                        r"pass the same settings to resume it, or --force"):
         run_quietly(tiny_cfg(work, img_size=56))

@@ -23,7 +23,8 @@ SIGNATURE = {"model": "--model", "classes": "the classes", "img_size": "--img-si
 # the settings that shape the trained weights: a finished run trained with others is not
 # the result of these (--epochs more continues it; batch size, workers and speed options do not count)
 RECIPE = ("pretrained", "drop_path", "effective_batch", "lr", "layer_decay", "weight_decay", "warmup_epochs",
-          "min_lr", "loss", "focal_weight", "focal_alpha", "focal_gamma", "pos_weight", "amp", "clip_grad",
+          "min_lr", "loss", "focal_weight", "focal_alpha", "focal_gamma", "asl_gamma_neg", "asl_gamma_pos",
+          "asl_clip", "pos_weight", "amp", "clip_grad",
           "aug", "hflip", "ema_decay", "ema_warmup", "seed", "head_init")
 
 
