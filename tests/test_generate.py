@@ -148,17 +148,19 @@ def test_a_killed_generator_resumes_to_the_uninterrupted_state(tmp_path, referen
     assert_same_state(state(work), state(reference))
 
 
+@pytest.mark.parametrize("where", ["mid-epoch", "the epoch's last update"])
 def test_ctrl_c_saves_the_generator_at_the_next_update_and_the_rerun_loses_nothing(tmp_path, reference, monkeypatch,
-                                                                                   cfg, capsys, request):
+                                                                                   cfg, capsys, request, where):
     work = make_work(tmp_path)
     c = cfg(work_dir=str(work), gen_per_class=1, **TINY)
     update = generator.Training.update
+    at = 2 if where == "mid-epoch" else state(reference)["updates"] // TINY["gen_epochs"] - 1
 
-    def interrupted_in_update_3(self, images, labels):
-        if self.updates == 2:
+    def interrupted(self, images, labels):
+        if self.updates == at:
             os.kill(os.getpid(), signal.SIGINT)
         return update(self, images, labels)
-    monkeypatch.setattr(generator.Training, "update", interrupted_in_update_3)
+    monkeypatch.setattr(generator.Training, "update", interrupted)
     # Python's own Ctrl-C handler, whatever this process inherited (a background job starts with
     # SIGINT ignored, which the kit keeps ignored)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -166,7 +168,7 @@ def test_ctrl_c_saves_the_generator_at_the_next_update_and_the_rerun_loses_nothi
     with pytest.raises(interrupt.Interrupted, match="SIGINT in generator epoch 1: the training state is saved "
                                                     r"in .*generated/last.pth"):
         generate.run(c)
-    assert state(work)["updates"] == 3 and not layout.generated_manifest(work).exists()
+    assert state(work)["updates"] == at + 1 and not layout.generated_manifest(work).exists()
     monkeypatch.setattr(generator.Training, "update", update)
     generate.run(c)
     assert "resuming from" in capsys.readouterr().out

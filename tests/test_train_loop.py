@@ -24,7 +24,7 @@ from kit.models import inference
 from kit.models.model import create_model, load_model, read_weights
 from kit.models.precision import Autocast, autocast_dtype, grad_scaler
 from kit.stages import train
-from kit.training import batching
+from kit.training import batching, interrupt
 from kit.training import trainer as trainer_module
 from kit.training.distributed import World
 from kit.training.losses import FocalBCELoss, build_loss
@@ -93,6 +93,25 @@ def test_a_run_killed_at_the_end_of_an_epoch_leaves_no_short_history(tmp_path, m
     monkeypatch.setattr(trainer_module, "write_csv", write_csv)
     assert "resuming from" in run_quietly(tiny_cfg(work))
     assert pd.read_csv(layout.history_csv(work)).epoch.tolist() == [1, 2]
+
+
+def test_a_stop_on_an_epochs_last_update_resumes_into_the_next_epoch(tmp_path, monkeypatch):
+    """Saved with the epoch's every image trained but not yet validated: the rerun trains
+    nothing of it, so it measures no rate, and goes on to validate it and train the next."""
+    work = make_work(tmp_path)
+    asked = []
+
+    def signal_on_the_fourth_update(world):  # 4 updates an epoch
+        asked.append(world)
+        return "signal" if len(asked) == 4 else None
+    monkeypatch.setattr(interrupt, "reason", signal_on_the_fourth_update)
+    with pytest.raises(interrupt.Interrupted):
+        run_quietly(tiny_cfg(work))
+    state = last_state(work)
+    assert (state["epoch"], state["offset"], state["updates"]) == (0, 32, 4)
+    monkeypatch.undo()
+    assert "resuming from" in run_quietly(tiny_cfg(work))
+    assert pd.read_csv(layout.history_csv(work)).epoch.tolist() == [1, 2] and last_state(work)["updates"] == 8
 
 
 def test_gradient_checkpointing_changes_memory_not_results(trained, tmp_path, monkeypatch):

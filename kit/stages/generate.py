@@ -149,8 +149,9 @@ def train_generator(cfg, chosen, rows, images, labels, device, dtype, to_sample)
     with loop.running():
         while run.epoch < cfg.gen_epochs:
             row = train_epoch(run, loop, images, labels, batch, cfg.gen_epochs)
-            # sampling comes after training: keep its time out of training's share of the limit
-            session.reserve(to_sample * cfg.gen_steps / (timing.FORWARD_SPEEDUP * row["images_per_s"]))
+            if row["images_per_s"]:  # none when resumed after the epoch's last update
+                # sampling comes after training: keep its time out of training's share of the limit
+                session.reserve(to_sample * cfg.gen_steps / (timing.FORWARD_SPEEDUP * row["images_per_s"]))
             run.end_epoch(row)
             write_weights(cfg, run, chosen)
             left_s = loop.end_epoch(cfg.gen_epochs - run.epoch)  # last: a run killed before this redoes the epoch

@@ -190,7 +190,9 @@ class Trainer(Position):
         val_start = time.perf_counter()
         val = validate()
         val_rate = val_images / max(time.perf_counter() - val_start, 1e-9)
-        if self.on_rate:  # fits the schedule, if the first updates did not
+        # fits the schedule, if the first updates did not; a session that resumed after the epoch's
+        # last update trained none of it and measured nothing
+        if self.on_rate and stats["images_per_s"]:
             self.on_rate(stats["images_per_s"], val_rate)
         lr_high, lr_low = self.last_update_lrs()
         row = {"epoch": self.epoch + 1, "train_loss": stats["train_loss"], **val, "lr": lr_high,
