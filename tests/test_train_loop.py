@@ -168,6 +168,9 @@ def test_the_default_keep_epochs_deletes_what_the_soup_does_not_need(tmp_path):
     assert sorted(layout.epoch_checkpoints(tmp_path)) == [3, 5, 6]
     greedy = dataclasses.replace(cfg, soup="greedy")  # a greedy soup may take any epoch: all stay
     assert train.keep_policy(greedy)(history) == set(range(1, 7))
+    # --epochs auto planned 8 and may end the schedule at the epoch just done: its soup stays too
+    planned = train.keep_policy(dataclasses.replace(cfg, epochs=8))
+    assert planned(history[:5]) & set(range(1, 6)) == {3, 4, 5} and planned(history) & set(range(1, 7)) == {3, 5, 6}
 
 
 def test_checkpoint_in_plain_timm_matches_the_kit_and_the_history(trained):

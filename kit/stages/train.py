@@ -311,7 +311,9 @@ def keep_policy(cfg):
     if cfg.keep_epochs == "all" or (cfg.keep_epochs == "auto" and cfg.soup == "greedy"):
         return lambda history: {row["epoch"] for row in history}
     if cfg.keep_epochs == "auto":
-        # read when asked: --epochs auto sets the run's length after its first updates
-        return lambda history: set(settings.parse_epochs(cfg.soup_epochs, cfg.epochs)) | {layout.best_epoch(history)}
+        # read when asked: --epochs auto sets the run's length after its first updates, and may
+        # end it at the epoch just done, so that epoch's soup stays too
+        return lambda history: (set(settings.parse_epochs(cfg.soup_epochs, cfg.epochs)) | {layout.best_epoch(history)}
+                                | set(settings.parse_epochs(cfg.soup_epochs, history[-1]["epoch"])))
     n = settings.count(cfg.keep_epochs, "--keep-epochs", ("auto", "all"))
     return lambda history: {row["epoch"] for row in history[-n:]}
