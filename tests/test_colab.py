@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import shutil
 import sys
+import tarfile
 import types
 import zipfile
 
@@ -22,6 +23,7 @@ from fake_data import gxs_dataset, jpeg
 from kit import cli, env
 from kit.config import Config
 from kit.config.flags import parse_config
+from kit.data import shards
 from kit.kaggle import download, remote_zip
 from kit.training import session
 from test_download import range_server
@@ -159,6 +161,42 @@ def test_a_new_machine_restores_the_stored_images_and_skips_to_training(colab, s
     out = capsys.readouterr().out
     assert "[download] 24 films are not in" in out and "24 of them wanted; 0 already here, 24 to fetch" in out
     assert files(data) == downloaded and files(local) == stored
+
+
+class Killed(BaseException):
+    """A kill: nothing catches it."""
+
+
+def test_a_restore_killed_while_writing_the_last_file_is_redone(tmp_path, monkeypatch):
+    folder, work = tmp_path / "local", tmp_path / "work"
+    (folder / "sub").mkdir(parents=True)
+    for k in range(4):
+        (folder / "sub" / f"{k}.bin").write_bytes(bytes([k]) * 3000)
+    (folder / "manifest.csv").write_text("file,status\n" + "x.jpg,ok\n" * 500)
+    monkeypatch.setattr(shards, "SHARD_BYTES", 5000)  # several shards; the last file in the last one
+    shards.keep(work, "stored", folder, last="manifest.csv")
+    kept = files(folder)
+    shutil.rmtree(folder)
+
+    makefile = tarfile.TarFile.makefile
+
+    def killed_midway(tar, member, target):  # half of manifest.csv's bytes written, then killed
+        if "manifest.csv" in os.path.basename(target):
+            with open(target, "wb") as f:
+                f.write(tar.extractfile(member).read(member.size // 2))
+            raise Killed
+        makefile(tar, member, target)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", killed_midway)
+    with pytest.raises(Killed):
+        shards.restore(work, "stored")
+    assert not (folder / "manifest.csv").exists()  # not taken for a complete restore
+    stale = folder / ".manifest.csv.x.tmp"  # what a kill -9 leaves: a temporary file from before this run
+    stale.write_text("file,status\n")
+    os.utime(stale, (0, 0))
+    monkeypatch.setattr(tarfile.TarFile, "makefile", makefile)
+    assert shards.restore(work, "stored") == folder.resolve()
+    assert files(folder) == kept
 
 
 def test_stamps_compare_content_not_times(tmp_path, capsys):

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 from kit import env
-from kit.io import atomic_path, write_json
+from kit.io import atomic_path, remove_partial_writes, write_json
 
 SHARD_BYTES = 1 << 30  # a shard's size: few files on Drive, each copied in well under a minute
 FOLDER = "shards"
@@ -75,9 +75,12 @@ def restore(work, name: str) -> "Path | None":
     if (folder / kept["last"]).exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(folder)  # a killed restore's
     for shard in kept["shards"]:
         with tarfile.open(index.parent / shard) as tar:
-            tar.extractall(folder, filter="data")
+            for m in tar:  # each under a temporary name, renamed whole: `last`, at the end, is never partial
+                with atomic_path(folder / m.name) as tmp:
+                    tar.extract(m.replace(name=(Path(m.name).parent / tmp.name).as_posix()), folder, filter="data")
     print(f"[shards] {len(kept['listing'])} files restored into {folder} from {len(kept['shards'])} shard(s)")
     return folder
 
