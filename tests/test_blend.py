@@ -90,5 +90,45 @@ def test_blend_refuses_runs_that_answer_other_films_or_columns(cfg, tmp_path):
         blend.run(cfg(stage="blend", runs=(a, str(tmp_path / "unfinished"))))
 
 
+def _unread(run, rows):
+    """The soup could not read these val films: their probabilities are NaN (empty in the csv)."""
+    path = layout.val_predictions_csv(run)
+    val = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
+    val.loc[rows, [f"prob_{c}" for c in CLASSES]] = np.nan
+    write_csv(val, path)
+
+
+def test_blend_leaves_out_val_films_a_run_could_not_read_and_keeps_ids_verbatim(cfg, tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    y = _labels(rng, VAL)
+    ids = [f"{i:04d}" for i in range(TEST)]  # a number to pandas unless read as text
+    runs = [save_run(tmp_path / name, y, 1.0, rng, test_ids=ids) for name in "ab"]
+    _unread(runs[0], list(range(10)))
+    c = cfg(stage="blend", runs=tuple(runs))
+    blend.run(c)
+    assert "[blend] 230 shared val films" in capsys.readouterr().out
+    table = pd.read_csv(layout.reports_dir(c.work) / "blend.csv")
+    vals = [pd.read_csv(layout.val_predictions_csv(r))[[f"prob_{k}" for k in CLASSES]].to_numpy()[10:]
+            for r in runs]
+    equal = table[table["run"] == "equal weights"].iloc[0]
+    assert equal["val_macro_auc"] == pytest.approx(_macro(y[10:], np.mean(vals, axis=0)))
+    assert pd.read_csv(layout.submission_csv(c.work), dtype=str)["Image_name"].tolist() == ids
+
+
+def test_blend_without_a_scorable_val_film_is_one_line(cfg, tmp_path):
+    rng = np.random.default_rng(3)
+    y = _labels(rng, VAL)
+    a, b = (save_run(tmp_path / name, y, 1.0, rng) for name in "ab")
+    _unread(a, slice(None))
+    with pytest.raises(KitError, match=r"no val film has probabilities in every run's .*--stage soup") as err:
+        blend.run(cfg(stage="blend", runs=(a, b)))
+    assert "\n" not in str(err.value)
+    one_label = [save_run(tmp_path / name, np.zeros_like(y), 1.0, rng) for name in "cd"]
+    with pytest.raises(KitError, match=r"no class has both positive and negative films among the 240 val films "
+                                       r".*--val-frac") as err:
+        blend.run(cfg(stage="blend", runs=tuple(one_label)))
+    assert "\n" not in str(err.value)
+
+
 def test_runs_flag_takes_two_or_more_work_dirs():
     assert list(cli.parse_config(["--stage", "blend", "--runs", "w1", "w2", "w3"]).runs) == ["w1", "w2", "w3"]

@@ -62,8 +62,9 @@ def read_run(run):
                            f"out of --runs")
     val = pd.read_csv(val_csv, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
     classes = [c[len(PROB):] for c in val.columns if c.startswith(PROB)]
-    sub = pd.read_csv(sub_csv)
-    sub[sub.columns[0]] = sub[sub.columns[0]].astype(str)
+    probs = [PROB + c for c in classes]
+    val[probs] = val[probs].apply(pd.to_numeric)  # a film the soup could not read has empty ones: NaN
+    sub = pd.read_csv(sub_csv, dtype={0: str}, keep_default_na=False)  # ids verbatim: 0001 stays 0001
     return val, classes, sub
 
 
