@@ -2,13 +2,21 @@
 one line that describes any error."""
 
 
+# torch re-raises a DataLoader worker's error in the main process with the worker's traceback
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
 class KitError(Exception):
     """A problem the user can fix; its message names the problem and the fix."""
 
 
 def describe(e: Exception) -> str:
     """One line for an error: a KitError says problem and fix; an OSError is the machine's
-    (permissions, a full disk, a vanished mount): its path; anything else, its type and first line."""
+    (permissions, a full disk, a vanished mount): its path; anything else, its type and first line.
+    A data-loading worker's error is its own last line."""
+    if WORKER_TRACEBACK in str(e):
+        raised = str(e).strip().splitlines()[-1].partition(": ")[2]  # "kit.errors.KitError: ..."
+        return raised if isinstance(e, KitError) else f"{type(e).__name__} in a data-loading worker: {raised[:300]}"
     if isinstance(e, KitError):
         return str(e)
     if not isinstance(e, OSError):
