@@ -60,6 +60,9 @@ def test_the_clock_runs_from_the_start_of_the_run(clock):
     assert session.out_of_time()
     with pytest.raises(session.TimeUp, match=r"time limit 10s reached before the soup stage: .*run the same command"):
         session.check_time(cfg.time_limit, cfg.work, "soup")
+    session.start(cfg.time_limit)  # a run inside this one (the synthetic demo's) keeps its clock
+    assert session.out_of_time()
+    session.end()
     assert session.start(cfg.time_limit) and not session.out_of_time()  # a new run in the same process: a new clock
 
 
