@@ -105,7 +105,9 @@ def test_epochs_auto_ends_the_session_with_a_finished_schedule_and_a_final_submi
     assert f"--epochs auto: {epochs} epochs fit in 1 session of 8m at 1.0 images/s" in out
     assert 2 <= epochs <= 8 and "time limit 8m reached" not in out
     assert history["lr"].iloc[-1] == pytest.approx(1e-6)  # the schedule reached its floor on the last update
-    schedule = json.loads((work / "run_config.json").read_text())["schedule"]
+    config = json.loads((work / "run_config.json").read_text())
+    schedule = config["schedule"]
+    assert config["epochs"] == epochs and {"platform", "stored_images"} <= set(config)  # the runner's too
     assert schedule == dict(epochs=epochs, fits=True, images_per_s=RATE, sessions=1, time_limit="8m", ended_sessions=0)
     done = report(work)
     assert done["kind"] == "final" and done["epochs"] == epochs and done["schedule"] == schedule

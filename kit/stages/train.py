@@ -6,6 +6,7 @@ checkpoints/epoch_NN.pth (EMA weights, timm-loadable) and checkpoints/last.pth (
 rerun needs to resume), prune the epoch files nobody will need. Several GPUs train
 data-parallel (torch.distributed); only rank 0 writes files and prints.
 """
+import json
 from functools import partial
 
 import numpy as np
@@ -236,7 +237,9 @@ class Clock:
                      f"images/s; training {epochs} (what fits, fits: false in reports/submission.json); "
                      f"more --sessions fit more")
         if self.world.is_main:
-            write_json({**cfg.to_dict(), "schedule": schedule}, layout.run_config(cfg.work))
+            config = layout.run_config(cfg.work)  # the run's, with its platform and stored images
+            saved = json.loads(config.read_text()) if config.exists() else {}
+            write_json({**saved, **cfg.to_dict(), "schedule": schedule}, config)
 
 
 def batch_sizes(cfg, world, model, criterion, num_classes, state, compiled):
