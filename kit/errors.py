@@ -10,6 +10,12 @@ class KitError(Exception):
     """A problem the user can fix; its message names the problem and the fix."""
 
 
+def examples(ids, shown=3) -> str:
+    """A few of `ids` for a message: the first `shown` in order, then ... when there are more."""
+    ids = sorted(map(str, ids))
+    return ", ".join(ids[:shown]) + (" ..." if len(ids) > shown else "")
+
+
 def describe(e: Exception) -> str:
     """One line for an error: a KitError says problem and fix; an OSError is the machine's
     (permissions, a full disk, a vanished mount): its path; anything else, its type and first line.

@@ -21,6 +21,8 @@ META_COLUMNS = ("image_id", "patient_id", "view", "path", "label", "official_spl
 SPLITS = ("train", "val", "test")
 
 
+PROB = "prob_"  # a predictions table's probability columns: prob_<class>
+
 def run_config(work) -> Path:
     """Every setting of the last run, defaults written out."""
     return Path(work) / "run_config.json"
@@ -105,6 +107,16 @@ def split_csv(work, name) -> Path:
 
 def class_columns(df) -> list:
     return [c for c in df.columns if c not in META_COLUMNS]
+
+
+def prob_columns(classes) -> list:
+    """A predictions table's (reports/*_predictions.csv) probability column of each class."""
+    return [PROB + c for c in classes]
+
+
+def prob_classes(df) -> list:
+    """The classes a predictions table answers, in its column order."""
+    return [c[len(PROB):] for c in df.columns if c.startswith(PROB)]
 
 
 def image_path(work, file) -> Path:

@@ -30,8 +30,9 @@ class Stage:
     check: bool = False
     # `skipped(cfg) -> str | None`: under --stage all, why this run passes the stage by
     optional: bool = False
-    # `finish(cfg)`: what it still does under --stage all when the time limit stops the run before
-    # it (predict: an interim submission from the latest weights)
+    # `finish(cfg, error)`: what it still does under --stage all when the time limit (error None) or,
+    # with --on-error submit, a failure stops the run before it (predict: an interim submission from
+    # the latest weights, or a fallback from the val-best epoch)
     finish: bool = False
     doc: str = field(default="", compare=False)
 

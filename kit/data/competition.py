@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 
 from kit import env
+from kit.data.images import IMAGE_SUFFIXES
 from kit.data.sources import normalize_name
 from kit.data.sources.common import paths_under, read_csv_checked
 from kit.errors import KitError
 
 SAMPLE_NAMES = ("sample_submission_1.csv", "sample_submission_2.csv")
 SEARCH_DEPTH = 4
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 SUFFIX = r"(?s)(?<=.)(\.[^.]+)\Z"  # a file name's suffix as pathlib reads it
 
 

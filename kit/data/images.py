@@ -25,6 +25,8 @@ from kit.errors import KitError
 from kit.io import atomic_path
 from kit.progress import progress
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}  # what the kit reads as an image
+
 try:
     import simplejpeg
 except ImportError:

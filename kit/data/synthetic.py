@@ -13,15 +13,19 @@ import numpy as np
 import pandas as pd
 
 from kit import layout
-from kit.data.images import store_all, stored_names
+from kit.data.images import IMAGE_SUFFIXES, store_all, stored_names
 from kit.data.sources.common import normalize_name, read_csv_checked
 from kit.errors import KitError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 FOLDER = "synthetic"
 SHOWN = 5
 STORED = ("written", "skipped")
 SETTINGS = ("synthetic_dir", "synthetic_max_ratio", "synthetic_classes")  # what the mix depends on
+
+
+def real_rows(split):
+    """A split's real films: the rows a --synthetic-dir mixed in say `source: synthetic`."""
+    return split[split["source"] != FOLDER] if "source" in split.columns else split
 
 
 def _images(folder: Path) -> list:
@@ -190,7 +194,7 @@ def mix(train: pd.DataFrame, classes, used_ids: pd.Series, work, resize, workers
     rows = pd.DataFrame({"image_id": added["image_id"], "patient_id": added["image_id"], "view": "",
                          "path": added["path"],
                          "label": ["|".join(np.array(classes)[t == 1]) for t in added[classes].to_numpy()],
-                         "file": added["file"], "status": "ok", "source": "synthetic", **added[classes]})
+                         "file": added["file"], "status": "ok", "source": FOLDER, **added[classes]})
     _report(len(found), int(outside.sum()), len(rows), failed, synthetic_max_ratio)
     return pd.concat([train, rows], ignore_index=True)
 

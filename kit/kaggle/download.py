@@ -250,7 +250,7 @@ def refill(paths, dataset, data_dir, resize, workers, smoke, predict_csv):
 
 
 def _is_film(name) -> bool:
-    return Path(name).suffix.lower() in competition.IMAGE_SUFFIXES
+    return Path(name).suffix.lower() in images.IMAGE_SUFFIXES
 
 
 def _smoke_test_films(predict_csv, folder: Path) -> set:

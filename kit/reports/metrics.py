@@ -6,6 +6,11 @@ from sklearn.metrics import (accuracy_score, average_precision_score, confusion_
                              roc_curve)
 
 
+def json_number(x):
+    """`x` for a JSON report: rounded to 6 places, None (null) where it is not a number (JSON has no NaN)."""
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
 def _has_both(y) -> bool:
     return 0 < y.sum() < len(y)
 

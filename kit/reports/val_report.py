@@ -20,10 +20,6 @@ def outputs(work, history=True) -> list:
         [reports / "training_curves.png"] * history
 
 
-def _num(x):
-    return None if x is None or not np.isfinite(x) else round(float(x), 6)
-
-
 def write(work, val, classes, probs, decision, resamples, seed) -> dict:
     """val_metrics.json and the pictures from the soup's val answers `probs` (NaN rows: unread)."""
     ok = np.isfinite(probs).all(axis=1)
@@ -32,9 +28,9 @@ def write(work, val, classes, probs, decision, resamples, seed) -> dict:
     patients = layout.patient_keys(val[ok])
     ci, macro_ci, draws = metrics.bootstrap_auc(y, p, resamples, seed, LEVEL, patients)
     result = dict(
-        val_images=int(ok.sum()), patients=int(len(set(patients))), macro_auc=_num(metrics.macro_auc(y, p)),
-        macro_auc_ci=[_num(v) for v in macro_ci], macro_auc_ci_draws=int(draws[-1]),
-        classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]],
+        val_images=int(ok.sum()), patients=int(len(set(patients))), macro_auc=metrics.json_number(metrics.macro_auc(y, p)),
+        macro_auc_ci=[metrics.json_number(v) for v in macro_ci], macro_auc_ci_draws=int(draws[-1]),
+        classes={c: dict(positives=int(y[:, k].sum()), auc=metrics.json_number(aucs[k]), auc_ci=[metrics.json_number(v) for v in ci[k]],
                          auc_ci_draws=int(draws[k]))
                  for k, c in enumerate(classes)},
         bootstrap=dict(resamples=resamples, seed=seed, level=LEVEL,

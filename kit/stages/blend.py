@@ -12,14 +12,11 @@ import numpy as np
 import pandas as pd
 
 from kit import layout
-from kit.errors import KitError
+from kit.errors import KitError, examples
 from kit.io import write_csv
 from kit.models import ensemble
 from kit.pipeline import Stamp, stamped
 from kit.reports.metrics import auc_per_class
-
-PROB = "prob_"
-SHOWN = 3
 
 
 def runs(cfg) -> list:
@@ -48,11 +45,6 @@ def stamp(cfg) -> Stamp:
     return Stamp(dict(runs=[str(p) for p in paths]), [f for p in paths for f in _inputs(p)], outputs(cfg))
 
 
-def _examples(ids) -> str:
-    ids = sorted(map(str, ids))
-    return ", ".join(ids[:SHOWN]) + (" ..." if len(ids) > SHOWN else "")
-
-
 def read_run(run):
     """(val answers, classes, submission) of one finished run."""
     val_csv, sub_csv = _inputs(run)
@@ -61,8 +53,8 @@ def read_run(run):
             raise KitError(f"{path} not found: finish that run (its --stage {stage} writes it), or leave it "
                            f"out of --runs")
     val = pd.read_csv(val_csv, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
-    classes = [c[len(PROB):] for c in val.columns if c.startswith(PROB)]
-    probs = [PROB + c for c in classes]
+    classes = layout.prob_classes(val)
+    probs = layout.prob_columns(classes)
     val[probs] = val[probs].apply(pd.to_numeric)  # a film the soup could not read has empty ones: NaN
     sub = pd.read_csv(sub_csv, dtype={0: str}, keep_default_na=False)  # ids verbatim: 0001 stays 0001
     return val, classes, sub
@@ -72,7 +64,7 @@ def _same(what, first, other, run0, run, fix):
     only_first, only_other = set(first) - set(other), set(other) - set(first)
     if only_first or only_other or len(first) != len(other):
         raise KitError(f"{run} and {run0} answer different {what} ({len(only_first)} only in {run0.name}: "
-                       f"{_examples(only_first)}; {len(only_other)} only in {run.name}: {_examples(only_other)}"
+                       f"{examples(only_first)}; {len(only_other)} only in {run.name}: {examples(only_other)}"
                        f"{'; one repeats' if not (only_first or only_other) else ''}): {fix}")
 
 
@@ -99,7 +91,7 @@ def aligned(paths):
         if (val[classes].to_numpy() != first_val[classes].to_numpy()).any():
             raise KitError(f"{path} has other val labels than {paths[0]}; blend runs made with the same "
                            f"--label-mode, --classes and --uncertain")
-        val_probs.append(val[[PROB + c for c in classes]].to_numpy(float))
+        val_probs.append(val[layout.prob_columns(classes)].to_numpy(float))
         test_probs.append(sub.set_index(id_col).loc[first_sub[id_col], columns].to_numpy(float))
     return first_val[classes].to_numpy(), val_probs, test_probs, classes, id_col, first_sub[id_col], columns
 

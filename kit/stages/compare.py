@@ -13,15 +13,13 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from kit import layout
-from kit.errors import KitError
+from kit.errors import KitError, examples
 from kit.io import write_csv
 from kit.pipeline import Stamp, stamped
 from kit.reports import metrics, plots
 
 LEVEL = 0.95
 PREDICTIONS = "test_predictions.csv"
-PROB = "prob_"
-SHOWN = 3
 TIE = 1e-12
 
 
@@ -35,16 +33,11 @@ def read_predictions(work):
     if not path.is_file():
         raise KitError(f"{path} not found: run --stage evaluate with --work-dir {work} first")
     df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
-    classes = [c[len(PROB):] for c in df.columns if c.startswith(PROB)]
+    classes = layout.prob_classes(df)
     if not classes or {"image_id", "patient_id"} - set(df.columns) or any(c not in df.columns for c in classes):
         raise KitError(f"{path} is not a test predictions table (image_id, patient_id, one column per class and "
-                       f"one {PROB}<class> column per class); rerun --stage evaluate --force there")
+                       f"one {layout.PROB}<class> column per class); rerun --stage evaluate --force there")
     return df, classes
-
-
-def _examples(ids) -> str:
-    ids = sorted(ids)
-    return ", ".join(ids[:SHOWN]) + (" ..." if len(ids) > SHOWN else "")
 
 
 def paired(a, classes_a, b, classes_b):
@@ -55,17 +48,17 @@ def paired(a, classes_a, b, classes_b):
                        f"{', '.join(classes_b)}); compare runs trained on the same classes")
     only_a, only_b = set(a["image_id"]) - set(b["image_id"]), set(b["image_id"]) - set(a["image_id"])
     if only_a or only_b or len(a) != len(b):
-        raise KitError(f"the test sets differ ({len(only_a)} images only in A: {_examples(only_a)}; "
-                       f"{len(only_b)} only in B: {_examples(only_b)}): make both runs from the same "
+        raise KitError(f"the test sets differ ({len(only_a)} images only in A: {examples(only_a)}; "
+                       f"{len(only_b)} only in B: {examples(only_b)}): make both runs from the same "
                        f"data with the same --seed, --val-frac, --test-frac and --split")
     classes, b = classes_a, b.set_index("image_id").loc[a["image_id"]].reset_index()
     y = a[classes].to_numpy()
     relabelled = (y != b[classes].to_numpy()).any(axis=1)
     if relabelled.any():
         raise KitError(f"{int(relabelled.sum())} test images have other labels in B (e.g. "
-                       f"{_examples(a.loc[relabelled, 'image_id'])}); make both runs with the same "
+                       f"{examples(a.loc[relabelled, 'image_id'])}); make both runs with the same "
                        f"--label-mode and --classes")
-    probs = [PROB + c for c in classes]
+    probs = layout.prob_columns(classes)
     return y, a[probs].to_numpy(float), b[probs].to_numpy(float), layout.patient_keys(a)
 
 

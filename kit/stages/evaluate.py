@@ -5,7 +5,6 @@ come from a seeded bootstrap over test patients (all films of a drawn patient, s
 one patient are not independent); every epoch checkpoint still on disk is scored on test too,
 so the soup's gain is measured where it was not selected.
 """
-import numpy as np
 import pandas as pd
 
 from kit import layout
@@ -36,10 +35,6 @@ def _outputs(reports, single, history):
     names = ["test_metrics.json", "test_predictions.csv", "roc_curves.png", "pr_curves.png"]
     names += ["confusion_matrix.png"] * single + ["training_curves.png"] * history
     return [reports / n for n in names]
-
-
-def _num(x):
-    return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
 
 def _test_split(cfg):
@@ -95,12 +90,12 @@ def run(cfg, found):
     result = dict(
         weights=str(weights), soup=ckpt.get("soup"), test_images=int(ok.sum()),
         unreadable_images=unreadable, tta=tta_name(cfg.tta, cfg.hflip), label_mode="single" if single else "multi",
-        macro_auc=_num(metrics.macro_auc(y, p)), macro_auc_ci=[_num(v) for v in macro_ci],
-        micro_auc=_num(metrics.micro_auc(y, p)),
-        classes={c: dict(positives=int(y[:, k].sum()), auc=_num(aucs[k]), auc_ci=[_num(v) for v in ci[k]],
+        macro_auc=metrics.json_number(metrics.macro_auc(y, p)), macro_auc_ci=[metrics.json_number(v) for v in macro_ci],
+        micro_auc=metrics.json_number(metrics.micro_auc(y, p)),
+        classes={c: dict(positives=int(y[:, k].sum()), auc=metrics.json_number(aucs[k]), auc_ci=[metrics.json_number(v) for v in ci[k]],
                          auc_ci_draws=int(draws_used[k]),
-                         average_precision=_num(aps[k]), threshold=_num(thresholds[k]),
-                         sensitivity=_num(sens[k]), specificity=_num(spec[k]))
+                         average_precision=metrics.json_number(aps[k]), threshold=metrics.json_number(thresholds[k]),
+                         sensitivity=metrics.json_number(sens[k]), specificity=metrics.json_number(spec[k]))
                  for k, c in enumerate(classes)},
         threshold_rule="Youden's J (sensitivity + specificity - 1) maximized on val, applied to test",
         bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, level=LEVEL, patients=int(len(set(patients))),
@@ -128,14 +123,14 @@ def _epoch_aucs(scorer, work, weights, ckpt, probs, ok, y_test) -> dict:
             e_probs, e_ok = probs, ok
         else:
             e_probs, e_ok = scorer(read_weights(path), "test", f"[evaluate] test, epoch {epoch}")
-        per_epoch[f"epoch {epoch}"] = _num(metrics.macro_auc(y_test[e_ok & ok], e_probs[e_ok & ok]))
+        per_epoch[f"epoch {epoch}"] = metrics.json_number(metrics.macro_auc(y_test[e_ok & ok], e_probs[e_ok & ok]))
     return per_epoch
 
 
 def _write(reports, result, scored, y, p, classes, aucs, aps, history):
     """test_metrics.json, test_predictions.csv and the pictures."""
     table = scored[["image_id", "patient_id", *classes]].reset_index(drop=True)
-    table = pd.concat([table, pd.DataFrame(p, columns=[f"prob_{c}" for c in classes])], axis=1)
+    table = pd.concat([table, pd.DataFrame(p, columns=layout.prob_columns(classes))], axis=1)
     write_csv(table, reports / "test_predictions.csv")
     plots.roc_curves(y, p, classes, aucs, reports / "roc_curves.png")
     plots.pr_curves(y, p, classes, aps, reports / "pr_curves.png")
@@ -151,8 +146,8 @@ def _study_pool(work, test, y, p) -> dict:
     """Test macro AUC per film and with each study's films pooled, beside the val decision."""
     keys = studies.table_keys(test)
     decision = studies.read_decision(work)
-    return dict(val_decision=decision and decision["method"], macro_auc_per_film=_num(metrics.macro_auc(y, p)),
-                **{f"macro_auc_study_{how}": _num(metrics.macro_auc(y, studies.pool(p, keys, how)))
+    return dict(val_decision=decision and decision["method"], macro_auc_per_film=metrics.json_number(metrics.macro_auc(y, p)),
+                **{f"macro_auc_study_{how}": metrics.json_number(metrics.macro_auc(y, studies.pool(p, keys, how)))
                    for how in studies.METHODS})
 
 

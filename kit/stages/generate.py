@@ -21,7 +21,7 @@ import torch
 from kit import layout
 from kit.data.images import load_gray
 from kit.data.sources.common import normalize_name
-from kit.data.synthetic import taking_classes
+from kit.data.synthetic import real_rows, taking_classes
 from kit.errors import KitError
 from kit.io import atomic_path, save_torch, write_csv
 from kit.models.precision import allow_tf32, autocast_dtype
@@ -57,14 +57,14 @@ def chosen_classes(cfg, train, classes) -> list:
 def training_rows(train, chosen) -> pd.DataFrame:
     """The real train images with exactly one of the chosen classes, and that class: the one label
     the generator is conditioned on. Synthetic rows of a mixed split are never learned from."""
-    real = train[train["source"] != "synthetic"] if "source" in train.columns else train
+    real = real_rows(train)
     one = real[real[chosen].sum(axis=1) == 1]
     return one.assign(**{"class": one[chosen].idxmax(axis=1)})[["image_id", "file", "class"]].reset_index(drop=True)
 
 
 def images_per_class(cfg, train, chosen) -> dict:
     """--gen-per-class, or as many as --synthetic-max-ratio lets the split mix in."""
-    real = train[train["source"] != "synthetic"] if "source" in train.columns else train
+    real = real_rows(train)
     if cfg.gen_per_class:
         return {c: cfg.gen_per_class for c in chosen}
     return {c: int(math.floor(cfg.synthetic_max_ratio * real[c].sum())) for c in chosen}

@@ -14,7 +14,7 @@ import pandas as pd
 
 from kit import layout
 from kit.config import scorer_kwargs, predict_kwargs
-from kit.data import smoke, studies
+from kit.data import smoke, studies, synthetic
 from kit.data.competition import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
                                   relative_ids, sample_classes, skip_reason)
 from kit.errors import KitError
@@ -56,8 +56,7 @@ def _fill_values(cfg, classes, probs, ok):
     train_csv = layout.split_csv(cfg.work, "train")
     if train_csv.exists():
         train, train_classes = layout.read_split(cfg.work, "train")
-        if "source" in train:  # synthetic images inflate the scarce classes on purpose
-            train = train[train["source"] != "synthetic"]
+        train = synthetic.real_rows(train)  # synthetic images inflate the scarce classes on purpose
         if list(train_classes) == list(classes) and len(train):
             return train[classes].to_numpy().mean(0), "the training prevalence"
     return probs[ok].mean(0), "the mean prediction over the readable images (no splits/train.csv)"

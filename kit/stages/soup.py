@@ -8,7 +8,7 @@ import pandas as pd
 
 from kit import layout
 from kit.config import scorer_kwargs, settings
-from kit.data import studies
+from kit.data import studies, synthetic
 from kit.errors import KitError
 from kit.io import write_csv, write_json
 from kit.models import averaging
@@ -124,16 +124,14 @@ def run(cfg, found):
 
 def keep_val_answers(cfg, val, classes, probs):
     """Decide the study pool on the soup's val probabilities and keep the answers it gives."""
-    train, _ = layout.read_split(cfg.work, "train")
-    if "source" in train:  # synthetic images have no study
-        train = train[train["source"] != "synthetic"]
+    train = synthetic.real_rows(layout.read_split(cfg.work, "train")[0])  # synthetic images have no study
     share, _ = studies.constant_share(train, classes)
     keys = studies.table_keys(val)
     decision = studies.decide(cfg.study_pool, val[classes].to_numpy(), probs, keys, share)
     answers = studies.pool(probs, keys, decision["method"])
     table = val[["image_id", "patient_id", *classes]].reset_index(drop=True)
     table.insert(2, "study", keys)
-    table = pd.concat([table, pd.DataFrame(answers, columns=[f"prob_{c}" for c in classes])], axis=1)
+    table = pd.concat([table, pd.DataFrame(answers, columns=layout.prob_columns(classes))], axis=1)
     write_csv(table, layout.val_predictions_csv(cfg.work))
     write_json(decision, layout.study_pool_json(cfg.work))
     print(f"[soup] {studies.describe(decision)}")

@@ -17,9 +17,9 @@ from kit.errors import KitError
 from kit.kaggle import kaggle_meta
 from kit.kaggle.download import kaggle_api, kaggle_errors
 
-# the part of a kernel's output that submitting and describing the submission read
 # what competition_submit answers when the file's upload failed (its text in kaggle 2.0 and later)
 UPLOAD_FAILED = "Could not submit to competition"
+# the part of a kernel's output that submitting and describing the submission read
 FETCHED = r"^(submission\.csv|history\.csv|reports/submission\.json|logs/.*\.log)$"
 
 
