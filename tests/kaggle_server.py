@@ -120,6 +120,15 @@ class KaggleServer:
         """The JSON bodies of each call to the API method `method`, in order."""
         return [r.json for r in self.requests if r.call == method]
 
+    def output_page(self, body) -> dict:
+        """A kernel's output files a page at a time, as Kaggle lists them: pageSize files from
+        pageToken on, and the next page's token while there are more."""
+        start, size = int(body.get("pageToken") or 0), int(body.get("pageSize") or 20)
+        names = list(self.output)[start:start + size]
+        more = start + size < len(self.output)
+        return {"files": [{"fileName": name, "url": f"{self.url}/output/{name}"} for name in names],
+                "log": self.log, **({"nextPageToken": str(start + size)} if more else {})}
+
     def answer(self, request):
         """(status, JSON or bytes, headers) as Kaggle gives them."""
         parts = request.path.lstrip("/").split("/", 1)
@@ -142,9 +151,7 @@ class KaggleServer:
             "IntrospectToken": lambda: {"active": body.get("token") == TOKEN, "username": USERNAME},
             "SaveKernel": lambda: {"ref": f"/code/{body.get('slug')}", "versionNumber": 1, "kernelId": 7,
                                    "url": f"https://www.kaggle.com/code/{body.get('slug')}"},
-            "ListKernelSessionOutput": lambda: {
-                "files": [{"fileName": name, "url": f"{self.url}/output/{name}"} for name in self.output],
-                "log": self.log},
+            "ListKernelSessionOutput": lambda: self.output_page(body),
             "StartSubmissionUpload": lambda: {"token": "submission-blob",
                                               "createUrl": f"{self.url}/upload/{body['fileName']}"},
             "CreateSubmission": lambda: {"message": f"Successfully submitted to {body['competitionName']}",

@@ -123,14 +123,18 @@ def test_an_access_token_is_sent_as_the_readme_says_to_set_it(tmp_path, capsys, 
 
 
 def test_from_kernel_asks_for_its_output_and_downloads_only_what_submit_reads(tmp_path, kaggle_server):
-    kaggle_server.output = {"submission.csv": b"Image_name,Atelectasis\na.jpg,0.25\n",
+    """A run's output lists far more than a page of 20 files; what submit reads may be on any page."""
+    kaggle_server.output = {**{f".stamps/stage-{k}.json": b"{}" for k in range(30)},
+                            "submission.csv": b"Image_name,Atelectasis\na.jpg,0.25\n",
                             "history.csv": b"epoch,val_macro_auc\n1,0.75\n",
                             "logs/all-20260101-120000.log": b"[train] done\n", "checkpoints/last.pth": b"x",
                             "eva_x_final_soup.pth": b"x", "dataset/images/a.jpg": b"x"}
     kaggle_server.log = "the kernel's log\n"
     work = tmp_path / "w"
     assert cli.main(["--stage", "submit", "--work-dir", str(work), "--from-kernel", KERNEL]) == 0
-    asked = kaggle_server.calls("ListKernelSessionOutput")[0]
+    pages = kaggle_server.calls("ListKernelSessionOutput")
+    assert [p.get("pageToken", "") for p in pages] == ["", "20"]
+    asked = pages[0]
     assert (asked["userName"], asked["kernelSlug"], asked.get("versionLabel")) == (USERNAME, "xray-kit-eva-x", None)
     fetched = sorted(r.path for r in kaggle_server.requests if r.method == "GET")
     assert fetched == ["/output/history.csv", "/output/logs/all-20260101-120000.log", "/output/submission.csv"]

@@ -49,8 +49,13 @@ def description(work) -> str:
 def fetch(api, kernel, folder):
     """The part of `kernel`'s output that submit reads, and its log, into `folder`."""
     print(f"[submit] kaggle kernels output {kernel} -> {folder}", flush=True)
+    files, token = [], None
     with kaggle_errors(f"--from-kernel {kernel}", f"access denied: is {kernel} yours or public?"):
-        files, _ = api.kernels_output(kernel, str(folder), file_pattern=FETCHED, force=True)
+        while True:  # kaggle 2.0 lists one page of output files (20) and the next one's token
+            page, token = api.kernels_output(kernel, str(folder), file_pattern=FETCHED, force=True, page_token=token)
+            files += page
+            if not token:
+                break
     print(f"[submit] fetched {len(files)} files: {', '.join(sorted(str(f) for f in files))}")
 
 
