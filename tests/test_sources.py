@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from fake_data import chexpert_dataset, gxs_dataset, jpeg, nih_dataset
-from kit.data import sources
+from kit.data import sources, studies
 from kit.data.sources import chexpert, gxs, nih
 from kit.errors import KitError
 
@@ -26,6 +26,17 @@ def test_gxs_table(tmp_path, cfg):
     assert t["study_id"].tolist() == ["s", "s", "s"]  # the Study column, read as written
     assert all(Path(p).is_file() for p in t["path"])
     assert t.loc[1, ["Pneumothorax", "Support Devices", "Cardiomegaly"]].tolist() == [1, 1, 0]
+
+
+def test_gxs_blank_view_and_study_are_empty_on_every_pandas(tmp_path, cfg):
+    csv = gxs_dataset(tmp_path, [("a.jpg", "P1", "PA", []), ("b.jpg", "P1", "AP", []), ("c.jpg", "P2", "AP", [])])
+    df = pd.read_csv(csv, dtype=str)
+    df.loc[0, "ViewPosition"] = df.loc[[0, 1], "Study"] = None
+    df.to_csv(csv, index=False)
+    t = read(tmp_path, cfg(data_dir=str(tmp_path)))
+    assert t["view"].tolist() == ["", "AP", "AP"] and t["study_id"].tolist() == ["", "", "s"]
+    keys = studies.table_keys(t.assign(study_id=[None, None, "s"]))  # as a split reads back
+    assert keys.tolist() == ["film:a.jpg", "film:b.jpg", "study:P2/s"]  # no study: each film its own
 
 
 @pytest.mark.parametrize("value", ["yes", "2", "-1"])
@@ -102,7 +113,7 @@ def test_csv_with_label_columns_and_with_a_labels_column(tmp_path, cfg):
     for i in range(3):
         jpeg(tmp_path / "img" / f"{i}.jpg")
     pd.DataFrame({"file": [f"img/{i}.jpg" for i in range(3)], "pid": ["a", "a", "b"],
-                  "A": [1, 0, 0], "B": [0, 1, 1], "tags": ["A", "B|A", ""]}).to_csv(tmp_path / "m.csv", index=False)
+                  "A": [1, 0, 0], "B": [0, 1, 1], "tags": ["A", "B | A", ""]}).to_csv(tmp_path / "m.csv", index=False)
     by_cols = read(tmp_path, cfg(csv=str(tmp_path / "m.csv"), image_col="file", patient_col="pid", label_cols="A,B"))
     assert by_cols[["A", "B"]].to_numpy().tolist() == [[1, 0], [0, 1], [0, 1]]
     assert by_cols["patient_id"].tolist() == ["a", "a", "b"]

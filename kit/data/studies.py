@@ -27,7 +27,7 @@ def table_keys(df) -> np.ndarray:
     """One key per row, equal for the films of one study; a row without a study is its own."""
     if "study_id" not in df.columns:
         return ("film:" + df["image_id"].astype(str)).to_numpy()
-    study = df["study_id"].astype(str)
+    study = df["study_id"].fillna("").astype(str)  # a split read back has NaN where it wrote ""
     return np.where(study == "", "film:" + df["image_id"].astype(str),
                     "study:" + df["patient_id"].astype(str) + "/" + study)
 

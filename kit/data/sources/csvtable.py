@@ -4,6 +4,7 @@ Labels come either as 0/1 columns (--label-cols A,B,C) or as one column of separ
 (--labels-col Findings --labels-sep '|'). Image paths are relative to --image-root
 (default: the CSV's folder) unless absolute.
 """
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -24,8 +25,9 @@ def _labels(df: pd.DataFrame, label_cols, labels_col, labels_sep) -> pd.DataFram
         cols = [c.strip() for c in label_cols.split(",") if c.strip()]
         return df[cols].apply(lambda col: col.str.strip().mask(col.str.strip() == ""))  # sources.read checks 0/1
     if labels_col:
-        names = df[labels_col].fillna("").astype(str)
-        return names.str.get_dummies(sep=labels_sep).rename(columns=str.strip)
+        names = df[labels_col].fillna("").astype(str).str.strip()
+        names = names.str.replace(rf"\s*{re.escape(labels_sep)}\s*", labels_sep, regex=True)  # "A | B": A, B
+        return names.str.get_dummies(sep=labels_sep)
     raise KitError("--dataset csv needs --label-cols A,B,... (0/1 columns) or --labels-col NAME")
 
 
