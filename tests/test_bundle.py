@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, one_error
 from kaggle_server import kaggle_server, subprocess_env  # noqa: F401 (a fixture)
 from kit import cli, pipeline
 from kit.kaggle import bundle, kaggle_meta
@@ -80,6 +80,12 @@ def test_everything_after_double_dash_becomes_the_kernels_arguments(tmp_path):
     template = json.loads((ROOT / kaggle_meta.FILE).read_text())
     assert meta == {**template, "code_file": "kernel.py"}
     assert cli.parse_config(["--stage", "bundle", "--", "--demo"]).kernel_args == "--demo"
+
+
+def test_kernel_arguments_given_as_one_flag_with_an_open_quote_are_one_line(tmp_path, capsys):
+    argv = ["--stage", "bundle", "--out", str(tmp_path / "dist"), "--kernel-args=--epochs '6"]
+    assert one_error(capsys, argv) == "error: kernel arguments: No closing quotation; fix the quoting after --"
+    assert not (tmp_path / "dist").exists()
 
 
 @pytest.mark.parametrize("args, message", [

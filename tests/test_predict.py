@@ -276,3 +276,7 @@ def test_the_image_index_matches_a_path_per_file_and_locates_ids(tmp_path):
     paths, found = competition.locate(index, ids, folder)
     assert paths == [index.get(i, str(folder / i)) for i in ids] and found == 4
     assert competition.index_images(tmp_path / "empty") == {} and competition.locate({}, [], folder) == ([], 0)
+    for sub in ("zz", "aa", "mm", "bb"):  # one name in several folders: the first in sorted order, on any disk
+        (tmp_path / "twice" / sub).mkdir(parents=True)
+        (tmp_path / "twice" / sub / "x.jpg").write_bytes(b"")
+    assert competition.index_images(tmp_path / "twice")["x.jpg"] == str(tmp_path / "twice" / "aa" / "x.jpg")

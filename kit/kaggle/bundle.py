@@ -111,7 +111,10 @@ def kernel_args(text) -> tuple:
     """The kernel's arguments (`text`, the words after --), parsed by run.py's own parser to catch
     a typo before the push, and the settings they give the kernel's run (the demo's where they
     leave them to it)."""
-    args = shlex.split(text)
+    try:
+        args = shlex.split(text)
+    except ValueError as e:  # an unclosed quote
+        raise KitError(f"kernel arguments: {e}; fix the quoting after --") from e
     parser = build_parser()
     parser.exit_on_error = False
     try:
