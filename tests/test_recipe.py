@@ -109,6 +109,17 @@ def test_the_schedule_peaks_at_the_end_of_warmup_and_ends_on_the_floor():
     assert np.all(np.diff(head[:11]) > 0) and np.all(np.diff(head[10:]) < 0)
 
 
+def test_a_run_no_longer_than_its_warmup_still_ends_on_the_floor():
+    """--epochs 1 (a smoke run, or what fits) with the default 1-epoch warmup: warmup takes half."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = build_scheduler(optimizer, 10, 1, 1.0, 1e-6)
+    lrs = []
+    for update in range(10):
+        scheduler.step_update(update)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-6) and lrs[5] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-6)
+
+
 def test_no_flip_unless_asked(tmp_path, monkeypatch):
     """A flip mirrors the affine map (negative determinant): never by default, always at 1."""
     work = make_work(tmp_path, sizes=(("train", 8),))

@@ -116,6 +116,10 @@ def test_epochs_auto_ends_the_session_with_a_finished_schedule_and_a_final_submi
     assert not layout.interim_weights(work).exists()
     # a later process that does not train takes the length the train stage fitted
     assert cli.main([*argv, "--stage", "soup", "--force"]) == 0 and soup_epochs(work) == [epochs - 1, epochs]
+    # an explicit --epochs, with no time limit, replaces the fitted schedule: one more epoch
+    explicit = argv[:-4] + ["--epochs", str(epochs + 1)]
+    assert cli.main(explicit) == 0 and len(pd.read_csv(work / "history.csv")) == epochs + 1
+    assert "--epochs auto" not in capsys.readouterr().out and report(work)["schedule"] is None
 
 
 def test_a_rate_that_falls_ends_the_schedule_sooner_not_the_session_without_it(data, tmp_path, capsys, monkeypatch,

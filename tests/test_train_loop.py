@@ -1,6 +1,7 @@
 import dataclasses
 import math
 import os
+import re
 import shutil
 import types
 from types import SimpleNamespace
@@ -112,6 +113,20 @@ def test_a_stop_on_an_epochs_last_update_resumes_into_the_next_epoch(tmp_path, m
     monkeypatch.undo()
     assert "resuming from" in run_quietly(tiny_cfg(work))
     assert pd.read_csv(layout.history_csv(work)).epoch.tolist() == [1, 2] and last_state(work)["updates"] == 8
+
+
+def test_a_resumed_run_takes_its_new_layer_decay_weight_decay_and_lr(tmp_path):
+    """The resume line names the changed settings; the optimizer's groups then hold them, not
+    the saved ones (the moments resume)."""
+    work = make_work(tmp_path)
+    run_quietly(tiny_cfg(work, epochs=1))
+    cfg = tiny_cfg(work, epochs=2, layer_decay=0.5, weight_decay=0.01, lr=2e-3)
+    said = re.search(r"with other settings \((.*?)\)", run_quietly(cfg))[1]
+    assert "--lr 0.001 -> 0.002" in said and "--layer-decay" in said and "--weight-decay" in said
+    saved = last_state(work)["optimizer"]["param_groups"]
+    fresh = build_optimizer(create_model(cfg.model, len(CLASSES), cfg.img_size), **optimizer_kwargs(cfg)).param_groups
+    assert [(g["lr_scale"], g["weight_decay"]) for g in saved] == [(g["lr_scale"], g["weight_decay"]) for g in fresh]
+    assert {g["initial_lr"] for g in saved} == {2e-3}
 
 
 def test_gradient_checkpointing_changes_memory_not_results(trained, tmp_path, monkeypatch):

@@ -84,6 +84,8 @@ def resume_point(cfg, world, signature, say):
     resume.take_over(cfg.resume, cfg.force, last_path, signature, world)
     state = resume.load(last_path, signature, cfg.force)
     changes = resume.recipe_changes(state, cfg) if state else []
+    if state and cfg.epochs != "auto":
+        state["schedule"] = None  # an explicit --epochs replaces a schedule --epochs auto fitted
     fitting = cfg.epochs == "auto" and not (state and state.get("schedule"))
     if cfg.epochs == "auto":  # until fitted, the shortest run the soup can average
         cfg.epochs = settings.soup_needs(cfg.soup_epochs) if fitting else state["schedule"]["epochs"]

@@ -25,7 +25,9 @@ def build_scheduler(optimizer, updates_per_epoch, epochs, warmup_epochs, min_lr)
     (warmup_prefix=False), which never reaches the peak and drops at the end of warmup; here the
     cosine starts where warmup ends and spans the rest of the run, ending on its last update."""
     total = epochs * updates_per_epoch
-    warmup = min(round(warmup_epochs * updates_per_epoch), total - 1)
+    warmup = round(warmup_epochs * updates_per_epoch)
+    if warmup >= total - 1:  # a run no longer than its warmup would end at the peak: warm up over half
+        warmup = total // 2
     return CosineLRScheduler(optimizer, t_initial=max(total - 1 - warmup, 1), lr_min=min_lr,
                              warmup_t=warmup, warmup_lr_init=min_lr, warmup_prefix=True,
                              t_in_epochs=False)

@@ -28,6 +28,9 @@ from kit.training.optim import build_optimizer, build_scheduler
 
 RATE_WARMUP, RATE_UPDATES = 2, 10  # the rate is timed after compiling and the loaders' start
 MAX_BAD_UPDATES = 10  # non-finite gradients in a row before giving up
+# what a param group holds of the recipe (--lr, --layer-decay, --weight-decay): a resumed run takes
+# this run's, as its resume line says, with the saved moments
+GROUP_RECIPE = ("initial_lr", "lr_scale", "weight_decay")
 
 
 TRITON_SUPPORTED = (8, 0)  # Triton's README: NVIDIA GPUs of compute capability 8.0+
@@ -127,7 +130,10 @@ class Trainer(Position):
                            f"pass the same --effective-batch to resume, or --force to start over")
         self.model.load_state_dict(state["model"])
         self.ema.module.load_state_dict(state["ema"])
+        recipe = [{k: g[k] for k in GROUP_RECIPE if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, recipe):  # the moments resume, not the recipe
+            group.update(settings)
         if state["scaler"]:  # empty when saved without float16 scaling
             self.scaler.load_state_dict(state["scaler"])
         self.load_position(state)
