@@ -232,9 +232,10 @@ def test_a_run_clears_the_temporary_files_a_killed_run_left(tmp_path):
     ("--batch-size", "0", r"--batch-size '0': pass a positive whole number or auto"),
     ("--soup-epochs", "last0", r"--soup-epochs last0: average at least one epoch"),
     ("--time-limit", "soon", r"--time-limit 'soon': pass a duration"),
+    ("--aug", "none --tta", r"--tta averages views that training made, and --aug none with no --hflip made none"),
 ])
 def test_a_malformed_setting_stops_the_run_before_its_first_stage(tmp_path, capsys, flag, value, pattern):
     root = dataset(tmp_path / "d").parent
     work = tmp_path / "w"
-    fails(capsys, ["--data-dir", str(root), "--work-dir", str(work), flag, value], pattern)
+    fails(capsys, ["--data-dir", str(root), "--work-dir", str(work), flag, *value.split()], pattern)
     assert not layout.filtered_csv(work).exists()

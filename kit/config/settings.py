@@ -89,6 +89,9 @@ def resolve(cfg):
     cfg.batch_size = count(cfg.batch_size, "--batch-size")
     cfg.accum = count(cfg.accum, "--accum")
     cfg.keep_epochs = count(cfg.keep_epochs, "--keep-epochs", ("auto", "all"))
+    if cfg.tta and cfg.aug == "none" and not cfg.hflip:
+        raise KitError("--tta averages views that training made, and --aug none with no --hflip made none; "
+                       "drop --tta, or train with --aug light")
     least = soup_needs(cfg.soup_epochs)
     if 0 < cfg.max_epochs < least:
         raise KitError(f"--max-epochs {cfg.max_epochs} is fewer than the {least} epochs --soup-epochs "
