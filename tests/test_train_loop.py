@@ -129,6 +129,11 @@ def test_a_resumed_run_takes_its_new_layer_decay_weight_decay_and_lr(tmp_path):
     assert {g["initial_lr"] for g in saved} == {2e-3}
 
 
+def test_a_batch_that_does_not_divide_the_effective_batch_says_what_it_trains(tmp_path):
+    out = run_quietly(tiny_cfg(make_work(tmp_path), epochs=1, batch_size="3"))  # 3 x round(8 / 3)
+    assert "warning: updates of 9 images (3 x 3 accumulated x 1 device(s)), not --effective-batch 8" in out
+
+
 def test_gradient_checkpointing_changes_memory_not_results(trained, tmp_path, monkeypatch):
     """Checkpointed blocks run their forward pass again in the backward pass: twice per
     micro-batch with gradients, against once without (the reference run)."""

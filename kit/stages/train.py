@@ -57,6 +57,11 @@ def train(cfg, world):
     model, criterion = build_model(cfg, world, targets, state, keep_rule)
     trainer = build_trainer(cfg, world, model, criterion, train_df, targets, state)
     say(describe(cfg, world, trainer, len(train_df), len(val_df)))
+    # the recipe's learning rate is set for the effective batch (auto on 3 GPUs comes close: 63 of 64)
+    if trainer.effective != cfg.effective_batch and cfg.batch_size != "auto":
+        say(f"warning: updates of {trainer.effective} images ({trainer.batch} x {trainer.accum} accumulated x "
+            f"{world.size} device(s)), not --effective-batch {cfg.effective_batch}; pick a --batch-size that "
+            f"divides it, or leave --batch-size auto")
     validate_ema = validation(cfg, world, trainer, val_df, classes)
     finish = finish_plan(cfg, val_df, len(session.most_kept(keep_rule, cfg.epochs)))
     trainer.on_rate = Clock(cfg, world, trainer, finish, len(val_df), say, fitting).measured
