@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import cv2
@@ -94,6 +95,11 @@ def test_synthetic_rows_go_to_train_only_capped_with_unique_ids(cfg, tmp_path, c
     for f in syn["file"]:
         img = load_gray(layout.image_path(c.work, f))
         assert img is not None and min(img.shape) == 32
+
+    # a new machine restores the real stored images only (kept before the split): the split stores these again
+    shutil.rmtree(layout.dataset_dir(c.work) / synthetic.FOLDER)
+    split.run(c)
+    assert all(layout.image_path(c.work, f).is_file() for f in syn["file"])
 
     summary = pd.read_csv(layout.split_csv(c.work, "summary")).set_index(["split", "class"])
     for k in CLASSES:

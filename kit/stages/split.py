@@ -116,7 +116,9 @@ def stamp(cfg) -> Stamp:
     settings = {k: getattr(cfg, k) for k in ("val_frac", "test_frac", "split")} | {"seed": split_seed(cfg)}
     return Stamp({**settings, **synthetic_settings(cfg)},
                  [layout.manifest_csv(cfg.work), *synthetic.source_files(cfg.synthetic_dir)],
-                 [layout.split_csv(cfg.work, s) for s in layout.SPLITS + ("summary",)])
+                 [layout.split_csv(cfg.work, s) for s in layout.SPLITS + ("summary",)]
+                 # the stored synthetic images: a new machine's shards hold only the real ones
+                 + ([layout.dataset_dir(cfg.work) / synthetic.FOLDER] if cfg.synthetic_dir else []))
 
 
 @stamped("split", stamp)
