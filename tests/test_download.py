@@ -54,6 +54,12 @@ def test_data_already_there_is_used_without_credentials(tmp_path, capsys, monkey
     cfg = Config(download=True)
     assert download.fetch(**download_kwargs(cfg)) == str(Path("data") / "grand-xray-slam-division-a")
     assert "grand-xray-slam-division-a is already in" in capsys.readouterr().out
+    marker = Path("data") / "grand-xray-slam-division-a" / download.MARKER
+    marker.write_text(json.dumps({"resize": cfg.resize // 2, "complete": True}))  # fetched at half the size
+    with pytest.raises(KitError, match=rf"holds films shrunk to {cfg.resize // 2} px by an earlier --download; "
+                                       rf"pass --resize {cfg.resize // 2}, or remove that folder"):
+        download.fetch(**download_kwargs(cfg))
+    assert download.fetch(**download_kwargs(Config(download=True, resize=cfg.resize // 2)))
 
 
 def test_credentials_are_found_where_the_kaggle_package_looks(tmp_path, monkeypatch):

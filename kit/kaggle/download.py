@@ -277,6 +277,10 @@ def fetch(dataset, data_dir, resize, workers, smoke, predict_csv, files=None) ->
     marker = folder / MARKER
     adapter, found = sources.discover([folder], dataset)
     state = json.loads(marker.read_text()) if marker.exists() else {}
+    shrunk = state.get("resize")
+    if shrunk and (resize == 0 or resize > shrunk):  # a film shrunk on the way in is never enlarged again
+        raise KitError(f"{folder} holds films shrunk to {shrunk} px by an earlier --download; pass --resize "
+                       f"{shrunk}, or remove that folder to download them at {resize or 'full size'}")
     unfinished = bool(state) and (not state.get("complete") or (state.get("slice") and not smoke))
     if found is None or unfinished or files:
         api = kaggle_api("--download")
