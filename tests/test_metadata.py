@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fake_data import gxs_dataset
+from fake_data import chexpert_dataset, gxs_dataset
 from kit import layout
 from kit.data.sources import gxs
 from kit.errors import KitError
@@ -80,6 +80,19 @@ def test_stage_writes_filtered_table_and_distribution(tmp_path, cfg):
     assert dist["images"].tolist() == [4, 4, 4] and dist["patients"].tolist() == [4, 4, 4]
     png = (c.work / "class_distribution.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_a_companion_file_that_appears_later_redoes_the_stage(tmp_path, cfg, capsys):
+    """CheXpert's valid.csv, read beside train.csv when there: added later, its rows come in."""
+    rows = [(k, 1, "frontal", "PA", {c: int(k % 3 == i) for i, c in enumerate(CLASSES[:3])}) for k in range(1, 10)]
+    chexpert_dataset(tmp_path / "data", rows)
+    c = cfg(data_dir=str(tmp_path / "data"), dataset="chexpert", classes=",".join(CLASSES[:3]))
+    metadata.run(c)
+    assert len(layout.read_table(layout.filtered_csv(c.work), "metadata")) == 9
+    chexpert_dataset(tmp_path / "data", rows, valid_rows=[(20, 1, "frontal", "AP", {CLASSES[0]: 1})])
+    metadata.run(c)
+    assert "up to date" not in capsys.readouterr().out
+    assert len(layout.read_table(layout.filtered_csv(c.work), "metadata")) == 10
 
 
 def test_empty_result_is_a_clear_error(tmp_path, cfg):

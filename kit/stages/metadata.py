@@ -112,7 +112,8 @@ def stamp(cfg) -> Stamp:
     adapter, csv_path = sources.locate(cfg.dataset, cfg.csv, cfg.data_dir, env.data_roots(env.platform()))
     sample = _sample(cfg)
     return Stamp({k: getattr(cfg, k) for k in SETTINGS},
-                 [csv_path, *([sample] if sample else []), *synthetic.source_files(cfg.synthetic_dir)],
+                 [csv_path, *(csv_path.with_name(n) for n in adapter.COMPANIONS), *([sample] if sample else []),
+                  *synthetic.source_files(cfg.synthetic_dir)],
                  [layout.filtered_csv(cfg.work), layout.class_distribution(cfg.work)], (adapter, csv_path, sample))
 
 

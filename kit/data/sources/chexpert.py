@@ -21,6 +21,7 @@ FINDINGS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Op
 REQUIRED = ("Path", "Frontal/Lateral", "AP/PA") + FINDINGS
 DEFAULT_CLASSES = STUDY_CLASSES
 OPTIONS = ("classes", "uncertain")  # the settings `load` takes
+COMPANIONS = ("valid.csv",)  # read beside the CSV when there: the validation set's labels
 PATIENT = re.compile(r"(patient\d+)")
 STUDY = re.compile(r"/(study\d+)/")
 

@@ -18,6 +18,7 @@ SIGNATURE = None
 DEFAULT_CLASSES = ()
 # the settings `load` takes
 OPTIONS = ("image_col", "patient_col", "view_col", "label_cols", "labels_col", "labels_sep", "image_root")
+COMPANIONS = ()  # files read beside the CSV
 
 
 def _labels(df: pd.DataFrame, label_cols, labels_col, labels_sep) -> pd.DataFrame:

@@ -16,6 +16,7 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged C
 REQUIRED = ("Image_name", "Patient_ID", "ViewCategory", "ViewPosition") + FINDINGS
 DEFAULT_CLASSES = STUDY_CLASSES
 OPTIONS = ()  # the settings `load` takes
+COMPANIONS = ()  # files read beside the CSV
 
 
 def load(csv_path: Path):

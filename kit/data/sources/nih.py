@@ -18,6 +18,7 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion",
 REQUIRED = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 DEFAULT_CLASSES = ("Pneumothorax", "Cardiomegaly", "Effusion", "Infiltration", "Atelectasis")
 OPTIONS = ()  # the settings `load` takes
+COMPANIONS = ("test_list.txt",)  # read beside the CSV when there: the official test list
 
 
 def _image_index(root: Path) -> dict:
