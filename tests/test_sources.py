@@ -120,6 +120,9 @@ def test_csv_with_label_columns_and_with_a_labels_column(tmp_path, cfg):
     assert all(Path(p).is_file() for p in by_cols["path"])
     by_names = read(tmp_path, cfg(csv=str(tmp_path / "m.csv"), image_col="file", labels_col="tags"))
     assert by_names[["A", "B"]].to_numpy().tolist() == [[1, 0], [1, 1], [0, 0]]
+    pd.read_csv(tmp_path / "m.csv").assign(tags=["A", "B | a", "b"]).to_csv(tmp_path / "m.csv", index=False)
+    folded = read(tmp_path, cfg(csv=str(tmp_path / "m.csv"), image_col="file", labels_col="tags"))
+    assert folded[["A", "B"]].to_numpy().tolist() == [[1, 0], [1, 1], [0, 1]]  # one finding however written
     assert (by_names["patient_id"] == "").all()
     with pytest.raises(KitError, match="values other than 0/1"):
         read(tmp_path, cfg(csv=str(tmp_path / "m.csv"), image_col="file", label_cols="tags"))

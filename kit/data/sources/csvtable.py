@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit.data.sources.common import paths_under, read_csv_checked
+from kit.data.sources.common import normalize_name, paths_under, read_csv_checked
 from kit.errors import KitError
 
 NAME = "csv"
@@ -28,7 +28,12 @@ def _labels(df: pd.DataFrame, label_cols, labels_col, labels_sep) -> pd.DataFram
     if labels_col:
         names = df[labels_col].fillna("").astype(str).str.strip()
         names = names.str.replace(rf"\s*{re.escape(labels_sep)}\s*", labels_sep, regex=True)  # "A | B": A, B
-        return names.str.get_dummies(sep=labels_sep)
+        onehot = names.str.get_dummies(sep=labels_sep)
+        # one finding however it is written ("Pneumonia", "pneumonia"), under its first spelling
+        first = {}
+        for c in onehot.columns:
+            first.setdefault(normalize_name(c), c)
+        return onehot.T.groupby(onehot.columns.map(lambda c: first[normalize_name(c)])).max().T
     raise KitError("--dataset csv needs --label-cols A,B,... (0/1 columns) or --labels-col NAME")
 
 
