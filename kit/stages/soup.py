@@ -83,12 +83,13 @@ def run(cfg, found):
     # sorted epochs of a soup -> its val AUC per class; training scored each epoch already (without TTA)
     val_aucs = {} if cfg.tta else recorded_val_aucs(work, paths, classes)
     recorded = bool(val_aucs)
+    val_probs = {}  # sorted epochs of a soup -> the val probabilities it was scored with
 
     def score_mix(epochs):
         key = tuple(sorted(epochs))
         if key not in val_aucs:
             state_dict = averaging.uniform_average([ingredients[e] for e in key])
-            probs, ok = scorer({**last, "state_dict": state_dict}, "val", "[soup] val")
+            probs, ok = val_probs[key] = scorer({**last, "state_dict": state_dict}, "val", "[soup] val")
             val_aucs[key] = auc_per_class(y[ok], probs[ok])
         return float(np.nanmean(val_aucs[key]))
 
@@ -115,7 +116,8 @@ def run(cfg, found):
     rows = [row(f"epoch {e}", [e]) for e in ingredients] + [row(f"{cfg.soup} soup", kept)]
     write_csv(pd.DataFrame(rows), report)
     _print(cfg.soup, scores, kept, best, tried, out, recorded)
-    probs, _ = scorer(final, "val", "[soup] val, the soup")
+    # the soup's val answers: scored while choosing it, unless history.csv held its only epoch's AUCs
+    probs, _ = val_probs.get(tuple(kept)) or scorer(final, "val", "[soup] val, the soup")
     decision, answers = keep_val_answers(cfg, val, classes, probs)
     if _no_test(cfg):
         result = val_report.write(cfg.work, val, classes, answers, decision, cfg.bootstrap, cfg.seed)
