@@ -37,7 +37,6 @@ import numpy as np
 from bench import common
 from kit import cli
 from kit.data import demo, images, smoke
-from kit.io import atomic_path
 from kit.kaggle import download
 
 
@@ -107,19 +106,12 @@ def previous_stream(url_source, folder: Path, resize: int, workers: int):
             for k, member in enumerate(members):
                 dst = folder / member.filename
                 if dst.suffix.lower() in images.JPEG_SUFFIXES:
-                    films.append((_extract(archive_, member, Path(scratch) / f"{k}{dst.suffix}"), dst))
+                    films.append((download._extract(archive_, member, Path(scratch) / f"{k}{dst.suffix}"), dst))
                     if len(films) == download.FILMS_A_ROUND:
                         _store(films, resize, workers)
                 else:
-                    _extract(archive_, member, dst)
+                    download._extract(archive_, member, dst)
             _store(films, resize, workers)
-
-
-def _extract(archive_, member, dst: Path) -> Path:
-    with archive_.open(member) as src, atomic_path(dst) as tmp, open(tmp, "wb") as out:
-        while chunk := src.read(1 << 20):
-            out.write(chunk)
-    return dst
 
 
 def _store(films: list, resize: int, workers: int):

@@ -105,7 +105,7 @@ def run_answers(work):
     test = pd.read_csv(layout.reports_dir(work) / "test_predictions.csv", dtype={"image_id": str})
     split, classes = layout.read_split(work, "test")
     test = test.set_index("image_id").loc[split["image_id"]].reset_index()
-    prob = [f"prob_{c}" for c in classes]
+    prob = layout.prob_columns(classes)
     return (val[classes].to_numpy(), val[prob].to_numpy(), test[classes].to_numpy(), test[prob].to_numpy(),
             studies.table_keys(split), decision)
 

@@ -10,9 +10,10 @@ class KitError(Exception):
     """A problem the user can fix; its message names the problem and the fix."""
 
 
-def examples(ids, shown=3) -> str:
-    """A few of `ids` for a message: the first `shown` in order, then ... when there are more."""
-    ids = sorted(map(str, ids))
+def examples(ids, shown=3, sort=True) -> str:
+    """A few of `ids` for a message: the first `shown` (in sorted order, or as given), then ...
+    when there are more."""
+    ids = sorted(map(str, ids)) if sort else list(map(str, ids))
     return ", ".join(ids[:shown]) + (" ..." if len(ids) > shown else "")
 
 

@@ -46,12 +46,13 @@ def keep(work, name: str, folder, last: str, files=None):
     index.unlink(missing_ok=True)  # a cut-off packing is never taken for a kept one
     index.parent.mkdir(parents=True, exist_ok=True)
     groups, size = [], SHARD_BYTES
-    for f, n in zip(files, (os.path.getsize(folder / f) for f in files)):
+    sizes = dict(listing)
+    for f in files:
         if size >= SHARD_BYTES:
             groups.append([])
             size = 0
         groups[-1].append(f)
-        size += n
+        size += sizes[f]
     shards = [f"{name}-{k:03d}.tar" for k in range(len(groups))]
     for shard, group in zip(shards, groups):
         with atomic_path(index.parent / shard) as tmp, tarfile.open(tmp, "w") as tar:

@@ -15,7 +15,7 @@ import pandas as pd
 from kit import layout
 from kit.data.images import IMAGE_SUFFIXES, store_all, stored_names
 from kit.data.sources.common import normalize_name, read_csv_checked
-from kit.errors import KitError
+from kit.errors import KitError, examples
 
 FOLDER = "synthetic"
 SHOWN = 5
@@ -204,5 +204,5 @@ def _report(found, outside, added, failed, ratio):
     print(f"[split] synthetic: {found} found, {added} added to train (at most {ratio:g}x a class's "
           f"real train images){left_out}")
     if failed:
-        shown = ", ".join(f"{p} ({s})" for p, s in failed[:SHOWN]) + (" ..." if len(failed) > SHOWN else "")
+        shown = examples([f"{p} ({s})" for p, s in failed], SHOWN, sort=False)
         print(f"[split] warning: {len(failed)} synthetic file(s) could not be read and were skipped: {shown}")

@@ -14,7 +14,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.eva import Eva, checkpoint_filter_fn
 
-from kit.errors import KitError
+from kit.errors import KitError, examples
 
 # EVA-X's normalization (its classification datasets.py): the grey mean and spread of its X-rays
 MEAN, STD = (0.49185243,) * 3, (0.28509309,) * 3
@@ -131,7 +131,7 @@ def load_pretrained(model, arch, path):
         wrong = [f"{k} {tuple(converted[k].shape)}" for k in target
                  if k in converted and converted[k].shape != target[k].shape]
     if missing or extra or wrong:
-        parts = [f"{what} {', '.join(keys[:SHOWN])}{' ...' if len(keys) > SHOWN else ''}"
+        parts = [f"{what} {examples(keys, SHOWN, sort=False)}"
                  for what, keys in (("missing", missing), ("left over", extra), ("shapes differ", wrong)) if keys]
         raise KitError(f"--pretrained {path} does not fit {name} ({'; '.join(parts)}): it looks like "
                        f"{looks_like(state)}; pass the matching --model or {weights_file(name)}")

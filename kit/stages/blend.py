@@ -71,11 +71,11 @@ def _same(what, first, other, run0, run, fix):
 def aligned(paths):
     """(val labels, [val probs], [test probs], classes, test id column, test ids, test columns),
     every run in the first run's order; a mismatch of films, classes or labels is one line."""
-    first_val, classes, first_sub = read_run(paths[0])
+    answers = [read_run(path) for path in paths]
+    first_val, classes, first_sub = answers[0]
     id_col, columns = first_sub.columns[0], list(first_sub.columns[1:])
     val_probs, test_probs = [], []
-    for path in paths:
-        val, run_classes, sub = read_run(path)
+    for path, (val, run_classes, sub) in zip(paths, answers):
         if run_classes != classes:
             raise KitError(f"{path} answers classes {', '.join(run_classes)} but {paths[0]} answers "
                            f"{', '.join(classes)}; blend runs of one task and class list")

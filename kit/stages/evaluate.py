@@ -10,7 +10,7 @@ import pandas as pd
 from kit import layout
 from kit.config import scorer_kwargs
 from kit.data import studies
-from kit.errors import KitError
+from kit.errors import KitError, examples
 from kit.io import write_csv, write_json
 from kit.models.inference import Scorer, check_classes, check_unseen, tta_name
 from kit.models.model import read_weights
@@ -184,7 +184,7 @@ def _print(result, unreadable, reports):
           f"{_fmt(pool['macro_auc_study_mean'])}, study max {_fmt(pool['macro_auc_study_max'])} "
           f"(val chose: {pool['val_decision'] or 'no decision'})")
     if unreadable:
-        shown = ", ".join(unreadable[:SHOWN]) + (" ..." if len(unreadable) > SHOWN else "")
+        shown = examples(unreadable, SHOWN, sort=False)
         print(f"warning: {len(unreadable)} test images could not be read and are left out: {shown} "
               f"(all listed in test_metrics.json)")
     print(f"  reports in {reports}")

@@ -17,7 +17,7 @@ from kit.config import scorer_kwargs, predict_kwargs
 from kit.data import smoke, studies, synthetic
 from kit.data.competition import (find_inputs, has_images, index_images, locate, match_classes, read_sample,
                                   relative_ids, sample_classes, skip_reason)
-from kit.errors import KitError
+from kit.errors import KitError, examples
 from kit.io import write_csv, write_json
 from kit.models import eva_x
 from kit.models.inference import Scorer, tta_name
@@ -146,7 +146,7 @@ def _unreadable(cfg, submission, ids, paths, probs, ok, classes, asked, columns)
     bad = pd.DataFrame({id_col: np.array(ids)[~ok], "path": np.array(paths, dtype=str)[~ok]})
     bad["problem"] = [problem(p) for p in bad["path"]]
     write_csv(bad, listed)
-    shown = ", ".join(bad[id_col][:SHOWN]) + (" ..." if len(bad) > SHOWN else "")
+    shown = examples(bad[id_col], SHOWN, sort=False)
     if not ok.any():
         raise KitError(f"none of the {len(ids)} images could be read ({shown}; all in {listed}); "
                        f"check that --predict-dir points at the test images")

@@ -79,6 +79,10 @@ def read(adapter, path, **options):
     table = adapter.load(path, **options)
     table["image_id"] = table["image_id"].astype(str)
     table["patient_id"] = table["patient_id"].fillna("").astype(str)
+    # a blank is "" on every pandas (astype(str) makes NaN "nan" on pandas 2); views compare in capitals
+    table["view"] = table["view"].fillna("").astype(str).str.strip().str.upper()
+    if "study_id" in table.columns:
+        table["study_id"] = table["study_id"].fillna("").astype(str).str.strip()
     findings = finding_columns(table)
     labels = table[findings].apply(pd.to_numeric, errors="coerce").where(table[findings].notna(), 0)
     bad = [c for c in findings if not labels[c].isin([0, 1]).all()]

@@ -62,7 +62,7 @@ def load(csv_path: Path, classes, uncertain):
         print(f"[metadata] --uncertain drop: {int((~keep).sum())} images with an uncertain target left out")
     root = _image_root(csv_path, df["Path"].iloc[0]) if len(df) else csv_path.parent
     frontal = df["Frontal/Lateral"].astype(str).str.strip().str.lower() == "frontal"
-    view = df["AP/PA"].fillna("").astype(str).str.strip().str.upper().where(frontal, "LATERAL")
+    view = df["AP/PA"].where(frontal, "LATERAL")
     table = labels.astype(int)
     table.insert(0, "image_id", df["Path"])
     table.insert(1, "path", paths_under(root, df["Path"]))

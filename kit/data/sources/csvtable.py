@@ -48,5 +48,5 @@ def load(csv_path: Path, image_col, patient_col, view_col, label_cols, labels_co
     table.insert(0, "image_id", df[image_col])
     table.insert(1, "path", paths_under(root, df[image_col]))
     table.insert(2, "patient_id", df[patient_col] if patient_col else "")
-    table.insert(3, "view", df[view_col].str.strip().str.upper() if view_col else "")
+    table.insert(3, "view", df[view_col] if view_col else "")
     return table

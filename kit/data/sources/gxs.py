@@ -27,9 +27,7 @@ def load(csv_path: Path):
     table.insert(1, "path", paths_under(image_dir, df["Image_name"]))
     table.insert(2, "patient_id", df["Patient_ID"])
     lateral = df["ViewCategory"].astype(str).str.strip().str.lower() == "lateral"
-    # a blank field is "", as on every pandas (astype(str) makes NaN "nan" on pandas 2)
-    position = df["ViewPosition"].fillna("").astype(str).str.strip().str.upper()
-    table.insert(3, "view", position.where(~lateral, "LATERAL"))
+    table.insert(3, "view", df["ViewPosition"].where(~lateral, "LATERAL"))
     if "Study" in df.columns:  # the films of one visit, labelled from its one report; blank: none
-        table.insert(4, "study_id", df["Study"].fillna("").astype(str).str.strip())
+        table.insert(4, "study_id", df["Study"])
     return table

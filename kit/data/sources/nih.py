@@ -50,7 +50,7 @@ def load(csv_path: Path):
     table.insert(0, "image_id", ids)
     table.insert(1, "path", ids.map(index).fillna(paths_under(root / "images", ids)))
     table.insert(2, "patient_id", df["Patient ID"])
-    table.insert(3, "view", df["View Position"].fillna("").astype(str).str.strip().str.upper())
+    table.insert(3, "view", df["View Position"])
     official = _official_split(root, ids)
     if official is not None:
         table["official_split"] = official
