@@ -2,7 +2,6 @@
 (kit/pipeline.py: the table), and a session that stops early still ending with what it was run
 for. The command line runs it once; the synthetic demo's stage runs it for each of its runs.
 """
-import dataclasses
 import os
 import sys
 import time
@@ -34,6 +33,14 @@ def prepare(cfg):
         cfg.data_dir = download.fetch(**download_kwargs(cfg))
 
 
+def record_config(cfg, **more):
+    """run_config.json: the resolved settings, where the run ran and where its images are stored,
+    and `more` (the train stage's fitted schedule)."""
+    write_json({**cfg.to_dict(), "platform": env.platform(),
+                "stored_images": str(layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir).resolve()), **more},
+               layout.run_config(cfg.work))
+
+
 def run(cfg):
     """Run --stage (all: the pipeline in order) for a resolved config."""
     env.ensure_writable(cfg.work)
@@ -42,9 +49,7 @@ def run(cfg):
     if first_process():  # torchrun's other ranks may already be writing
         for folder in {cfg.work, *([Path(cfg.data_dir)] if cfg.demo else [])}:
             remove_partial_writes(folder)
-    write_json({**dataclasses.asdict(cfg), "platform": env.platform(),
-                "stored_images": str(layout.chosen_dataset_dir(cfg.work, cfg.dataset_dir).resolve())},
-               layout.run_config(cfg.work))
+    record_config(cfg)
     stages = pipeline.to_run(cfg.stage)
     if any(stage.model for stage in stages):
         env.hub_reachable()  # before any stage imports timm: offline, nothing waits on the hub

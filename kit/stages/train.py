@@ -6,19 +6,17 @@ checkpoints/epoch_NN.pth (EMA weights, timm-loadable) and checkpoints/last.pth (
 rerun needs to resume), prune the epoch files nobody will need. Several GPUs train
 data-parallel (torch.distributed); only rank 0 writes files and prints.
 """
-import json
 from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 
-from kit import env, layout
+from kit import env, layout, runner
 from kit.config import loss_kwargs, optimizer_kwargs, predict_kwargs, settings
 from kit.data import competition
 from kit.data.loaders import XrayDataset, make_loader, worker_count
 from kit.errors import KitError
-from kit.io import write_json
 from kit.models import inference
 from kit.models.model import create_model, init_head_prior
 from kit.models.precision import allow_tf32, autocast_dtype
@@ -244,9 +242,7 @@ class Clock:
                      f"images/s; training {epochs} (what fits, fits: false in reports/submission.json); "
                      f"more --sessions fit more")
         if self.world.is_main:
-            config = layout.run_config(cfg.work)  # the run's, with its platform and stored images
-            saved = json.loads(config.read_text()) if config.exists() else {}
-            write_json({**saved, **cfg.to_dict(), "schedule": schedule}, config)
+            runner.record_config(cfg, schedule=schedule)
 
 
 def batch_sizes(cfg, world, model, criterion, num_classes, state, compiled):
