@@ -7,6 +7,7 @@ import pandas as pd
 from kit import layout
 from kit.io import write_json
 from kit.reports import metrics, plots
+from kit.reports.metrics import json_number
 
 LEVEL = 0.95
 # an interval from fewer draws than this share of the resamples is not printed: a macro AUC needs
@@ -28,9 +29,9 @@ def write(work, val, classes, probs, decision, resamples, seed) -> dict:
     patients = layout.patient_keys(val[ok])
     ci, macro_ci, draws = metrics.bootstrap_auc(y, p, resamples, seed, LEVEL, patients)
     result = dict(
-        val_images=int(ok.sum()), patients=int(len(set(patients))), macro_auc=metrics.json_number(metrics.macro_auc(y, p)),
-        macro_auc_ci=[metrics.json_number(v) for v in macro_ci], macro_auc_ci_draws=int(draws[-1]),
-        classes={c: dict(positives=int(y[:, k].sum()), auc=metrics.json_number(aucs[k]), auc_ci=[metrics.json_number(v) for v in ci[k]],
+        val_images=int(ok.sum()), patients=int(len(set(patients))), macro_auc=json_number(metrics.macro_auc(y, p)),
+        macro_auc_ci=[json_number(v) for v in macro_ci], macro_auc_ci_draws=int(draws[-1]),
+        classes={c: dict(positives=int(y[:, k].sum()), auc=json_number(aucs[k]), auc_ci=[json_number(v) for v in ci[k]],
                          auc_ci_draws=int(draws[k]))
                  for k, c in enumerate(classes)},
         bootstrap=dict(resamples=resamples, seed=seed, level=LEVEL,

@@ -16,6 +16,7 @@ from kit.models.inference import Scorer, check_classes, check_unseen, tta_name
 from kit.models.model import read_weights
 from kit.pipeline import Stamp, stamped
 from kit.reports import metrics, plots
+from kit.reports.metrics import json_number
 
 LEVEL = 0.95
 DECISION_RULE = ("the class furthest above its val threshold: argmax of logit(p) - logit(threshold), "
@@ -80,7 +81,7 @@ def run(cfg, found):
                        f"{layout.image_path(work, unreadable[0])}); rerun --stage separate --force")
     y, p = y_test[ok], probs[ok]
 
-    aucs = metrics.auc_per_class(y, p)
+    aucs, macro = metrics.auc_per_class(y, p), metrics.macro_auc(y, p)
     patients = layout.patient_keys(test[ok])
     ci, macro_ci, draws_used = metrics.bootstrap_auc(y, p, cfg.bootstrap, cfg.seed, LEVEL, patients)
     aps = metrics.average_precision_per_class(y, p)
@@ -90,12 +91,12 @@ def run(cfg, found):
     result = dict(
         weights=str(weights), soup=ckpt.get("soup"), test_images=int(ok.sum()),
         unreadable_images=unreadable, tta=tta_name(cfg.tta, cfg.hflip), label_mode="single" if single else "multi",
-        macro_auc=metrics.json_number(metrics.macro_auc(y, p)), macro_auc_ci=[metrics.json_number(v) for v in macro_ci],
-        micro_auc=metrics.json_number(metrics.micro_auc(y, p)),
-        classes={c: dict(positives=int(y[:, k].sum()), auc=metrics.json_number(aucs[k]), auc_ci=[metrics.json_number(v) for v in ci[k]],
+        macro_auc=json_number(macro), macro_auc_ci=[json_number(v) for v in macro_ci],
+        micro_auc=json_number(metrics.micro_auc(y, p)),
+        classes={c: dict(positives=int(y[:, k].sum()), auc=json_number(aucs[k]), auc_ci=[json_number(v) for v in ci[k]],
                          auc_ci_draws=int(draws_used[k]),
-                         average_precision=metrics.json_number(aps[k]), threshold=metrics.json_number(thresholds[k]),
-                         sensitivity=metrics.json_number(sens[k]), specificity=metrics.json_number(spec[k]))
+                         average_precision=json_number(aps[k]), threshold=json_number(thresholds[k]),
+                         sensitivity=json_number(sens[k]), specificity=json_number(spec[k]))
                  for k, c in enumerate(classes)},
         threshold_rule="Youden's J (sensitivity + specificity - 1) maximized on val, applied to test",
         bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, level=LEVEL, patients=int(len(set(patients))),
@@ -104,7 +105,7 @@ def run(cfg, found):
                               "interval from the draws holding both its labels, the macro's from the "
                               "draws holding both labels of every class"),
         epoch_checkpoints_macro_auc=per_epoch,
-        study_pool=_study_pool(work, test[ok], y, p),
+        study_pool=_study_pool(work, test[ok], y, p, macro),
     )
     if single:
         result["single_label"] = dict(metrics.single_label_report(y, p, thresholds), decision_rule=DECISION_RULE)
@@ -123,7 +124,7 @@ def _epoch_aucs(scorer, work, weights, ckpt, probs, ok, y_test) -> dict:
             e_probs, e_ok = probs, ok
         else:
             e_probs, e_ok = scorer(read_weights(path), "test", f"[evaluate] test, epoch {epoch}")
-        per_epoch[f"epoch {epoch}"] = metrics.json_number(metrics.macro_auc(y_test[e_ok & ok], e_probs[e_ok & ok]))
+        per_epoch[f"epoch {epoch}"] = json_number(metrics.macro_auc(y_test[e_ok & ok], e_probs[e_ok & ok]))
     return per_epoch
 
 
@@ -142,12 +143,12 @@ def _write(reports, result, scored, y, p, classes, aucs, aps, history):
     write_json(result, reports / "test_metrics.json")
 
 
-def _study_pool(work, test, y, p) -> dict:
-    """Test macro AUC per film and with each study's films pooled, beside the val decision."""
+def _study_pool(work, test, y, p, per_film) -> dict:
+    """Test macro AUC per film (`per_film`) and with each study's films pooled, beside the val decision."""
     keys = studies.table_keys(test)
     decision = studies.read_decision(work)
-    return dict(val_decision=decision and decision["method"], macro_auc_per_film=metrics.json_number(metrics.macro_auc(y, p)),
-                **{f"macro_auc_study_{how}": metrics.json_number(metrics.macro_auc(y, studies.pool(p, keys, how)))
+    return dict(val_decision=decision and decision["method"], macro_auc_per_film=json_number(per_film),
+                **{f"macro_auc_study_{how}": json_number(metrics.macro_auc(y, studies.pool(p, keys, how)))
                    for how in studies.METHODS})
 
 

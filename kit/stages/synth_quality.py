@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.special import expit
 
 from kit import env, layout
+from kit.config import scorer_kwargs
 from kit.data.images import load_gray
 from kit.errors import KitError
 from kit.io import write_csv
@@ -61,7 +62,7 @@ def pretrained_backbone(cfg, ckpt):
 def embed(cfg, ckpt, paths):
     """({feature space: [N, D]}, judge probabilities [N, C], ok [N])."""
     on = device()
-    loading = dict(batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, amp=cfg.amp)
+    loading = {k: v for k, v in scorer_kwargs(cfg).items() if k not in ("tta", "hflip")}  # features: one view
     feats, logits, ok = inference.extract(load_model(ckpt, on), paths, ckpt["img_size"], ckpt["mean"],
                                          ckpt["std"], on, "[synth-quality] trained model", **loading)
     spaces = {"model": feats}
