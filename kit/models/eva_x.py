@@ -28,7 +28,7 @@ SIZES = {
 # the timm model each is, given patch_size=16 and ref_feat_shape=(14, 14)
 TIMM_BASE = {"eva_x_tiny_patch16": "eva02_tiny_patch14_224", "eva_x_small_patch16": "eva02_small_patch14_224",
              "eva_x_base_patch16": "eva02_base_patch14_224"}
-TIMM_KWARGS = dict(patch_size=16, ref_feat_shape=(14, 14))
+TIMM_KWARGS = {k: EVA_X[k] for k in ("patch_size", "ref_feat_shape")}
 FILE_SUFFIX = "_merged520k_mim.pt"
 SHOWN = 3
 
@@ -59,13 +59,22 @@ def eva_x_base_patch16(pretrained=False, **kwargs) -> Eva:
     return _build("eva_x_base_patch16", pretrained, **kwargs)
 
 
+def _untagged(arch) -> str:
+    """The model's name without its pretrained tag (eva_x_small_patch16.mim_merged520k)."""
+    return arch.partition(".")[0]
+
+
+def _patch_weight(state):
+    return next((v for k, v in state.items() if k.endswith("patch_embed.proj.weight")), None)
+
+
 def is_eva_x(arch) -> bool:
-    return arch.partition(".")[0] in SIZES
+    return _untagged(arch) in SIZES
 
 
 def timm_recipe(arch) -> tuple:
     """(timm model name, extra timm.create_model arguments) that build `arch` in plain timm."""
-    name = arch.partition(".")[0]
+    name = _untagged(arch)
     return (TIMM_BASE[name], dict(TIMM_KWARGS)) if name in SIZES else (arch, {})
 
 
@@ -79,7 +88,7 @@ def kit_name(arch, model_kwargs=None) -> str:
 
 def weights_file(arch) -> str:
     """The published MIM checkpoint's file name, as --pretrained auto looks for it."""
-    return arch.partition(".")[0] + FILE_SUFFIX
+    return _untagged(arch) + FILE_SUFFIX
 
 
 def _read(path):
@@ -99,7 +108,7 @@ def _unwrap(ckpt) -> dict:
 
 def looks_like(state) -> str:
     """Which model a raw state dict seems to belong to, in words."""
-    patch = next((v for k, v in state.items() if k.endswith("patch_embed.proj.weight")), None)
+    patch = _patch_weight(state)
     if patch is None or patch.ndim != 4:
         return "no ViT (it holds no patch_embed.proj.weight)"
     width, kernel = patch.shape[0], tuple(patch.shape[-2:])
@@ -118,9 +127,9 @@ def load_pretrained(model, arch, path):
     state = _unwrap(_read(path))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise KitError(f"--pretrained {path} holds no state dict of tensors; attach eva_x_*{FILE_SUFFIX}")
-    name = arch.partition(".")[0]
+    name = _untagged(arch)
     patch = model.patch_embed.proj.weight
-    raw_patch = next((v for k, v in state.items() if k.endswith("patch_embed.proj.weight")), None)
+    raw_patch = _patch_weight(state)
     target = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     if raw_patch is not None and raw_patch.shape != patch.shape:  # timm would resample another patch size
         converted, missing, extra, wrong = {}, [], [], [f"patch_embed.proj.weight {tuple(raw_patch.shape)}"]
