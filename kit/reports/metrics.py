@@ -5,6 +5,8 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score, roc_auc_score,
                              roc_curve)
 
+LEVEL = 0.95  # every interval's confidence: evaluate's, the val report's, compare's
+
 
 def json_number(x):
     """`x` for a JSON report: rounded to 6 places, None (null) where it is not a number (JSON has no NaN)."""

@@ -9,7 +9,6 @@ from kit.io import write_json
 from kit.reports import metrics, plots
 from kit.reports.metrics import json_number
 
-LEVEL = 0.95
 # an interval from fewer draws than this share of the resamples is not printed: a macro AUC needs
 # every finding in a draw, and a small val split with findings on one patient seldom has them all
 FEW_DRAWS = 0.5
@@ -27,14 +26,14 @@ def write(work, val, classes, probs, decision, resamples, seed) -> dict:
     y, p = val.loc[ok, classes].to_numpy(), probs[ok]
     aucs = metrics.auc_per_class(y, p)
     patients = layout.patient_keys(val[ok])
-    ci, macro_ci, draws = metrics.bootstrap_auc(y, p, resamples, seed, LEVEL, patients)
+    ci, macro_ci, draws = metrics.bootstrap_auc(y, p, resamples, seed, metrics.LEVEL, patients)
     result = dict(
         val_images=int(ok.sum()), patients=int(len(set(patients))), macro_auc=json_number(metrics.macro_auc(y, p)),
         macro_auc_ci=[json_number(v) for v in macro_ci], macro_auc_ci_draws=int(draws[-1]),
         classes={c: dict(positives=int(y[:, k].sum()), auc=json_number(aucs[k]), auc_ci=[json_number(v) for v in ci[k]],
                          auc_ci_draws=int(draws[k]))
                  for k, c in enumerate(classes)},
-        bootstrap=dict(resamples=resamples, seed=seed, level=LEVEL,
+        bootstrap=dict(resamples=resamples, seed=seed, level=metrics.LEVEL,
                        method="percentile; val patients resampled with all their films; a finding's interval "
                               "from the draws holding both its labels, the macro's from the draws holding "
                               "both labels of every finding"),
@@ -62,7 +61,7 @@ def describe(result) -> list:
     resamples = result["bootstrap"]["resamples"]
     interval = _interval(result["macro_auc_ci"], result["macro_auc_ci_draws"], resamples)
     lines = [f"val report ({result['val_images']} films of {result['patients']} patients): macro AUC "
-             f"{_f(result['macro_auc'])} {interval} ({LEVEL:.0%}, patients resampled); weakest first:"]
+             f"{_f(result['macro_auc'])} {interval} ({metrics.LEVEL:.0%}, patients resampled); weakest first:"]
     scored = sorted(((m["auc"], c, m) for c, m in result["classes"].items() if m["auc"] is not None),
                     key=lambda t: t[0])
     for auc, c, m in scored:

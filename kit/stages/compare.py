@@ -18,7 +18,6 @@ from kit.io import write_csv
 from kit.pipeline import Stamp, stamped
 from kit.reports import metrics, plots
 
-LEVEL = 0.95
 PREDICTIONS = "test_predictions.csv"
 TIE = 1e-12
 
@@ -62,7 +61,7 @@ def paired(a, classes_a, b, classes_b):
     return y, a[probs].to_numpy(float), b[probs].to_numpy(float), layout.patient_keys(a)
 
 
-def paired_bootstrap(y, p_a, p_b, groups=None, resamples=1000, seed=0, level=LEVEL):
+def paired_bootstrap(y, p_a, p_b, groups=None, resamples=1000, seed=0, level=metrics.LEVEL):
     """AUC difference B - A per class and of the macro AUC (last entry): (interval [C+1, 2],
     two-sided p-value [C+1]). Draws resample `groups` (patients) as evaluate does; the macro
     difference uses the draws that score every class the test set scores."""
@@ -166,7 +165,7 @@ def _print(table, n, cfg, run_a, run_b, reports):
     for row in table.to_dict("records"):
         change = {"better": "B better than A", "worse": "B worse than A"}.get(row["verdict"], row["verdict"])
         line = (f"  {row['class']}: {change}: AUC {row['auc_a']:.3f} -> {row['auc_b']:.3f} "
-                f"({row['auc_diff']:+.3f}, {LEVEL:.0%} CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], "
+                f"({row['auc_diff']:+.3f}, {metrics.LEVEL:.0%} CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], "
                 f"p={row['p_value']:.3f})")
         if np.isfinite(row["sens_a"]):
             line += (f"; sensitivity at {cfg.specificity:.0%} specificity "

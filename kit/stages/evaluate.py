@@ -18,7 +18,6 @@ from kit.pipeline import Stamp, stamped
 from kit.reports import metrics, plots
 from kit.reports.metrics import json_number
 
-LEVEL = 0.95
 DECISION_RULE = ("the class furthest above its val threshold: argmax of logit(p) - logit(threshold), "
                  "thresholds from val (Youden's J)")
 SHOWN = 5
@@ -83,7 +82,7 @@ def run(cfg, found):
 
     aucs, macro = metrics.auc_per_class(y, p), metrics.macro_auc(y, p)
     patients = layout.patient_keys(test[ok])
-    ci, macro_ci, draws_used = metrics.bootstrap_auc(y, p, cfg.bootstrap, cfg.seed, LEVEL, patients)
+    ci, macro_ci, draws_used = metrics.bootstrap_auc(y, p, cfg.bootstrap, cfg.seed, metrics.LEVEL, patients)
     aps = metrics.average_precision_per_class(y, p)
     sens, spec = metrics.sensitivity_specificity(y, p, thresholds)
     per_epoch = _epoch_aucs(scorer, work, weights, ckpt, probs, ok, y_test)
@@ -99,7 +98,7 @@ def run(cfg, found):
                          sensitivity=json_number(sens[k]), specificity=json_number(spec[k]))
                  for k, c in enumerate(classes)},
         threshold_rule="Youden's J (sensitivity + specificity - 1) maximized on val, applied to test",
-        bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, level=LEVEL, patients=int(len(set(patients))),
+        bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, level=metrics.LEVEL, patients=int(len(set(patients))),
                        macro_draws=int(draws_used[-1]),
                        method="percentile; test patients resampled with all their images; a class's "
                               "interval from the draws holding both its labels, the macro's from the "
@@ -166,7 +165,7 @@ def _print(result, unreadable, reports):
     rows.append(("macro", str(result["test_images"]),
                  f"{_fmt(result['macro_auc'])} [{_fmt(result['macro_auc_ci'][0])}, "
                  f"{_fmt(result['macro_auc_ci'][1])}]", "", ""))
-    header = ("class", "images", f"AUC [{LEVEL:.0%} CI]", "sensitivity", "specificity")
+    header = ("class", "images", f"AUC [{metrics.LEVEL:.0%} CI]", "sensitivity", "specificity")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for r in [header, *rows]:
         cells = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))]
